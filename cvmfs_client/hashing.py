@@ -49,7 +49,9 @@ class HashAlgorithm(enum.Enum):
         for algo, spelling in _OPTION.items():
             if spelling == name.lower():
                 return algo
-        raise UnknownHashAlgorithm("hash algorithm", f"unknown hash algorithm {name!r} (use sha1, rmd160 or shake128)")
+        raise UnknownHashAlgorithm(
+            "hash algorithm", f"unknown hash algorithm {name!r} (use sha1, rmd160 or shake128)"
+        )
 
     @classmethod
     def from_flags(cls, flags: int, source: str = "catalog flags") -> HashAlgorithm:
@@ -57,7 +59,9 @@ class HashAlgorithm(enum.Enum):
         try:
             return cls(raw)
         except ValueError:
-            raise UnknownHashAlgorithm(source, f"unknown hash algorithm id {raw} in flags {flags:#x}") from None
+            raise UnknownHashAlgorithm(
+                source, f"unknown hash algorithm id {raw} in flags {flags:#x}"
+            ) from None
 
     def new(self) -> _Digester:
         """A fresh incremental hasher whose ``digest()`` gives the CernVM-FS digest (20 bytes)."""

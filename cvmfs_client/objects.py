@@ -99,7 +99,9 @@ class ObjectDecoder:
         if out:
             self.size += len(out)
             if self.expected_size is not None and self.size > self.expected_size:
-                raise CorruptObject(self.source, f"decodes to more than the expected {self.expected_size} bytes")
+                raise CorruptObject(
+                    self.source, f"decodes to more than the expected {self.expected_size} bytes"
+                )
             self._sink(out)
 
     def _check_hash(self) -> None:
@@ -116,7 +118,9 @@ class ObjectDecoder:
             rest = self._inflater.flush()
             self._emit(rest)
         if self.expected_size is not None and self.size != self.expected_size:
-            raise CorruptObject(self.source, f"decodes to {self.size} bytes, catalog says {self.expected_size}")
+            raise CorruptObject(
+                self.source, f"decodes to {self.size} bytes, catalog says {self.expected_size}"
+            )
         return self.size
 
 
@@ -136,7 +140,11 @@ def decode_to_file(
 
 
 def decode_bytes(
-    stored: bytes, expected: ContentHash, compression: Compression, source: str, expected_size: int | None = None
+    stored: bytes,
+    expected: ContentHash,
+    compression: Compression,
+    source: str,
+    expected_size: int | None = None,
 ) -> bytes:
     """Verify and decode a small object held in memory (manifest-sized things, catalogs in tests)."""
     parts: list[bytes] = []
