@@ -1,0 +1,34 @@
+"""Wiring: settings -> source, store, keys -> a verified :class:`Repository`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from .config import RepositorySettings, settings_for
+from .errors import ConfigError
+from .fetch import ObjectSource, parse_proxy_list
+from .keys import load_master_keys
+from .repository import Repository
+from .store import ObjectStore
+
+
+def split_cvmfs_path(path: str) -> tuple[str, str]:
+    """``/cvmfs/FQRN/a/b`` -> (``FQRN``, ``/a/b``)."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) < 2 or parts[0] != "cvmfs":
+        raise ConfigError(f"{path}: expected a path of the form /cvmfs/REPOSITORY[/PATH]")
+    rest = "/".join(parts[2:])
+    return parts[1], "/" + rest if rest else ""
+
+
+def open_repository(
+    fqrn: str, params: Mapping[str, str] | None = None, settings: RepositorySettings | None = None
+) -> Repository:
+    """Mount ``fqrn`` as configured by ``params`` (default: the environment)."""
+    env = dict(os.environ if params is None else params)
+    s = settings or settings_for(fqrn, env)
+    keys = load_master_keys(s.public_key, s.keys_dir)
+    source = ObjectSource(s.server_urls, parse_proxy_list(s.http_proxy), timeout=s.timeout)
+    store = ObjectStore(s.cache_dir)
+    return Repository(fqrn, source, keys, store, root_hash=s.root_hash, tag=s.repository_tag, env=env)

@@ -1,0 +1,375 @@
+"""A mounted revision of a repository: the verified trust chain and its catalog tree.
+
+Loading follows the real client (spec 2.5, 9): manifest -> certificate (by hash) -> manifest
+signature -> whitelist (master key, name, expiry) -> certificate fingerprint in the whitelist ->
+root catalog (by hash, or pinned by ``root_hash`` / a history ``tag``). Path questions are then
+answered from catalogs, descending into nested catalogs on demand (spec 5.9); every object is
+verified by its hash before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from .catalog import Catalog, DirEntry, NestedRef
+from .errors import (
+    CatalogError,
+    FormatError,
+    HostileCatalog,
+    IsADirectory,
+    LookupFailure,
+    NotADirectory,
+    NotASymlink,
+    PathNotFound,
+    SymlinkLoop,
+)
+from .fetch import ObjectSource
+from .hashing import ContentHash, ObjectType
+from .history import History
+from .keys import load_certificate
+from .manifest import Manifest, check_manifest, parse_manifest, verify_manifest_signature
+from .signing import check_letter_hash, split_signed
+from .store import ObjectStore
+from .symlinks import expand_symlink
+from .whitelist import Whitelist, certificate_fingerprint, check_certificate, verify_whitelist
+
+log = logging.getLogger(__name__)
+
+# Linux's limit on symlinks followed while resolving one path (MAXSYMLINKS).
+MAX_SYMLINKS = 40
+# Nested catalogs deeper than this are refused: real repositories stay far below.
+MAX_CATALOG_DEPTH = 64
+
+
+class OutsideRepository(LookupFailure):
+    """A symlink leads out of the repository (an absolute target elsewhere)."""
+
+    def __init__(self, path: str, target: str) -> None:
+        super().__init__(path, f"symlink leads outside the repository to {target}")
+        self.target = target
+
+
+@dataclass(frozen=True)
+class RepositoryInfo:
+    """What ``cvmfs-client info`` prints."""
+
+    fqrn: str
+    revision: int
+    root_hash: str
+    published: int | None
+    ttl: int
+    hash_algorithm: str
+    certificate_subject: str
+    certificate_fingerprint: str
+    whitelist_expires: datetime
+    pinned_by: str | None
+
+
+class Repository:
+    """One verified revision of ``fqrn``; the revision stays fixed for the object's lifetime."""
+
+    def __init__(
+        self,
+        fqrn: str,
+        source: ObjectSource,
+        master_keys: list[tuple[str, RSAPublicKey]],
+        store: ObjectStore,
+        *,
+        root_hash: str | None = None,
+        tag: str | None = None,
+        env: Mapping[str, str] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self.fqrn = fqrn
+        self.source = source
+        self.store = store
+        self.mount_prefix = f"/cvmfs/{fqrn}"
+        base_env = dict(os.environ if env is None else env)
+        base_env.setdefault("CVMFS_FQRN", fqrn)
+        base_env.setdefault("CVMFS_ARCH", platform.machine())
+        self.env = base_env
+        self._catalogs: dict[tuple[str, str], Catalog] = {}
+
+        raw = source.fetch_bytes(".cvmfspublished")
+        # The hash line is checked before anything is parsed: an altered body is an integrity
+        # failure, not a format error (the signature over that hash line is checked below).
+        check_letter_hash(split_signed(raw, f"{fqrn}/.cvmfspublished"), f"{fqrn}/.cvmfspublished")
+        self.manifest: Manifest = parse_manifest(raw, f"{fqrn}/.cvmfspublished")
+        check_manifest(self.manifest, fqrn, f"{fqrn}/.cvmfspublished")
+        if self.manifest.certificate is None:
+            raise FormatError(f"{fqrn}/.cvmfspublished", "manifest names no certificate (X)")
+        cert_path = store.get(self.manifest.certificate, source, ObjectType.CERTIFICATE)
+        self.certificate: x509.Certificate = load_certificate(
+            cert_path.read_bytes(), f"{fqrn} certificate {self.manifest.certificate.hex}"
+        )
+        verify_manifest_signature(raw, self.certificate, f"{fqrn}/.cvmfspublished")
+        wl_raw = source.fetch_bytes(".cvmfswhitelist")
+        self.whitelist: Whitelist = verify_whitelist(
+            wl_raw, [k for _, k in master_keys], fqrn, now or datetime.now(UTC), f"{fqrn}/.cvmfswhitelist"
+        )
+        check_certificate(self.whitelist, self.certificate, f"{fqrn}/.cvmfswhitelist")
+
+        self.pinned_by: str | None = None
+        if root_hash:
+            self.root_hash = ContentHash.from_hex(root_hash, "CVMFS_ROOT_HASH")
+            self.pinned_by = "root hash"
+        elif tag:
+            self.root_hash = self.history().tag(tag).root_hash
+            self.pinned_by = f"tag {tag}"
+        else:
+            self.root_hash = self.manifest.root_catalog
+        self.root = self._open_catalog(NestedRef("", self.root_hash, 0, False), [])
+        self.revision = self.root.revision
+
+    # -- trust chain and metadata -------------------------------------------------------
+
+    def history(self) -> History:
+        if self.manifest.history is None:
+            raise FormatError(f"{self.fqrn}/.cvmfspublished", "repository has no history database (H)")
+        path = self.store.get(self.manifest.history, self.source, ObjectType.HISTORY)
+        return History(path, f"{self.fqrn} history {self.manifest.history.hex}")
+
+    def info(self) -> RepositoryInfo:
+        algo = self.root_hash.algorithm
+        return RepositoryInfo(
+            fqrn=self.fqrn,
+            revision=self.revision,
+            root_hash=self.root_hash.hex,
+            published=self.manifest.timestamp,
+            ttl=self.root.ttl,
+            hash_algorithm=algo.option_name,
+            certificate_subject=self.certificate.subject.rfc4514_string(),
+            certificate_fingerprint=certificate_fingerprint(self.certificate, algo),
+            whitelist_expires=self.whitelist.expires,
+            pinned_by=self.pinned_by,
+        )
+
+    def close(self) -> None:
+        for cat in self._catalogs.values():
+            cat.close()
+        self._catalogs.clear()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- catalogs -----------------------------------------------------------------------
+
+    def _open_catalog(self, ref: NestedRef, chain: list[ContentHash]) -> Catalog:
+        if ref.content_hash is None:
+            raise CatalogError(f"{self.fqrn} nested catalog at {ref.path}", "catalog row has no usable hash")
+        key = (ref.content_hash.hex, ref.path)
+        cat = self._catalogs.get(key)
+        if cat is not None:
+            return cat
+        label = f"{self.fqrn} catalog {ref.content_hash.hex} at {ref.path or '/'}"
+        if ref.content_hash in chain:
+            raise HostileCatalog(label, "nested catalog cycle (a catalog contains itself)")
+        if len(chain) >= MAX_CATALOG_DEPTH:
+            raise HostileCatalog(label, f"nested catalogs deeper than {MAX_CATALOG_DEPTH}")
+        path = self.store.get(ref.content_hash, self.source, ObjectType.CATALOG)
+        cat = Catalog(path, label, mountpoint=ref.path)
+        if not ref.is_bind and cat.root_prefix != ref.path:
+            cat.close()
+            raise HostileCatalog(
+                label, f"root prefix {cat.root_prefix!r} does not match mount point {ref.path!r}"
+            )
+        self._catalogs[key] = cat
+        return cat
+
+    def _catalog_for(self, path: str, for_listing: bool) -> Catalog:
+        """The catalog holding ``path``'s row (or, for listings, its children)."""
+        cat = self.root
+        chain = [self.root_hash]
+        while True:
+            ref = cat.find_nested(path, for_listing=for_listing)
+            if ref is None:
+                return cat
+            cat = self._open_catalog(ref, chain)
+            chain.append(ref.content_hash)
+
+    def _entry(self, path: str) -> DirEntry | None:
+        return self._catalog_for(path, False).lookup(path)
+
+    # -- paths --------------------------------------------------------------------------
+
+    def normalize(self, path: str) -> str:
+        """Repository-internal form: ``""`` for the root, ``/a/b`` otherwise.
+
+        Accepts ``/cvmfs/FQRN/a/b``, ``/a/b`` and ``a/b``. ``.`` and ``..`` are kept for
+        :meth:`resolve`, which interprets them after following symlinks, as the kernel would.
+        """
+        if path == self.mount_prefix or path.startswith(self.mount_prefix + "/"):
+            path = path[len(self.mount_prefix) :]
+        parts = [p for p in path.split("/") if p]
+        return "/" + "/".join(parts) if parts else ""
+
+    def resolve(self, path: str, follow: bool = True) -> DirEntry:
+        """The entry ``path`` names, following symlinks inside the repository.
+
+        ``follow=False`` gives ``lstat`` semantics for the last component. Raises
+        :class:`PathNotFound`, :class:`NotADirectory`, :class:`SymlinkLoop` (more than
+        40 links) or :class:`OutsideRepository`.
+        """
+        todo = [p for p in self.normalize(path).split("/") if p][::-1]  # a stack, next on top
+        current: list[str] = []
+        entry = self._entry("")
+        if entry is None:
+            raise PathNotFound(self.mount_prefix)
+        links = 0
+        while todo:
+            comp = todo.pop()
+            if comp == ".":
+                continue
+            if comp == "..":
+                if current:
+                    current.pop()
+                entry = self._entry(_join(current))
+                continue
+            if not entry or not entry.is_dir:
+                raise NotADirectory(self.mount_prefix + _join(current))
+            here = _join([*current, comp])
+            found = self._entry(here)
+            if found is None:
+                raise PathNotFound(self.mount_prefix + here)
+            if found.is_symlink and (todo or follow):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise SymlinkLoop(self.mount_prefix + self.normalize(path))
+                target = expand_symlink(found.symlink, self.env)
+                if target.startswith("/"):
+                    inside = self._inside(target)
+                    if inside is None:
+                        raise OutsideRepository(self.mount_prefix + here, target)
+                    current = []
+                    entry = self._entry("")
+                    todo.extend(reversed([p for p in inside.split("/") if p]))
+                else:
+                    entry = self._entry(_join(current))
+                    todo.extend(reversed([p for p in target.split("/") if p]))
+                continue
+            current.append(comp)
+            entry = found
+        assert entry is not None
+        return entry
+
+    def _inside(self, absolute: str) -> str | None:
+        if absolute == self.mount_prefix or absolute.startswith(self.mount_prefix + "/"):
+            return absolute[len(self.mount_prefix) :]
+        return None
+
+    def lookup(self, path: str) -> DirEntry:
+        """``lstat``: the entry itself, not a symlink's target."""
+        return self.resolve(path, follow=False)
+
+    def stat(self, path: str) -> DirEntry:
+        return self.resolve(path, follow=True)
+
+    def listdir(self, path: str) -> list[DirEntry]:
+        entry = self.resolve(path, follow=True)
+        if not entry.is_dir:
+            raise NotADirectory(self.mount_prefix + entry.path)
+        return self._catalog_for(entry.path, True).listdir(entry.path)
+
+    def readlink(self, path: str) -> str:
+        """The symlink target with ``$(VAR)`` variables expanded, as the real client shows it."""
+        entry = self.lookup(path)
+        if not entry.is_symlink:
+            raise NotASymlink(self.mount_prefix + entry.path)
+        return expand_symlink(entry.symlink, self.env)
+
+    # -- content ------------------------------------------------------------------------
+
+    def materialize(self, path: str) -> Path:
+        """A local, verified file holding the content of the regular file ``path``."""
+        entry = self.stat(path)
+        return self.materialize_entry(entry)
+
+    def materialize_entry(self, entry: DirEntry) -> Path:
+        if entry.is_dir:
+            raise IsADirectory(self.mount_prefix + entry.path)
+        if not entry.is_regular:
+            raise LookupFailure(self.mount_prefix + entry.path, "not a regular file")
+        if entry.is_external:
+            raise LookupFailure(self.mount_prefix + entry.path, "external data files are not supported")
+        if entry.is_chunked:
+            return self._assemble(entry)
+        if entry.content_hash is None:
+            if entry.size == 0:
+                return self._empty_file()
+            raise LookupFailure(self.mount_prefix + entry.path, "regular file without a content hash")
+        return self.store.get(entry.content_hash, self.source, ObjectType.FILE, entry.compression, entry.size)
+
+    def _assemble(self, entry: DirEntry) -> Path:
+        """Concatenate verified chunks into one local file, named by the chunk list."""
+        cat = self._catalog_for(entry.path, False)
+        chunks = cat.chunks(entry)
+        key = hashlib.sha1(b"".join(c.content_hash.hex.encode() + b"\n" for c in chunks)).hexdigest()
+        final = self.store.directory / "assembled" / key[:2] / key[2:]
+        if final.exists():
+            return final
+        fd, tmp = self.store.temporary("assembled.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    part = self.store.get(
+                        chunk.content_hash, self.source, ObjectType.PARTIAL, entry.compression, chunk.size
+                    )
+                    with open(part, "rb") as f:
+                        while block := f.read(1 << 20):
+                            out.write(block)
+            os.chmod(tmp, 0o444)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final
+
+    def _empty_file(self) -> Path:
+        final = self.store.directory / "assembled" / "empty"
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = self.store.temporary("empty.")
+            os.close(fd)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+        return final
+
+    def open(self, path: str) -> BinaryIO:
+        return open(self.materialize(path), "rb")
+
+    def read_file(self, path: str) -> bytes:
+        with self.open(path) as f:
+            return f.read()
+
+    def walk(self, path: str = "") -> Iterator[DirEntry]:
+        """Every entry below ``path`` (depth first, not following symlinks), the start included."""
+        start = self.lookup(path)
+        yield start
+        if not start.is_dir:
+            return
+        stack = [start.path]
+        while stack:
+            here = stack.pop()
+            for child in self._catalog_for(here, True).listdir(here):
+                yield child
+                if child.is_dir:
+                    stack.append(child.path)
+
+
+def _join(parts: list[str]) -> str:
+    return "/" + "/".join(parts) if parts else ""
