@@ -1,0 +1,257 @@
+"""``cvmfs-client``: argument parsing and printing only; the work happens in the library."""
+
+from __future__ import annotations
+
+import logging
+import stat
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import CvmfsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail_cleanly(func: F) -> F:
+    """Turn our typed errors into a one-line message and the error's exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CvmfsError as exc:
+            click.echo(f"cvmfs-client: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            sys.exit(141)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cvmfs-client")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("--debug", is_flag=True, help="Log everything, including each download.")
+def main(verbose: int, debug: bool) -> None:
+    """Read CernVM-FS repositories without FUSE, setuid or root.
+
+    Repositories are configured with the real client's variables: CVMFS_SERVER_URL
+    (';'-separated, @fqrn@ is replaced by the repository name), CVMFS_PUBLIC_KEY or
+    CVMFS_KEYS_DIR (master public keys), CVMFS_HTTP_PROXY, CVMFS_CACHE_BASE,
+    CVMFS_REPOSITORY_TAG and CVMFS_ROOT_HASH (pin a revision).
+
+    Exit codes: 0 ok, 1 error (missing path...), 2 bad usage or configuration,
+    3 integrity failure (bad signature, hash mismatch...), 4 network failure.
+    """
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _mode_string(mode: int) -> str:
+    return stat.filemode(mode)
+
+
+@main.command("ls")
+@click.option("-l", "long_format", is_flag=True, help="Long listing: mode, links, owner, size, mtime.")
+@click.option("-a", "show_all", is_flag=True, help="Also show entries starting with '.'.")
+@click.argument("path")
+@_fail_cleanly
+def ls_cmd(path: str, long_format: bool, show_all: bool) -> None:
+    """List /cvmfs/REPOSITORY/PATH."""
+    from .client import open_repository, split_cvmfs_path
+
+    fqrn, inner = split_cvmfs_path(path)
+    with open_repository(fqrn) as repo:
+        entry = repo.lookup(inner)
+        entries = repo.listdir(inner) if entry.is_dir or _is_dir_link(repo, entry) else [entry]
+        for e in entries:
+            if not show_all and e.name.startswith(".") and e is not entry:
+                continue
+            name = e.name or fqrn
+            if not long_format:
+                click.echo(name)
+                continue
+            target = f" -> {repo.readlink(e.path)}" if e.is_symlink else ""
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.mtime))
+            size = len(repo.readlink(e.path).encode()) if e.is_symlink else e.size
+            click.echo(
+                f"{_mode_string(e.mode)} {e.nlink:>3} {e.uid:>5} {e.gid:>5} {size:>10} {when} {name}{target}"
+            )
+
+
+def _is_dir_link(repo: Any, entry: Any) -> bool:
+    if not entry.is_symlink:
+        return False
+    try:
+        return bool(repo.stat(entry.path).is_dir)
+    except CvmfsError:
+        return False
+
+
+@main.command("cat")
+@click.argument("paths", nargs=-1, required=True)
+@_fail_cleanly
+def cat_cmd(paths: tuple[str, ...]) -> None:
+    """Print the content of files under /cvmfs/REPOSITORY/..."""
+    from .client import open_repository, split_cvmfs_path
+
+    out = sys.stdout.buffer
+    for path in paths:
+        fqrn, inner = split_cvmfs_path(path)
+        with open_repository(fqrn) as repo, repo.open(inner) as f:
+            while block := f.read(1 << 20):
+                out.write(block)
+    out.flush()
+
+
+@main.command("info")
+@click.argument("fqrn")
+@_fail_cleanly
+def info_cmd(fqrn: str) -> None:
+    """Show the verified state of a repository: revision, root hash, certificate, whitelist."""
+    from .client import open_repository
+
+    with open_repository(fqrn) as repo:
+        i = repo.info()
+    published = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(i.published)) if i.published else "unknown"
+    rows = [
+        ("repository", i.fqrn),
+        ("revision", str(i.revision)),
+        ("root catalog", i.root_hash + (f" (pinned by {i.pinned_by})" if i.pinned_by else "")),
+        ("published", published),
+        ("TTL", f"{i.ttl} s"),
+        ("hash algorithm", i.hash_algorithm),
+        ("certificate", i.certificate_subject),
+        ("fingerprint", i.certificate_fingerprint),
+        ("whitelist expires", i.whitelist_expires.strftime("%Y-%m-%d %H:%M:%S UTC")),
+    ]
+    for k, v in rows:
+        click.echo(f"{k + ':':<19}{v}")
+
+
+def _chunk_sizes(value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if value.lower() in ("off", "none", "no"):
+        return None
+    try:
+        a, b, c = (_size(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter("expected MIN,AVG,MAX in bytes (K/M suffixes allowed), or 'off'") from None
+    return a, b, c
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
+@main.command("publish")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--fqrn", required=True, help="Repository name, e.g. sw.example.org.")
+@click.option(
+    "--stratum0",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory: the static tree an HTTP server serves as /cvmfs/FQRN.",
+)
+@click.option(
+    "--keys",
+    "keys_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Key directory; keys are created there if missing.",
+)
+@click.option(
+    "--hash-algorithm", type=click.Choice(["sha1", "rmd160", "shake128"]), default="sha1", show_default=True
+)
+@click.option("--compression", type=click.Choice(["zlib", "none"]), default="zlib", show_default=True)
+@click.option(
+    "--chunk-size",
+    default="4M,8M,16M",
+    show_default=True,
+    help="Content-defined chunking MIN,AVG,MAX (K/M suffixes) or 'off'.",
+)
+@click.option("--ttl", default=240, show_default=True, help="Catalog TTL in seconds.")
+@click.option("--tag", default=None, help="Also name this revision with a tag.")
+@_fail_cleanly
+def publish_cmd(
+    src: Path,
+    fqrn: str,
+    stratum0: Path,
+    keys_dir: Path,
+    hash_algorithm: str,
+    compression: str,
+    chunk_size: str,
+    ttl: int,
+    tag: str | None,
+) -> None:
+    """Publish directory SRC as the next revision of FQRN, unprivileged, into a Stratum-0 tree."""
+    from .hashing import HashAlgorithm
+    from .objects import Compression
+    from .publisher import publish
+
+    result = publish(
+        src,
+        fqrn,
+        stratum0,
+        keys_dir,
+        hash_algorithm=HashAlgorithm.from_option(hash_algorithm),
+        compression=Compression.from_option(compression),
+        chunk_sizes=_chunk_sizes(chunk_size),
+        ttl=ttl,
+        tag=tag,
+    )
+    click.echo(
+        f"{fqrn}: revision {result.revision}, root catalog {result.root_hash}, "
+        f"{result.objects_written} objects written, {result.objects_reused} reused"
+    )
+
+
+@main.command("serve")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--listen", default="127.0.0.1:8000", show_default=True, help="HOST:PORT to listen on.")
+@_fail_cleanly
+def serve_cmd(root: Path, listen: str) -> None:
+    """Serve a Stratum-0/1 tree over HTTP with a real Stratum 1's cache headers.
+
+    ROOT is either one repository (served as /cvmfs/<its name>/) or a directory of them.
+    """
+    from .server import StratumServer
+
+    host, _, port = listen.rpartition(":")
+    server = StratumServer(root, host or "127.0.0.1", int(port))
+    click.echo(f"serving {root} at {server.url}  (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@main.command("demo")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to publish and cache (default: a temporary directory, removed after).",
+)
+@_fail_cleanly
+def demo_cmd(workdir: Path | None) -> None:
+    """Publish the bundled example tree, serve it on 127.0.0.1 and read it back through the client."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(workdir, click.echo))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
