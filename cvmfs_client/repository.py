@@ -15,7 +15,7 @@ import os
 import platform
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,12 +37,11 @@ from .errors import (
 from .fetch import ObjectSource
 from .hashing import ContentHash, ObjectType
 from .history import History
-from .keys import load_certificate
-from .manifest import Manifest, check_manifest, parse_manifest, verify_manifest_signature
-from .signing import check_letter_hash, split_signed
+from .manifest import Manifest
 from .store import ObjectStore
 from .symlinks import expand_symlink
-from .whitelist import Whitelist, certificate_fingerprint, check_certificate, verify_whitelist
+from .trust import Breadcrumbs, TrustedManifest, load_manifest
+from .whitelist import Whitelist, certificate_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +89,8 @@ class Repository:
         tag: str | None = None,
         env: Mapping[str, str] | None = None,
         now: datetime | None = None,
+        max_ttl_minutes: int = 0,
+        use_breadcrumbs: bool = True,
     ) -> None:
         self.fqrn = fqrn
         self.source = source
@@ -101,24 +102,23 @@ class Repository:
         self.env = base_env
         self._catalogs: dict[tuple[str, str], Catalog] = {}
 
-        raw = source.fetch_bytes(".cvmfspublished")
-        # The hash line is checked before anything is parsed: an altered body is an integrity
-        # failure, not a format error (the signature over that hash line is checked below).
-        check_letter_hash(split_signed(raw, f"{fqrn}/.cvmfspublished"), f"{fqrn}/.cvmfspublished")
-        self.manifest: Manifest = parse_manifest(raw, f"{fqrn}/.cvmfspublished")
-        check_manifest(self.manifest, fqrn, f"{fqrn}/.cvmfspublished")
-        if self.manifest.certificate is None:
-            raise FormatError(f"{fqrn}/.cvmfspublished", "manifest names no certificate (X)")
-        cert_path = store.get(self.manifest.certificate, source, ObjectType.CERTIFICATE)
-        self.certificate: x509.Certificate = load_certificate(
-            cert_path.read_bytes(), f"{fqrn} certificate {self.manifest.certificate.hex}"
+        def cert_bytes(m: Manifest) -> bytes:
+            assert m.certificate is not None
+            return store.get(m.certificate, source, ObjectType.CERTIFICATE).read_bytes()
+
+        self.trusted: TrustedManifest = load_manifest(
+            fqrn,
+            lambda name: source.fetch_bytes(name),
+            cert_bytes,
+            [k for _, k in master_keys],
+            Breadcrumbs(store.directory) if use_breadcrumbs else None,
+            now=now,
+            max_ttl_minutes=max_ttl_minutes,
         )
-        verify_manifest_signature(raw, self.certificate, f"{fqrn}/.cvmfspublished")
-        wl_raw = source.fetch_bytes(".cvmfswhitelist")
-        self.whitelist: Whitelist = verify_whitelist(
-            wl_raw, [k for _, k in master_keys], fqrn, now or datetime.now(UTC), f"{fqrn}/.cvmfswhitelist"
-        )
-        check_certificate(self.whitelist, self.certificate, f"{fqrn}/.cvmfswhitelist")
+        self.manifest: Manifest = self.trusted.manifest
+        self.certificate: x509.Certificate = self.trusted.certificate
+        self.whitelist: Whitelist = self.trusted.whitelist
+        self.offline = self.trusted.offline
 
         self.pinned_by: str | None = None
         if root_hash:
