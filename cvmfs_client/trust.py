@@ -10,6 +10,7 @@ keeps working with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -171,10 +172,7 @@ def load_manifest(
             exc,
             cached.manifest.revision,
         )
-        return TrustedManifest(
-            cached.manifest, cached.certificate, cached.whitelist, cached.raw_manifest, cached.raw_whitelist,
-            cached.fetched_at, offline=True,
-        )  # fmt: skip
+        return dataclasses.replace(cached, offline=True)
     m, c, w = verify_chain(fqrn, raw_m, raw_w, cert_bytes, master_keys, now)
     if cached is not None:
         check_not_older(m, cached.manifest, fqrn)
