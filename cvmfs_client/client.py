@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from .config import RepositorySettings, settings_for
 from .errors import ConfigError
-from .fetch import ObjectSource, parse_proxy_list
+from .fetcher import Fetcher, FetcherSettings
 from .keys import load_master_keys
 from .repository import Repository
 from .store import ObjectStore
@@ -29,6 +29,17 @@ def open_repository(
     env = dict(os.environ if params is None else params)
     s = settings or settings_for(fqrn, env)
     keys = load_master_keys(s.public_key, s.keys_dir)
-    source = ObjectSource(s.server_urls, parse_proxy_list(s.http_proxy), timeout=s.timeout)
+    source = Fetcher(
+        FetcherSettings.from_parameters({**s.parameters, "CVMFS_HTTP_PROXY": s.http_proxy}, fqrn)
+    )
     store = ObjectStore(s.cache_dir)
-    return Repository(fqrn, source, keys, store, root_hash=s.root_hash, tag=s.repository_tag, env=env)
+    return Repository(
+        fqrn,
+        source,
+        keys,
+        store,
+        root_hash=s.root_hash,
+        tag=s.repository_tag,
+        env=env,
+        max_ttl_minutes=s.max_ttl_minutes,
+    )

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import requests
 import urllib3.exceptions
@@ -381,6 +381,21 @@ class ProbeResult:
     reason: str
 
 
+class ObjectSource(Protocol):
+    """What readers need from a fetcher: stream a name into a verifying consumer."""
+
+    def fetch(
+        self, name: str, consume: Callable[[Iterator[bytes], str], T], *, revalidate: bool = False
+    ) -> T: ...
+
+    def fetch_bytes(self, name: str, limit: int = ..., *, revalidate: bool = True) -> bytes: ...
+
+
+def file_url(path: str | Path) -> str:
+    """``file://`` URL of a local Stratum-0 tree (the real client accepts these too)."""
+    return Path(path).resolve().as_uri()
+
+
 class Fetcher:
     """Fetch repository-relative names through the configured servers and proxies.
 
@@ -388,6 +403,11 @@ class Fetcher:
     adapters); ``sleep``, ``rng`` and ``clock`` are injectable so backoff, load balancing and
     reset timers are reproducible in tests.
     """
+
+    @classmethod
+    def for_servers(cls, *servers: str) -> Fetcher:
+        """A fetcher going DIRECT to ``servers`` with default settings (tools and tests)."""
+        return cls(FetcherSettings(servers=tuple(servers)))
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ from .errors import (
     PathNotFound,
     SymlinkLoop,
 )
-from .fetch import ObjectSource
+from .fetcher import ObjectSource
 from .hashing import ContentHash, ObjectType
 from .history import History
 from .manifest import Manifest

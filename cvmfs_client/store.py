@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .fetch import ObjectSource
+from .fetcher import ObjectSource
 from .hashing import ContentHash, ObjectType
 from .objects import Compression, ObjectDecoder
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cvmfs_client.fetch import file_url
+from cvmfs_client.fetcher import file_url
 
 TOOLS = "tools.example.org"
 

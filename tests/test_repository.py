@@ -19,7 +19,7 @@ from cvmfs_client.errors import (
     TagNotFound,
     WhitelistExpired,
 )
-from cvmfs_client.fetch import ObjectSource, file_url
+from cvmfs_client.fetcher import Fetcher, file_url
 from cvmfs_client.hashing import ContentHash, HashAlgorithm, ObjectType
 from cvmfs_client.keys import ensure_repository_keys, load_master_keys
 from cvmfs_client.repository import OutsideRepository, Repository
@@ -34,7 +34,7 @@ SHAKE = "tiny-shake.example.org"
 
 def mount(root: Path, fqrn: str, store_dir: Path, **kw) -> Repository:  # type: ignore[no-untyped-def]
     keys = load_master_keys(str(root / fqrn / f"{fqrn}.pub"), None)
-    source = ObjectSource([file_url(root / fqrn)])
+    source = Fetcher.for_servers(file_url(root / fqrn))
     return Repository(fqrn, source, keys, ObjectStore(store_dir), **kw)
 
 
@@ -201,7 +201,7 @@ def test_expired_whitelist_is_refused(real_fixtures, tmp_path):
 
 def test_wrong_public_key_is_refused(real_fixtures, tmp_path):
     keys = load_master_keys(str(real_fixtures / SHAKE / f"{SHAKE}.pub"), None)
-    source = ObjectSource([file_url(real_fixtures / TOOLS)])
+    source = Fetcher.for_servers(file_url(real_fixtures / TOOLS))
     with pytest.raises(SignatureError):
         Repository(TOOLS, source, keys, ObjectStore(tmp_path))
 
@@ -216,4 +216,4 @@ def test_certificate_missing_from_whitelist_is_refused(real_fixtures, tmp_path):
     (copy / ".cvmfswhitelist").write_bytes(sign_whitelist(body, other.master_key, HashAlgorithm.SHA1))
     keys = load_master_keys(str(tmp_path / "keys" / f"{TOOLS}.pub"), None)
     with pytest.raises(CertificateNotWhitelisted):
-        Repository(TOOLS, ObjectSource([file_url(copy)]), keys, ObjectStore(tmp_path / "c"))
+        Repository(TOOLS, Fetcher.for_servers(file_url(copy)), keys, ObjectStore(tmp_path / "c"))
