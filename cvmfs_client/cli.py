@@ -39,10 +39,19 @@ def _fail_cleanly(func: F) -> F:
 @click.version_option(__version__, prog_name="cvmfs-client")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.option("--debug", is_flag=True, help="Log everything, including each download.")
-def main(verbose: int, debug: bool) -> None:
+@click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CVMFS_CLIENT_CONFIG_DIR",
+    default=None,
+    help="Configuration directory instead of /etc/cvmfs (also CVMFS_CLIENT_CONFIG_DIR).",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, debug: bool, config_dir: Path | None) -> None:
     """Read CernVM-FS repositories without FUSE, setuid or root.
 
-    Repositories are configured with the real client's variables: CVMFS_SERVER_URL
+    Repositories are configured as for the real client: files in /etc/cvmfs (default.conf,
+    default.local, domain.d/, config.d/), then CVMFS_* environment variables: CVMFS_SERVER_URL
     (';'-separated, @fqrn@ is replaced by the repository name), CVMFS_PUBLIC_KEY or
     CVMFS_KEYS_DIR (master public keys), CVMFS_HTTP_PROXY, CVMFS_CACHE_BASE,
     CVMFS_REPOSITORY_TAG and CVMFS_ROOT_HASH (pin a revision).
@@ -50,8 +59,14 @@ def main(verbose: int, debug: bool) -> None:
     Exit codes: 0 ok, 1 error (missing path...), 2 bad usage or configuration,
     3 integrity failure (bad signature, hash mismatch...), 4 network failure.
     """
+    ctx.obj = {"config_dir": config_dir}
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _config_dir() -> Path | None:
+    ctx = click.get_current_context()
+    return (ctx.find_root().obj or {}).get("config_dir")
 
 
 def _mode_string(mode: int) -> str:
@@ -68,7 +83,7 @@ def ls_cmd(path: str, long_format: bool, show_all: bool) -> None:
     from .client import open_repository, split_cvmfs_path
 
     fqrn, inner = split_cvmfs_path(path)
-    with open_repository(fqrn) as repo:
+    with open_repository(fqrn, config_dir=_config_dir()) as repo:
         entry = repo.lookup(inner)
         entries = repo.listdir(inner) if entry.is_dir or _is_dir_link(repo, entry) else [entry]
         for e in entries:
@@ -105,7 +120,7 @@ def cat_cmd(paths: tuple[str, ...]) -> None:
     out = sys.stdout.buffer
     for path in paths:
         fqrn, inner = split_cvmfs_path(path)
-        with open_repository(fqrn) as repo, repo.open(inner) as f:
+        with open_repository(fqrn, config_dir=_config_dir()) as repo, repo.open(inner) as f:
             while block := f.read(1 << 20):
                 out.write(block)
     out.flush()
@@ -118,7 +133,7 @@ def info_cmd(fqrn: str) -> None:
     """Show the verified state of a repository: revision, root hash, certificate, whitelist."""
     from .client import open_repository
 
-    with open_repository(fqrn) as repo:
+    with open_repository(fqrn, config_dir=_config_dir()) as repo:
         i = repo.info()
     published = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(i.published)) if i.published else "unknown"
     rows = [
@@ -134,6 +149,60 @@ def info_cmd(fqrn: str) -> None:
     ]
     for k, v in rows:
         click.echo(f"{k + ':':<19}{v}")
+
+
+@main.command("config")
+@click.argument("fqrn", required=False)
+@click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a parameter.")
+@_fail_cleanly
+def config_cmd(fqrn: str | None, overrides: tuple[str, ...]) -> None:
+    """Show every effective parameter for FQRN and which file or variable set it."""
+    from .config import load_configuration, render_configuration
+    from .errors import ConfigError
+
+    pairs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-o {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    cfg = load_configuration(fqrn, _config_dir(), overrides=pairs, require_server=False)
+    for line in render_configuration(cfg):
+        click.echo(line)
+
+
+@main.command("probe")
+@click.argument("repositories", nargs=-1)
+@_fail_cleanly
+def probe_cmd(repositories: tuple[str, ...]) -> None:
+    """Try every server through every proxy for each repository (default: CVMFS_REPOSITORIES).
+
+    Prints OK or FAILED with the latency and the reason; exits 4 if a repository has no
+    working route.
+    """
+    from .config import load_configuration, settings_for
+    from .errors import ConfigError
+    from .fetcher import Fetcher, FetcherSettings
+
+    names = list(repositories) or load_configuration(None, _config_dir(), require_server=False).repositories()
+    if not names:
+        raise ConfigError("no repository given and CVMFS_REPOSITORIES is empty")
+    unreachable = []
+    for fqrn in names:
+        s = settings_for(fqrn, config_dir=_config_dir())
+        with Fetcher(
+            FetcherSettings.from_parameters({**s.parameters, "CVMFS_HTTP_PROXY": s.http_proxy}, fqrn)
+        ) as f:
+            results = f.probe()
+        click.echo(f"{fqrn}:")
+        for r in results:
+            state = "OK    " if r.ok else "FAILED"
+            click.echo(f"  {state} {r.latency_s * 1000:8.1f} ms  {r.server} via {r.proxy}  {r.reason}")
+        if not any(r.ok for r in results):
+            unreachable.append(fqrn)
+    if unreachable:
+        click.echo(f"cvmfs-client: no working route to {', '.join(unreachable)}", err=True)
+        sys.exit(4)
 
 
 def _chunk_sizes(value: str | None) -> tuple[int, int, int] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from .config import RepositorySettings, settings_for
 from .errors import ConfigError
@@ -23,11 +24,15 @@ def split_cvmfs_path(path: str) -> tuple[str, str]:
 
 
 def open_repository(
-    fqrn: str, params: Mapping[str, str] | None = None, settings: RepositorySettings | None = None
+    fqrn: str,
+    params: Mapping[str, str] | None = None,
+    settings: RepositorySettings | None = None,
+    *,
+    config_dir: Path | None = None,
 ) -> Repository:
-    """Mount ``fqrn`` as configured by ``params`` (default: the environment)."""
+    """Mount ``fqrn`` as configured by files in ``config_dir`` and ``params`` (default: the environment)."""
     env = dict(os.environ if params is None else params)
-    s = settings or settings_for(fqrn, env)
+    s = settings or settings_for(fqrn, env, config_dir=config_dir)
     keys = load_master_keys(s.public_key, s.keys_dir)
     source = Fetcher(
         FetcherSettings.from_parameters({**s.parameters, "CVMFS_HTTP_PROXY": s.http_proxy}, fqrn)

@@ -132,3 +132,38 @@ def test_help_explains_commands():
     text = r.stdout.decode()
     for word in ("ls", "cat", "info", "publish", "serve", "demo", "CVMFS_SERVER_URL", "Exit codes"):
         assert word in text
+
+
+def test_config_shows_values_and_where_they_came_from(env, tmp_path):
+    conf = tmp_path / "etc"
+    (conf / "config.d").mkdir(parents=True)
+    (conf / "default.local").write_text("CVMFS_QUOTA_LIMIT=2000\n")
+    (conf / "config.d" / f"{TOOLS}.local").write_text("CVMFS_QUOTA_LIMIT=3000  # this repository only\n")
+    r = run(["--config-dir", str(conf), "config", TOOLS], env)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.decode().splitlines() if x.startswith("CVMFS_QUOTA_LIMIT="))
+    assert "3000" in line and f"config.d/{TOOLS}.local:1" in line
+    assert any(
+        x.startswith("CVMFS_CACHE_BASE=") and "environment" in x for x in r.stdout.decode().splitlines()
+    )
+
+
+def test_malformed_config_line_is_named(env, tmp_path):
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "default.local").write_text("CVMFS_QUOTA_LIMIT=1\nthis is not a setting\n")
+    r = run(["--config-dir", str(conf), "ls", f"/cvmfs/{TOOLS}"], env)
+    assert r.returncode == 2
+    assert f"{conf}/default.local:2" in r.stderr.decode()
+    assert r.stderr.decode().count("\n") == 1
+
+
+def test_probe_reports_each_server(env, real_fixtures):
+    servers = "http://127.0.0.1:9/cvmfs/@fqrn@;" + file_url(real_fixtures) + "/@fqrn@"
+    r = run(["probe", TOOLS], {**env, "CVMFS_SERVER_URL": servers})
+    assert r.returncode == 0
+    lines = r.stdout.decode().splitlines()
+    assert any("FAILED" in x and "127.0.0.1:9" in x for x in lines)
+    assert any(x.strip().startswith("OK") and "file://" in x for x in lines)
+    bad = run(["probe", TOOLS], {**env, "CVMFS_SERVER_URL": "http://127.0.0.1:9/cvmfs/@fqrn@"})
+    assert bad.returncode == 4
