@@ -6,12 +6,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .cache import AlienCache, NodeCache
 from .config import RepositorySettings, settings_for
 from .errors import ConfigError
 from .fetcher import Fetcher, FetcherSettings
 from .keys import load_master_keys
 from .repository import Repository
-from .store import ObjectStore
 
 
 def split_cvmfs_path(path: str) -> tuple[str, str]:
@@ -37,7 +37,8 @@ def open_repository(
     source = Fetcher(
         FetcherSettings.from_parameters({**s.parameters, "CVMFS_HTTP_PROXY": s.http_proxy}, fqrn)
     )
-    store = ObjectStore(s.cache_dir)
+    alien = AlienCache(s.alien_cache, s.alien_cache_writable) if s.alien_cache else None
+    store = NodeCache(s.cache_dir, s.quota_limit_bytes, alien)
     return Repository(
         fqrn,
         source,

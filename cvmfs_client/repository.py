@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from typing import BinaryIO
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from .cache import NodeCache
 from .catalog import Catalog, DirEntry, NestedRef
 from .errors import (
     CatalogError,
@@ -38,13 +40,14 @@ from .fetcher import ObjectSource
 from .hashing import ContentHash, ObjectType
 from .history import History
 from .manifest import Manifest
-from .store import ObjectStore
 from .symlinks import expand_symlink
 from .trust import Breadcrumbs, TrustedManifest, load_manifest
 from .whitelist import Whitelist, certificate_fingerprint
 
 log = logging.getLogger(__name__)
 
+# Key of the derived empty file (a chunked-free regular file without content hash).
+_EMPTY_KEY = hashlib.sha1(b"").hexdigest()
 # Linux's limit on symlinks followed while resolving one path (MAXSYMLINKS).
 MAX_SYMLINKS = 40
 # Nested catalogs deeper than this are refused: real repositories stay far below.
@@ -83,7 +86,7 @@ class Repository:
         fqrn: str,
         source: ObjectSource,
         master_keys: list[tuple[str, RSAPublicKey]],
-        store: ObjectStore,
+        store: NodeCache,
         *,
         root_hash: str | None = None,
         tag: str | None = None,
@@ -101,6 +104,7 @@ class Repository:
         base_env.setdefault("CVMFS_ARCH", platform.machine())
         self.env = base_env
         self._catalogs: dict[tuple[str, str], Catalog] = {}
+        self._pinned: list[ContentHash] = []
 
         def cert_bytes(m: Manifest) -> bytes:
             assert m.certificate is not None
@@ -159,6 +163,9 @@ class Repository:
         for cat in self._catalogs.values():
             cat.close()
         self._catalogs.clear()
+        for h in self._pinned:
+            self.store.unpin(h)
+        self._pinned.clear()
 
     def __enter__(self) -> Repository:
         return self
@@ -181,6 +188,10 @@ class Repository:
         if len(chain) >= MAX_CATALOG_DEPTH:
             raise HostileCatalog(label, f"nested catalogs deeper than {MAX_CATALOG_DEPTH}")
         path = self.store.get(ref.content_hash, self.source, ObjectType.CATALOG)
+        # Catalogs of the mounted revision stay in the cache while this process uses them
+        # (the real client pins them too); the pin dies with the process.
+        self.store.pin(ref.content_hash)
+        self._pinned.append(ref.content_hash)
         cat = Catalog(path, label, mountpoint=ref.path)
         if not ref.is_bind and cat.root_prefix != ref.path:
             cat.close()
@@ -315,42 +326,34 @@ class Repository:
 
     def _assemble(self, entry: DirEntry) -> Path:
         """Concatenate verified chunks into one local file, named by the chunk list."""
-        cat = self._catalog_for(entry.path, False)
-        chunks = cat.chunks(entry)
+        chunks = self._catalog_for(entry.path, False).chunks(entry)
         key = hashlib.sha1(b"".join(c.content_hash.hex.encode() + b"\n" for c in chunks)).hexdigest()
-        final = self.store.directory / "assembled" / key[:2] / key[2:]
-        if final.exists():
-            return final
-        fd, tmp = self.store.temporary("assembled.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    part = self.store.get(
-                        chunk.content_hash, self.source, ObjectType.PARTIAL, entry.compression, chunk.size
-                    )
-                    with open(part, "rb") as f:
-                        while block := f.read(1 << 20):
-                            out.write(block)
-            os.chmod(tmp, 0o444)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return final
+
+        def build(out: BinaryIO) -> None:
+            for chunk in chunks:
+                with self.store.open(
+                    chunk.content_hash, self.source, ObjectType.PARTIAL, entry.compression, chunk.size
+                ) as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+
+        return self.store.get_derived(key, build)
 
     def _empty_file(self) -> Path:
-        final = self.store.directory / "assembled" / "empty"
-        if not final.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = self.store.temporary("empty.")
-            os.close(fd)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
-        return final
+        return self.store.get_derived(_EMPTY_KEY, lambda out: None)
 
     def open(self, path: str) -> BinaryIO:
-        return open(self.materialize(path), "rb")
+        """The verified content of ``path``, opened (no window for eviction to slip in)."""
+        entry = self.stat(path)
+        if (
+            entry.is_regular
+            and not entry.is_chunked
+            and entry.content_hash is not None
+            and not entry.is_external
+        ):
+            return self.store.open(
+                entry.content_hash, self.source, ObjectType.FILE, entry.compression, entry.size
+            )
+        return open(self.materialize_entry(entry), "rb")
 
     def read_file(self, path: str) -> bytes:
         with self.open(path) as f:

@@ -25,13 +25,13 @@ import requests
 import urllib3.exceptions
 
 from cvmfs_client import __version__
+from cvmfs_client.cache import NodeCache
 from cvmfs_client.errors import ConfigError, FetchError, HashMismatch, IntegrityError
 from cvmfs_client.failover import DIRECT, ErrorClass
 from cvmfs_client.fetcher import Fetcher, FetcherSettings, _failure
 from cvmfs_client.hashing import ContentHash, HashAlgorithm, ObjectType
 from cvmfs_client.keys import load_master_keys
 from cvmfs_client.repository import Repository
-from cvmfs_client.store import ObjectStore
 
 from .truth import compare_with_truth, load_truth
 
@@ -316,7 +316,7 @@ def test_corrupt_server_gets_one_nocache_retry_then_the_next_server(make, tmp_pa
     bad.behave["*"] = "corrupt"
     good = make(Origin, FILES)
     f, sleeps = fetcher(settings([bad.url, good.url]))
-    store = ObjectStore(tmp_path)
+    store = NodeCache(tmp_path, None)
     with f:
         path = store.get(DIGEST, f)  # type: ignore[arg-type]
     assert path.read_bytes() == zlib.decompress(STORED)
@@ -333,7 +333,7 @@ def test_corrupt_server_gets_one_nocache_retry_then_the_next_server(make, tmp_pa
 def test_bad_bytes_everywhere_raise_the_integrity_error_and_store_nothing(make, tmp_path):
     a, b = make(Origin, FILES), make(Origin, FILES)
     a.behave["*"] = b.behave["*"] = "corrupt"
-    store = ObjectStore(tmp_path)
+    store = NodeCache(tmp_path, None)
     f, _ = fetcher(settings([a.url, b.url]))
     with f, pytest.raises(IntegrityError) as info:
         store.get(DIGEST, f)  # type: ignore[arg-type]
@@ -612,7 +612,7 @@ def test_real_repository_mounts_through_proxy_after_server_failover(make, real_f
     params = {"CVMFS_SERVER_URL": f"{dead_url('/cvmfs/@fqrn@')};{base}", "CVMFS_HTTP_PROXY": proxy.url}
     f = Fetcher(FetcherSettings.from_parameters(params, fqrn), sleep=lambda s: None)
     keys = load_master_keys(str(real_fixtures / fqrn / f"{fqrn}.pub"), None)
-    with f, Repository(fqrn, f, keys, ObjectStore(tmp_path)) as repo:  # type: ignore[arg-type]
+    with f, Repository(fqrn, f, keys, NodeCache(tmp_path, None)) as repo:  # type: ignore[arg-type]
         assert compare_with_truth(repo, load_truth(real_fixtures / f"{fqrn}.truth.tsv")) == []
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from cvmfs_client.cache import NodeCache
 from cvmfs_client.catalog import DirEntry, md5path
 from cvmfs_client.catalog_writer import make_flags
 from cvmfs_client.errors import HostileCatalog, PathNotFound, SymlinkLoop
 from cvmfs_client.fetcher import Fetcher, file_url
 from cvmfs_client.keys import load_master_keys
 from cvmfs_client.repository import Repository
-from cvmfs_client.store import ObjectStore
 
 from .forge import MTIME, build_catalog, dir_entry, file_entry, link_entry, sign_repository
 
@@ -30,7 +30,9 @@ def repo_dir(tmp_path) -> Path:
 
 def mount(repo_dir: Path, tmp_path: Path) -> Repository:
     keys = load_master_keys(str(tmp_path / "keys" / f"{FQRN}.pub"), None)
-    return Repository(FQRN, Fetcher.for_servers(file_url(repo_dir)), keys, ObjectStore(tmp_path / "cache"))
+    return Repository(
+        FQRN, Fetcher.for_servers(file_url(repo_dir)), keys, NodeCache(tmp_path / "cache", None)
+    )
 
 
 def publish_root(repo_dir, tmp_path, entries, nested=(), tamper=None):  # type: ignore[no-untyped-def]

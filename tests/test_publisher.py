@@ -505,17 +505,17 @@ def test_objects_equal_the_real_publishers(real_fixtures: Path, tmp_path: Path, 
 def test_round_trip_through_the_reader(
     published: tuple[Path, Path, PublishResult], keys_dir: Path, tmp_path: Path
 ) -> None:
+    from cvmfs_client.cache import NodeCache
     from cvmfs_client.fetcher import Fetcher, file_url
     from cvmfs_client.keys import load_master_keys
     from cvmfs_client.repository import Repository
-    from cvmfs_client.store import ObjectStore
 
     src, s0, result = published
     repo = Repository(
         FQRN,
         Fetcher.for_servers(file_url(s0)),
         load_master_keys(str(keys_dir / f"{FQRN}.pub"), None),
-        ObjectStore(tmp_path / "store"),
+        NodeCache(tmp_path / "store", None),
         now=datetime.fromtimestamp(NOW, UTC),
     )
     try:

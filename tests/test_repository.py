@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cvmfs_client.cache import NodeCache
 from cvmfs_client.errors import (
     CertificateNotWhitelisted,
     CorruptObject,
@@ -23,7 +24,6 @@ from cvmfs_client.fetcher import Fetcher, file_url
 from cvmfs_client.hashing import ContentHash, HashAlgorithm, ObjectType
 from cvmfs_client.keys import ensure_repository_keys, load_master_keys
 from cvmfs_client.repository import OutsideRepository, Repository
-from cvmfs_client.store import ObjectStore
 from cvmfs_client.whitelist import render_whitelist, sign_whitelist
 
 from .truth import REVISIONS, ROOT_HASHES, compare_with_truth, load_truth
@@ -35,7 +35,7 @@ SHAKE = "tiny-shake.example.org"
 def mount(root: Path, fqrn: str, store_dir: Path, **kw) -> Repository:  # type: ignore[no-untyped-def]
     keys = load_master_keys(str(root / fqrn / f"{fqrn}.pub"), None)
     source = Fetcher.for_servers(file_url(root / fqrn))
-    return Repository(fqrn, source, keys, ObjectStore(store_dir), **kw)
+    return Repository(fqrn, source, keys, NodeCache(store_dir, None), **kw)
 
 
 CASES = [(fqrn, rev) for fqrn, revs in REVISIONS.items() for rev in revs]
@@ -203,7 +203,7 @@ def test_wrong_public_key_is_refused(real_fixtures, tmp_path):
     keys = load_master_keys(str(real_fixtures / SHAKE / f"{SHAKE}.pub"), None)
     source = Fetcher.for_servers(file_url(real_fixtures / TOOLS))
     with pytest.raises(SignatureError):
-        Repository(TOOLS, source, keys, ObjectStore(tmp_path))
+        Repository(TOOLS, source, keys, NodeCache(tmp_path, None))
 
 
 def test_certificate_missing_from_whitelist_is_refused(real_fixtures, tmp_path):
@@ -216,4 +216,4 @@ def test_certificate_missing_from_whitelist_is_refused(real_fixtures, tmp_path):
     (copy / ".cvmfswhitelist").write_bytes(sign_whitelist(body, other.master_key, HashAlgorithm.SHA1))
     keys = load_master_keys(str(tmp_path / "keys" / f"{TOOLS}.pub"), None)
     with pytest.raises(CertificateNotWhitelisted):
-        Repository(TOOLS, Fetcher.for_servers(file_url(copy)), keys, ObjectStore(tmp_path / "c"))
+        Repository(TOOLS, Fetcher.for_servers(file_url(copy)), keys, NodeCache(tmp_path / "c", None))

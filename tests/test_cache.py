@@ -1,0 +1,471 @@
+"""NodeCache / AlienCache: verified inserts, one download per object, quota, crashes, fsck."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import cvmfs_client.cache as cache_mod
+from cvmfs_client.cache import AlienCache, NodeCache, quota_bytes_from_limit
+from cvmfs_client.errors import ConfigError, FetchError, FormatError, HashMismatch
+from cvmfs_client.hashing import ContentHash, HashAlgorithm, ObjectType
+from cvmfs_client.objects import Compression, encode
+
+# fork: children start in milliseconds and inherit the fake source; each builds its own NodeCache.
+FORK = multiprocessing.get_context("fork")
+
+
+class FakeSource:
+    """Serves stored objects from a dict, counting fetches (in memory and, optionally, in a file)."""
+
+    def __init__(
+        self,
+        stored: dict[str, bytes],
+        *,
+        delay: float = 0.0,
+        piece: int = 4096,
+        counter: Path | None = None,
+    ) -> None:
+        self.stored = stored
+        self.delay = delay
+        self.piece = piece
+        self.counter = counter
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def fetch(self, name: str, consume: Callable[[Iterator[bytes], str], object]) -> object:
+        with self._lock:
+            self.calls[name] += 1
+        if self.counter is not None:
+            # O_APPEND writes of one short line are atomic: a process-safe fetch counter.
+            fd = os.open(self.counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, name.encode() + b"\n")
+            os.close(fd)
+        data = self.stored.get(name)
+        if data is None:
+            raise FetchError(name, ["fake: no such object"])
+
+        def pieces() -> Iterator[bytes]:
+            for i in range(0, len(data), self.piece):
+                if self.delay:
+                    time.sleep(self.delay)
+                yield data[i : i + self.piece]
+
+        return consume(pieces(), f"fake://{name}")
+
+
+def make_objects(
+    n: int,
+    size: int,
+    seed: int = 0,
+    compression: Compression = Compression.ZLIB,
+    kind: ObjectType = ObjectType.FILE,
+) -> tuple[dict[ContentHash, bytes], dict[str, bytes]]:
+    """(hash -> decoded content, object path -> stored bytes) for ``n`` random objects."""
+    rng = random.Random(seed)
+    content: dict[ContentHash, bytes] = {}
+    stored: dict[str, bytes] = {}
+    for _ in range(n):
+        data = rng.randbytes(size)
+        blob = encode(data, compression)
+        h = ContentHash.of(HashAlgorithm.SHA1, blob)
+        content[h] = data
+        stored[h.object_path(kind)] = blob
+    return content, stored
+
+
+def files_under_final_names(directory: Path) -> dict[str, Path]:
+    out = {}
+    for sub in directory.iterdir():
+        if len(sub.name) == 2 and sub.is_dir():
+            for f in sub.iterdir():
+                out[sub.name + f.name] = f
+    return out
+
+
+def test_insert_is_verified_decoded_and_read_only(tmp_path: Path) -> None:
+    content, stored = make_objects(1, 50_000)
+    (h, data), src = next(iter(content.items())), FakeSource(stored)
+    with NodeCache(tmp_path, None) as cache:
+        path = cache.get(h, src)
+        assert path == cache.path_for(h) == tmp_path / h.hex[:2] / h.hex[2:]
+        assert path.read_bytes() == data  # decompressed
+        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        assert cache.get(h, src) == path
+        with cache.open(h, src) as f:
+            assert f.read() == data
+        assert src.calls[h.object_path()] == 1
+        assert list(cache.txn.iterdir()) == []
+
+
+def test_corrupted_download_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    content, stored = make_objects(1, 50_000)
+    h = next(iter(content))
+    blob = bytearray(stored[h.object_path()])
+    blob[len(blob) // 2] ^= 0xFF
+    src = FakeSource({h.object_path(): bytes(blob)})
+    with NodeCache(tmp_path, None) as cache:
+        with pytest.raises(HashMismatch):
+            cache.get(h, src)
+        assert not cache.path_for(h).exists()
+        assert list(cache.txn.iterdir()) == []
+        assert cache._index.get(h.cache_name()) is None
+        assert cache.stat().objects == 0 and cache.stat().size_bytes == 0
+
+
+def test_eight_threads_asking_for_one_object_cause_one_download(tmp_path: Path) -> None:
+    content, stored = make_objects(1, 40_000)
+    h, data = next(iter(content.items()))
+    src = FakeSource(stored, delay=0.002)
+    barrier = threading.Barrier(8)
+    results: list[Path] = []
+    with NodeCache(tmp_path, None) as cache:
+
+        def worker() -> None:
+            barrier.wait()
+            results.append(cache.get(h, src))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert src.calls[h.object_path()] == 1
+        assert len(results) == 8 and len(set(results)) == 1
+        assert results[0].read_bytes() == data
+        s = cache.stat()
+        assert (s.misses, s.hits) == (1, 7)
+
+
+def _process_worker(
+    directory: Path,
+    content: dict[ContentHash, bytes],
+    stored: dict[str, bytes],
+    counter: Path,
+    seed: int,
+    barrier,
+) -> None:
+    cache = NodeCache(directory, None)
+    src = FakeSource(stored, delay=0.0005, counter=counter)
+    order = list(content)
+    random.Random(seed).shuffle(order)
+    barrier.wait()
+    for h in order:
+        if cache.get(h, src).read_bytes() != content[h]:
+            os._exit(3)
+    cache.close()
+
+
+def test_eight_processes_fetch_each_object_once(tmp_path: Path) -> None:
+    content, stored = make_objects(50, 8_000, seed=1)
+    counter = tmp_path / "fetches"
+    barrier = FORK.Barrier(8)
+    procs = [
+        FORK.Process(target=_process_worker, args=(tmp_path / "c", content, stored, counter, i, barrier))
+        for i in range(8)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 8
+    fetched = collections.Counter(counter.read_text().split())
+    assert set(fetched) == set(stored) and set(fetched.values()) == {1}
+    with NodeCache(tmp_path / "c", None) as cache:
+        s = cache.stat()
+        assert (s.objects, s.misses, s.hits) == (50, 50, 350)
+
+
+def _quota_worker(
+    directory: Path, content: dict[ContentHash, bytes], stored: dict[str, bytes], seed: int
+) -> None:
+    cache = NodeCache(directory, 120_000)
+    src = FakeSource(stored)
+    rng = random.Random(seed)
+    for _ in range(3):
+        order = list(content)
+        rng.shuffle(order)
+        for h in order:
+            with cache.open(h, src) as f:  # get() + open() could lose the race with eviction here
+                if f.read() != content[h]:
+                    os._exit(3)
+
+
+def test_quota_holds_with_concurrent_processes(tmp_path: Path) -> None:
+    content, stored = make_objects(40, 8_000, seed=14)
+    procs = [FORK.Process(target=_quota_worker, args=(tmp_path, content, stored, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 4
+    with NodeCache(tmp_path, 120_000) as cache:
+        on_disk = sum(p.stat().st_size for p in files_under_final_names(tmp_path).values())
+        assert cache.stat().size_bytes == on_disk <= 120_000
+        assert cache.fsck().removed == []
+        on_disk = sum(p.stat().st_size for p in files_under_final_names(tmp_path).values())
+        assert cache.stat().size_bytes == on_disk
+
+
+def test_quota_keeps_total_under_limit_and_recently_used_objects(tmp_path: Path) -> None:
+    content, stored = make_objects(30, 10_000, seed=2)
+    src = FakeSource(stored)
+    hashes = list(content)
+    hot = hashes[:3]
+    quota = 100_000
+    with NodeCache(tmp_path, quota) as cache:
+        for h in hashes:
+            cache.get(h, src)
+            for k in hot:
+                cache.get(k, src)
+            assert cache.stat().size_bytes <= quota
+        on_disk = sum(p.stat().st_size for p in files_under_final_names(tmp_path).values())
+        assert on_disk == cache.stat().size_bytes <= quota
+        assert all(cache.path_for(k).exists() for k in hot)
+        assert all(src.calls[k.object_path()] == 1 for k in hot)
+        assert not cache.path_for(hashes[5]).exists()  # cold ones went
+
+
+def _pin_and_exit(directory: Path, h: ContentHash) -> None:
+    NodeCache(directory, None).pin(h)
+
+
+def test_pinned_objects_are_never_evicted_and_dead_owners_pins_are_ignored(tmp_path: Path) -> None:
+    content, stored = make_objects(20, 10_000, seed=3, kind=ObjectType.CATALOG)
+    src = FakeSource(stored)
+    hashes = list(content)
+    mine, orphan = hashes[0], hashes[1]
+    with NodeCache(tmp_path, 50_000) as cache:
+        cache.get(mine, src, ObjectType.CATALOG)
+        cache.get(orphan, src, ObjectType.CATALOG)
+        cache.pin(mine)
+        child = FORK.Process(target=_pin_and_exit, args=(tmp_path, orphan))
+        child.start()
+        child.join()
+        assert cache.stat().pinned == 1  # the child's pin died with it
+        for h in hashes[2:]:
+            cache.get(h, src, ObjectType.CATALOG)
+        assert cache.path_for(mine).exists()
+        assert not cache.path_for(orphan).exists()
+        assert cache.stat().size_bytes <= 50_000
+        cache.unpin(mine)
+        assert cache.stat().pinned == 0
+
+
+def test_open_descriptor_survives_eviction(tmp_path: Path) -> None:
+    content, stored = make_objects(10, 10_000, seed=4)
+    src = FakeSource(stored)
+    first, *rest = content
+    with NodeCache(tmp_path, 30_000) as cache:
+        path = cache.get(first, src)
+        with open(path, "rb") as job_file:
+            for h in rest:
+                cache.get(h, src)
+            assert not path.exists()  # evicted while open
+            assert job_file.read() == content[first]
+
+
+def _slow_worker(
+    directory: Path, content: dict[ContentHash, bytes], stored: dict[str, bytes], seed: int
+) -> None:
+    cache = NodeCache(directory, 200_000)
+    src = FakeSource(stored, delay=0.002, piece=4096)
+    order = list(content)
+    random.Random(seed).shuffle(order)
+    for h in order:
+        cache.get(h, src)
+
+
+def test_kill_9_during_downloads_leaves_cache_consistent(tmp_path: Path) -> None:
+    content, stored = make_objects(16, 32_000, seed=5)
+    directory = tmp_path / "c"
+    rng = random.Random(6)
+    for round_ in range(20):
+        procs = [
+            FORK.Process(target=_slow_worker, args=(directory, content, stored, round_ * 2 + i))
+            for i in range(2)
+        ]
+        for p in procs:
+            p.start()
+        time.sleep(rng.uniform(0.01, 0.3))
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.join()
+    by_hex = {h.hex: data for h, data in content.items()}
+    for hexid, path in files_under_final_names(directory).items():
+        assert path.read_bytes() == by_hex[hexid], f"partial or wrong file {path}"
+    with NodeCache(directory, 200_000) as cache:
+        report = cache.fsck()
+        assert report.removed == []
+        assert list(cache.txn.iterdir()) == []
+        on_disk = sum(p.stat().st_size for p in files_under_final_names(directory).values())
+        assert cache.stat().size_bytes == on_disk <= 200_000
+        src = FakeSource(stored)
+        for h, data in content.items():  # no lock was left held by the dead
+            assert cache.get(h, src).read_bytes() == data
+
+
+def test_fsck_quarantines_a_file_modified_on_disk(tmp_path: Path) -> None:
+    content, stored = make_objects(3, 20_000, seed=7)
+    src = FakeSource(stored)
+    h = next(iter(content))
+    with NodeCache(tmp_path, None) as cache:
+        for k in content:
+            cache.get(k, src)
+        path = cache.path_for(h)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.seek(100)
+            f.write(b"X")
+        seen: list[tuple[int, int]] = []
+        report = cache.fsck(progress=lambda done, total: seen.append((done, total)))
+        assert [name for name, _ in report.removed] == [h.cache_name()]
+        assert "sha256" in report.removed[0][1]
+        assert report.checked == 3 and seen[-1] == (3, 3)
+        assert not path.exists() and len(list(cache.quarantine.iterdir())) == 1
+        assert cache.stat().objects == 2
+        assert cache.get(h, src).read_bytes() == content[h]
+        assert src.calls[h.object_path()] == 2
+
+
+def test_lost_or_corrupt_index_is_rebuilt_and_fsck_verifies_by_name(tmp_path: Path) -> None:
+    zipped, stored = make_objects(3, 20_000, seed=8)
+    raw, stored_raw = make_objects(2, 20_000, seed=9, compression=Compression.NONE)
+    src = FakeSource({**stored, **stored_raw})
+    with NodeCache(tmp_path, None) as cache:
+        for h in zipped:
+            cache.get(h, src)
+        for h in raw:
+            cache.get(h, src, compression=Compression.NONE)
+    shutil.rmtree(tmp_path / "index")
+    with NodeCache(tmp_path, None) as cache:
+        assert cache.stat().objects == 5
+        assert cache.stat().size_bytes == 5 * 20_000
+        report = cache.fsck()  # no sha256 recorded: checked against the names
+        assert report.removed == [] and report.checked == 5
+        assert cache._index.get(next(iter(raw)).cache_name()).sha256 is not None
+    (tmp_path / "index" / "cache.db").write_bytes(b"this is not a database" * 100)
+    with NodeCache(tmp_path, None) as cache:
+        assert cache.stat().objects == 5
+        for h, data in zipped.items():
+            assert cache.get(h, src).read_bytes() == data
+        assert sum(src.calls.values()) == 5  # nothing downloaded again
+
+
+def test_alien_read_only_hit_is_returned_in_place(tmp_path: Path) -> None:
+    content, stored = make_objects(2, 10_000, seed=10)
+    (h, data), (other, _) = list(content.items())
+    plain = tmp_path / "plain"
+    plain.write_bytes(data)
+    AlienCache(tmp_path / "alien", writable=True).publish(h, plain)
+    alien = AlienCache(tmp_path / "alien")
+    src = FakeSource(stored)
+    with NodeCache(tmp_path / "node", None, alien=alien) as cache:
+        path = cache.get(h, src)
+        assert path == alien.path_for(h) and path.read_bytes() == data
+        assert src.calls[h.object_path()] == 0 and not cache.path_for(h).exists()
+        cache.get(other, src)  # not in the tier: network, and no publishing when read-only
+        assert src.calls[other.object_path()] == 1 and not alien.path_for(other).exists()
+        assert cache.stat().alien_hits == 1
+
+
+def test_alien_writable_publishes_and_holds_no_database(tmp_path: Path) -> None:
+    content, stored = make_objects(3, 10_000, seed=11)
+    src = FakeSource(stored)
+    with NodeCache(tmp_path / "node1", None, alien=AlienCache(tmp_path / "alien", writable=True)) as cache:
+        for h in content:
+            cache.get(h, src)
+    files = [p for p in (tmp_path / "alien").rglob("*") if p.is_file()]
+    assert sorted(p.relative_to(tmp_path / "alien").as_posix() for p in files) == sorted(
+        h.cache_name() for h in content
+    )
+    assert all(not p.stat().st_mode & stat.S_IWUSR for p in files)
+    src2 = FakeSource(stored)
+    with NodeCache(tmp_path / "node2", None, alien=AlienCache(tmp_path / "alien")) as cache:
+        for h, data in content.items():
+            assert cache.get(h, src2).read_bytes() == data
+    assert sum(src2.calls.values()) == 0
+
+
+def test_stat_counts_hits_misses_and_size(tmp_path: Path) -> None:
+    content, stored = make_objects(2, 10_000, seed=12)
+    a, b = content
+    src = FakeSource(stored)
+    with NodeCache(tmp_path, quota_bytes_from_limit(4000)) as cache:
+        cache.get(a, src)
+        cache.get(a, src)
+        cache.get(a, src)
+        cache.get(b, src)
+        s = cache.stat()
+        assert (s.hits, s.misses, s.alien_hits) == (2, 2, 0)
+        assert (s.objects, s.size_bytes, s.quota_bytes, s.pinned) == (2, 20_000, 4000 * 1024 * 1024, 0)
+    assert quota_bytes_from_limit(0) is None and quota_bytes_from_limit(-1) is None
+
+
+def test_get_derived_builds_once_atomically_and_counts_against_quota(tmp_path: Path) -> None:
+    built: list[int] = []
+
+    def build(f) -> None:
+        built.append(1)
+        f.write(b"abc" * 1000)
+
+    with NodeCache(tmp_path, None) as cache:
+        path = cache.get_derived("deadbeef01", build)
+        assert path == tmp_path / "assembled" / "de" / "adbeef01"
+        assert cache.get_derived("deadbeef01", build).read_bytes() == b"abc" * 1000
+        assert built == [1] and cache.stat().size_bytes == 3000
+
+        def failing(f) -> None:
+            f.write(b"half")
+            raise RuntimeError("chunk missing")
+
+        with pytest.raises(RuntimeError):
+            cache.get_derived("cafe02", failing)
+        assert not (tmp_path / "assembled" / "ca" / "fe02").exists()
+        assert list(cache.txn.iterdir()) == []
+        with pytest.raises(FormatError):
+            cache.get_derived("../../etc", build)
+        assert cache.fsck().removed == []
+
+
+def test_wipe_removes_everything_and_objects_come_back(tmp_path: Path) -> None:
+    content, stored = make_objects(5, 10_000, seed=13)
+    src = FakeSource(stored)
+    with NodeCache(tmp_path, None) as cache:
+        for h in content:
+            cache.get(h, src)
+        cache.pin(next(iter(content)))
+        assert cache.wipe() == 5
+        assert files_under_final_names(tmp_path) == {}
+        s = cache.stat()
+        assert (s.objects, s.size_bytes) == (0, 0)
+        h = next(iter(content))
+        assert cache.get(h, src).read_bytes() == content[h]
+
+
+def test_txn_file_of_a_live_writer_is_kept(tmp_path: Path) -> None:
+    with NodeCache(tmp_path, None) as cache:
+        fd, live = cache.temporary("x.")
+        dead = cache.txn / "999999999.y.abc"  # no such pid, nobody holds its lock
+        dead.write_bytes(b"partial")
+        assert cache._clean_txn() == 1
+        assert Path(live).exists() and not dead.exists()
+        os.close(fd)
+
+
+def test_node_cache_on_a_network_file_system_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cache_mod, "_filesystem_type", lambda path: "nfs4")
+    with pytest.raises(ConfigError, match="node-local"):
+        NodeCache(tmp_path, None)
