@@ -205,6 +205,68 @@ def probe_cmd(repositories: tuple[str, ...]) -> None:
         sys.exit(4)
 
 
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect and repair the node cache (CVMFS_CACHE_BASE/shared unless configured otherwise)."""
+
+
+def _node_cache(cache_dir: Path | None):  # type: ignore[no-untyped-def]
+    from .cache import NodeCache
+    from .config import cache_settings, load_configuration
+
+    cs = cache_settings(load_configuration(None, _config_dir(), require_server=False))
+    return NodeCache(cache_dir or cs.directory, cs.quota_limit_bytes)
+
+
+_cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache directory to use.",
+)
+
+
+@cache_group.command("stat")
+@_cache_dir_option
+@_fail_cleanly
+def cache_stat_cmd(cache_dir: Path | None) -> None:
+    """Size, quota, object count, pinned objects and hit/miss counters."""
+    with _node_cache(cache_dir) as cache:
+        st = cache.stat()
+        click.echo(f"directory: {cache.directory}")
+    quota = f"{st.quota_bytes / 2**20:.0f} MiB" if st.quota_bytes else "unlimited"
+    click.echo(f"size:      {st.size_bytes / 2**20:.1f} MiB of {quota}")
+    click.echo(f"objects:   {st.objects} ({st.pinned} pinned)")
+    click.echo(f"hits:      {st.hits}  misses: {st.misses}  alien hits: {st.alien_hits}")
+
+
+@cache_group.command("fsck")
+@_cache_dir_option
+@_fail_cleanly
+def cache_fsck_cmd(cache_dir: Path | None) -> None:
+    """Re-verify every object; remove bad ones. Exits 3 if anything was wrong."""
+    with _node_cache(cache_dir) as cache:
+        report = cache.fsck()
+    for name, reason in report.removed:
+        click.echo(f"removed {name}: {reason}")
+    click.echo(
+        f"checked {report.checked} objects: {len(report.removed)} bad, "
+        f"{report.stray_txn_removed} stray temporary files removed"
+    )
+    if not report.clean:
+        sys.exit(3)
+
+
+@cache_group.command("wipe")
+@_cache_dir_option
+@_fail_cleanly
+def cache_wipe_cmd(cache_dir: Path | None) -> None:
+    """Remove every cached object."""
+    with _node_cache(cache_dir) as cache:
+        n = cache.wipe()
+    click.echo(f"removed {n} objects")
+
+
 def _chunk_sizes(value: str | None) -> tuple[int, int, int] | None:
     if value is None:
         return None

@@ -39,13 +39,19 @@ def open_repository(
     )
     alien = AlienCache(s.alien_cache, s.alien_cache_writable) if s.alien_cache else None
     store = NodeCache(s.cache_dir, s.quota_limit_bytes, alien)
-    return Repository(
-        fqrn,
-        source,
-        keys,
-        store,
-        root_hash=s.root_hash,
-        tag=s.repository_tag,
-        env=env,
-        max_ttl_minutes=s.max_ttl_minutes,
-    )
+    try:
+        return Repository(
+            fqrn,
+            source,
+            keys,
+            store,
+            root_hash=s.root_hash,
+            tag=s.repository_tag,
+            env=env,
+            max_ttl_minutes=s.max_ttl_minutes,
+            owns_resources=True,
+        )
+    except BaseException:
+        source.close()
+        store.close()
+        raise

@@ -555,6 +555,35 @@ def resolve_auto_proxy(value: str, environ: Mapping[str, str]) -> str:
     return ";".join(groups)
 
 
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where the node cache lives and how big it may grow; independent of any one repository."""
+
+    directory: Path
+    quota_limit_mb: int
+    alien_cache: Path | None
+    alien_cache_writable: bool
+
+    @property
+    def quota_limit_bytes(self) -> int | None:
+        return self.quota_limit_mb << 20 if self.quota_limit_mb > 0 else None
+
+
+def cache_settings(cfg: Configuration, environ: Mapping[str, str] | None = None) -> CacheSettings:
+    """``CVMFS_CACHE_DIR``, else ``CVMFS_CACHE_BASE``/shared (or /<fqrn> without a shared cache)."""
+    env = os.environ if environ is None else environ
+    explicit = cfg.get("CVMFS_CACHE_DIR")
+    base = Path(cfg.get("CVMFS_CACHE_BASE") or default_cache_base(env))
+    shared = cfg.get_bool("CVMFS_SHARED_CACHE", True) or cfg.fqrn is None
+    alien = cfg.get("CVMFS_ALIEN_CACHE")
+    return CacheSettings(
+        directory=Path(explicit) if explicit else base / ("shared" if shared else str(cfg.fqrn)),
+        quota_limit_mb=cfg.get_int("CVMFS_QUOTA_LIMIT", 4000),
+        alien_cache=Path(alien) if alien else None,
+        alien_cache_writable=cfg.get_bool("CVMFS_ALIEN_CACHE_WRITABLE"),
+    )
+
+
 def settings_for(
     fqrn: str,
     params: Mapping[str, str] | None = None,

@@ -390,6 +390,8 @@ class ObjectSource(Protocol):
 
     def fetch_bytes(self, name: str, limit: int = ..., *, revalidate: bool = True) -> bytes: ...
 
+    def close(self) -> None: ...
+
 
 def file_url(path: str | Path) -> str:
     """``file://`` URL of a local Stratum-0 tree (the real client accepts these too)."""

@@ -94,6 +94,7 @@ class Repository:
         now: datetime | None = None,
         max_ttl_minutes: int = 0,
         use_breadcrumbs: bool = True,
+        owns_resources: bool = False,
     ) -> None:
         self.fqrn = fqrn
         self.source = source
@@ -105,6 +106,7 @@ class Repository:
         self.env = base_env
         self._catalogs: dict[tuple[str, str], Catalog] = {}
         self._pinned: list[ContentHash] = []
+        self._owns_resources = owns_resources  # close source and store with the repository
 
         def cert_bytes(m: Manifest) -> bytes:
             assert m.certificate is not None
@@ -166,6 +168,9 @@ class Repository:
         for h in self._pinned:
             self.store.unpin(h)
         self._pinned.clear()
+        if self._owns_resources:
+            self.source.close()
+            self.store.close()
 
     def __enter__(self) -> Repository:
         return self

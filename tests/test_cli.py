@@ -167,3 +167,18 @@ def test_probe_reports_each_server(env, real_fixtures):
     assert any(x.strip().startswith("OK") and "file://" in x for x in lines)
     bad = run(["probe", TOOLS], {**env, "CVMFS_SERVER_URL": "http://127.0.0.1:9/cvmfs/@fqrn@"})
     assert bad.returncode == 4
+
+
+def test_cache_stat_fsck_wipe(env, tmp_path):
+    assert run(["cat", f"/cvmfs/{TOOLS}/lib/libtinfo.so.6.4"], env).returncode == 0
+    stat_out = run(["cache", "stat"], env).stdout.decode()
+    assert "objects:" in stat_out and "misses:" in stat_out
+    assert run(["cache", "fsck"], env).returncode == 0
+    victim = next(p for p in (tmp_path / "cache" / "shared").glob("??/*") if p.is_file())
+    victim.chmod(0o644)
+    victim.write_bytes(b"not what was verified")
+    r = run(["cache", "fsck"], env)
+    assert r.returncode == 3 and "1 bad" in r.stdout.decode()
+    assert not victim.exists()
+    assert "removed" in run(["cache", "wipe"], env).stdout.decode()
+    assert "objects:   0" in run(["cache", "stat"], env).stdout.decode()
