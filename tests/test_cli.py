@@ -182,3 +182,18 @@ def test_cache_stat_fsck_wipe(env, tmp_path):
     assert not victim.exists()
     assert "removed" in run(["cache", "wipe"], env).stdout.decode()
     assert "objects:   0" in run(["cache", "stat"], env).stdout.decode()
+
+
+def test_missing_public_key_is_named(env, tmp_path):
+    env.pop("CVMFS_KEYS_DIR")
+    missing = tmp_path / "nowhere" / "key.pub"
+    r = run(["ls", f"/cvmfs/{TOOLS}"], {**env, "CVMFS_PUBLIC_KEY": str(missing)})
+    assert r.returncode == 2
+    assert str(missing) in r.stderr.decode() and r.stderr.decode().count("\n") == 1
+
+
+def test_unknown_repository_is_a_one_line_error(env, tmp_path):
+    env.pop("CVMFS_SERVER_URL")
+    r = run(["--config-dir", str(tmp_path), "info", "nosuch.example.net"], env)
+    assert r.returncode == 2
+    assert "nosuch.example.net" in r.stderr.decode() and r.stderr.decode().count("\n") == 1
