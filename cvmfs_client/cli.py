@@ -182,7 +182,7 @@ def probe_cmd(repositories: tuple[str, ...]) -> None:
     """
     from .config import load_configuration, settings_for
     from .errors import ConfigError
-    from .fetcher import Fetcher, FetcherSettings
+    from .fetcher import Fetcher
 
     names = list(repositories) or load_configuration(None, _config_dir(), require_server=False).repositories()
     if not names:
@@ -190,9 +190,7 @@ def probe_cmd(repositories: tuple[str, ...]) -> None:
     unreachable = []
     for fqrn in names:
         s = settings_for(fqrn, config_dir=_config_dir())
-        with Fetcher(
-            FetcherSettings.from_parameters({**s.parameters, "CVMFS_HTTP_PROXY": s.http_proxy}, fqrn)
-        ) as f:
+        with Fetcher(s.fetcher_settings()) as f:
             results = f.probe()
         click.echo(f"{fqrn}:")
         for r in results:

@@ -9,7 +9,7 @@ from pathlib import Path
 from .cache import AlienCache, NodeCache
 from .config import RepositorySettings, settings_for
 from .errors import ConfigError
-from .fetcher import Fetcher, FetcherSettings
+from .fetcher import Fetcher
 from .keys import load_master_keys
 from .repository import Repository
 
@@ -34,9 +34,7 @@ def open_repository(
     env = dict(os.environ if params is None else params)
     s = settings or settings_for(fqrn, env, config_dir=config_dir)
     keys = load_master_keys(s.public_key, s.keys_dir)
-    source = Fetcher(
-        FetcherSettings.from_parameters({**s.parameters, "CVMFS_HTTP_PROXY": s.http_proxy}, fqrn)
-    )
+    source = Fetcher(s.fetcher_settings())
     alien = AlienCache(s.alien_cache, s.alien_cache_writable) if s.alien_cache else None
     store = NodeCache(s.cache_dir, s.quota_limit_bytes, alien)
     try:

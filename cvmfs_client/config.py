@@ -32,9 +32,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from .config_parser import interpret, parse_bool
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .fetcher import FetcherSettings
 
 DEFAULT_CONFIG_DIR = Path("/etc/cvmfs")
 CONFIG_DIR_ENV = "CVMFS_CLIENT_CONFIG_DIR"
@@ -492,70 +496,6 @@ def parameter_table_markdown() -> list[str]:
 
 
 @dataclass(frozen=True)
-class RepositorySettings:
-    """Typed, validated settings of one repository, the input of fetcher, store and verifier."""
-
-    fqrn: str
-    server_urls: list[str]
-    http_proxy: str
-    public_key: str | None
-    keys_dir: str | None
-    cache_base: Path
-    repository_tag: str | None
-    root_hash: str | None
-    timeout: float  # the timeout of the first proxy group (DIRECT or proxy)
-    parameters: dict[str, str]
-    fallback_proxy: str | None = None
-    timeout_proxy: float = 5.0
-    timeout_direct: float = 10.0
-    low_speed_limit: int = 1024
-    max_retries: int = 1
-    backoff_init: float = 2.0
-    backoff_max: float = 10.0
-    proxy_reset_after: int = 300
-    host_reset_after: int = 1800
-    use_geoapi: bool = False
-    max_servers: int = 0
-    max_ttl_minutes: int = 0
-    shared_cache: bool = True
-    cache_dir_override: Path | None = None
-    quota_limit_mb: int = 4000
-    alien_cache: Path | None = None
-    alien_cache_writable: bool = False
-    configuration: Configuration | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def cache_dir(self) -> Path:
-        """``CVMFS_CACHE_DIR``, else ``CACHE_BASE/shared`` or ``CACHE_BASE/<fqrn>`` (spec 7.9)."""
-        if self.cache_dir_override is not None:
-            return self.cache_dir_override
-        return self.cache_base / ("shared" if self.shared_cache else self.fqrn)
-
-    @property
-    def quota_limit_bytes(self) -> int | None:
-        """``None`` when unmanaged (``CVMFS_QUOTA_LIMIT`` <= 0); MB are MiB as in the real client."""
-        return self.quota_limit_mb << 20 if self.quota_limit_mb > 0 else None
-
-
-def resolve_auto_proxy(value: str, environ: Mapping[str, str]) -> str:
-    """Replace ``auto`` groups by ``$http_proxy`` (the real client's first choice) or drop them.
-
-    PAC/WPAD discovery is not implemented (docs/configuration.md); a proxy list that is empty
-    after this is a ``ConfigError``, as it is for the real client.
-    """
-    groups = []
-    for group in value.split(";"):
-        if group.strip().lower() == "auto":
-            found = environ.get("http_proxy") or environ.get("HTTP_PROXY")
-            if found:
-                groups.append(found.strip())
-            continue
-        if group.strip():
-            groups.append(group.strip())
-    return ";".join(groups)
-
-
-@dataclass(frozen=True)
 class CacheSettings:
     """Where the node cache lives and how big it may grow; independent of any one repository."""
 
@@ -582,6 +522,68 @@ def cache_settings(cfg: Configuration, environ: Mapping[str, str] | None = None)
         alien_cache=Path(alien) if alien else None,
         alien_cache_writable=cfg.get_bool("CVMFS_ALIEN_CACHE_WRITABLE"),
     )
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """Typed, validated settings of one repository, the input of fetcher, cache and verifier.
+
+    Network tuning (timeouts, retries, proxies' failover) is parsed once, by
+    :meth:`fetcher_settings`, from ``parameters``; it is not duplicated here.
+    """
+
+    fqrn: str
+    server_urls: list[str]
+    http_proxy: str  # after 'auto' resolution; DIRECT when nothing is configured
+    public_key: str | None
+    keys_dir: str | None
+    repository_tag: str | None
+    root_hash: str | None
+    parameters: dict[str, str]
+    cache: CacheSettings
+    max_ttl_minutes: int = 0
+    configuration: Configuration | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.directory
+
+    @property
+    def quota_limit_bytes(self) -> int | None:
+        return self.cache.quota_limit_bytes
+
+    @property
+    def alien_cache(self) -> Path | None:
+        return self.cache.alien_cache
+
+    @property
+    def alien_cache_writable(self) -> bool:
+        return self.cache.alien_cache_writable
+
+    def fetcher_settings(self) -> FetcherSettings:
+        from .fetcher import FetcherSettings  # fetcher imports this module (expand_templates)
+
+        return FetcherSettings.from_parameters(
+            {**self.parameters, "CVMFS_HTTP_PROXY": self.http_proxy}, self.fqrn
+        )
+
+
+def resolve_auto_proxy(value: str, environ: Mapping[str, str]) -> str:
+    """Replace ``auto`` groups by ``$http_proxy`` (the real client's first choice) or drop them.
+
+    PAC/WPAD discovery is not implemented (docs/configuration.md); a proxy list that is empty
+    after this is a ``ConfigError``, as it is for the real client.
+    """
+    groups = []
+    for group in value.split(";"):
+        if group.strip().lower() == "auto":
+            found = environ.get("http_proxy") or environ.get("HTTP_PROXY")
+            if found:
+                groups.append(found.strip())
+            continue
+        if group.strip():
+            groups.append(group.strip())
+    return ";".join(groups)
 
 
 def settings_for(
@@ -625,39 +627,17 @@ def settings_for(
         )
 
     public_key, keys_dir = _master_key_settings(cfg)
-    timeout_proxy = cfg.get_float("CVMFS_TIMEOUT", 5.0, minimum=0.001)
-    timeout_direct = cfg.get_float("CVMFS_TIMEOUT_DIRECT", 10.0, minimum=0.001)
-    first_group = [m.strip().upper() for m in http_proxy.split(";")[0].split("|")]
-    alien = cfg.get("CVMFS_ALIEN_CACHE")
-    cache_dir = cfg.get("CVMFS_CACHE_DIR")
     return RepositorySettings(
         fqrn=fqrn,
         server_urls=servers,
         http_proxy=http_proxy,
         public_key=public_key,
         keys_dir=keys_dir,
-        cache_base=Path(cfg.get("CVMFS_CACHE_BASE") or default_cache_base(env)),
         repository_tag=cfg.get("CVMFS_REPOSITORY_TAG"),
         root_hash=cfg.get("CVMFS_ROOT_HASH"),
-        timeout=timeout_direct if first_group == ["DIRECT"] else timeout_proxy,
         parameters={k: v for k, v in cfg.values.items() if k.startswith("CVMFS_")},
-        fallback_proxy=fallback,
-        timeout_proxy=timeout_proxy,
-        timeout_direct=timeout_direct,
-        low_speed_limit=cfg.get_int("CVMFS_LOW_SPEED_LIMIT", 1024, minimum=0),
-        max_retries=cfg.get_int("CVMFS_MAX_RETRIES", 1, minimum=0),
-        backoff_init=cfg.get_float("CVMFS_BACKOFF_INIT", 2.0, minimum=0),
-        backoff_max=cfg.get_float("CVMFS_BACKOFF_MAX", 10.0, minimum=0),
-        proxy_reset_after=cfg.get_int("CVMFS_PROXY_RESET_AFTER", 300, minimum=0),
-        host_reset_after=cfg.get_int("CVMFS_HOST_RESET_AFTER", 1800, minimum=0),
-        use_geoapi=cfg.get_bool("CVMFS_USE_GEOAPI"),
-        max_servers=cfg.get_int("CVMFS_MAX_SERVERS", 0, minimum=0),
+        cache=cache_settings(cfg, env),
         max_ttl_minutes=cfg.get_int("CVMFS_MAX_TTL", 0, minimum=0),
-        shared_cache=cfg.get_bool("CVMFS_SHARED_CACHE", True),
-        cache_dir_override=Path(cache_dir) if cache_dir else None,
-        quota_limit_mb=cfg.get_int("CVMFS_QUOTA_LIMIT", 4000),
-        alien_cache=Path(alien) if alien else None,
-        alien_cache_writable=cfg.get_bool("CVMFS_ALIEN_CACHE_WRITABLE"),
         configuration=cfg,
     )
 

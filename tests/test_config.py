@@ -247,7 +247,7 @@ def test_shipped_domains_configure_servers_and_real_keys(
     assert repository_domain(fqrn) == domain
     assert len(s.server_urls) >= 4
     assert all(u.startswith("http://") and u.endswith(f"/cvmfs/{fqrn}") for u in s.server_urls)
-    assert s.use_geoapi is True
+    assert s.fetcher_settings().use_geoapi is True
     assert s.keys_dir == str(SHIPPED_DIR / "keys" / domain)
     assert s.configuration is not None
     assert s.configuration.origin("CVMFS_SERVER_URL").startswith(f"{SHIPPED_DIR}/domain.d/{domain}.conf:")
@@ -312,8 +312,8 @@ def test_demo_style_parameters_still_work(tmp_path: Path) -> None:
     assert s.server_urls == [f"http://127.0.0.1:1/cvmfs/{FQRN}"]
     assert (s.public_key, s.keys_dir) == (str(key), None)
     assert s.cache_dir == tmp_path / "cache" / "shared"
-    assert (s.timeout, s.timeout_proxy, s.timeout_direct) == (10.0, 5.0, 10.0)
-    assert (s.quota_limit_mb, s.quota_limit_bytes) == (4000, 4000 << 20)
+    assert (s.fetcher_settings().timeout, s.fetcher_settings().timeout_direct) == (5.0, 10.0)
+    assert (s.cache.quota_limit_mb, s.quota_limit_bytes) == (4000, 4000 << 20)
     assert s.parameters["CVMFS_SERVER_URL"] == f"http://127.0.0.1:1/cvmfs/{FQRN}"
 
 
@@ -361,7 +361,7 @@ def test_missing_keys_are_errors_naming_the_path(tmp_path: Path) -> None:
 def test_proxy_settings(tmp_path: Path) -> None:
     env = {"CVMFS_HTTP_PROXY": "auto;DIRECT", "http_proxy": "http://site:3128"}
     s = settings_for("atlas.cern.ch", env, config_dir=tmp_path)
-    assert (s.http_proxy, s.timeout) == ("http://site:3128;DIRECT", 5.0)
+    assert s.http_proxy == "http://site:3128;DIRECT"
     assert (
         settings_for("atlas.cern.ch", {"CVMFS_HTTP_PROXY": "auto;DIRECT"}, config_dir=tmp_path).http_proxy
         == "DIRECT"
