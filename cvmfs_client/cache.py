@@ -54,6 +54,7 @@ without re-compressing); it was verified by whichever node published it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import hashlib
@@ -69,14 +70,14 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import diskcache
 
-from .errors import ConfigError, FetchError, FormatError
+from .errors import ConfigError, CvmfsError, FetchError, FormatError
 from .hashing import ContentHash, ObjectType
 from .objects import Compression, ObjectDecoder
 
@@ -253,6 +254,38 @@ def _hash_file(path: Path) -> str:
     return sha.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """One object asked of :meth:`NodeCache.get_many` / :meth:`AlienCache.fill_many`."""
+
+    content_hash: ContentHash
+    kind: ObjectType = ObjectType.FILE
+    compression: Compression = Compression.ZLIB
+    expected_size: int | None = None
+
+
+def _make_durable(fds: Sequence[int]) -> None:
+    """Flush the files behind ``fds`` to stable storage: one ``syncfs(2)`` of their file system.
+
+    Why not one ``fsync`` per file: on ext4/XFS each one is a journal commit and a disk cache
+    flush (~0.3 ms here, and a round trip to the server on NFS/GPFS/Lustre), which dominates
+    writing a small object. ``syncfs`` commits once for the whole batch. It also flushes other
+    processes' dirty data on that file system, which can make it slower on a busy disk, but
+    never less safe. Falls back to ``fsync`` per file where ``syncfs`` is unavailable.
+    """
+    if not fds:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fds[0]) == 0:
+            return
+        log.debug("syncfs failed (%s); falling back to fsync", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError):
+        pass
+    for fd in fds:
+        os.fsync(fd)
+
+
 @contextlib.contextmanager
 def _flocked(path: Path, shared: bool = False, blocking: bool = True) -> Iterator[bool]:
     """Hold ``flock`` on the lock file ``path``; yields False if non-blocking and busy.
@@ -382,6 +415,22 @@ class _Index:
         with self._db.transact():
             self._drop(name)
             self._put(name, size, kind, sha256)
+
+    @_advisory(None)
+    def insert_many(self, records: Sequence[tuple[str, int, str, str | None]]) -> None:
+        """(name, size, kind, sha256) records in one transaction (one commit for a batch)."""
+        if not records:
+            return
+        with self._db.transact():
+            for name, _, _, _ in records:
+                self._drop(name)
+            # _put per record would be five counter updates each; one of each for the batch.
+            first = self._db.incr(_SEQ, len(records)) - len(records) + 1
+            for seq, (name, size, kind, sha256) in enumerate(records, first):
+                self._db.set(_OBJ + name, (size, kind, sha256, seq))
+                self._db.set(_lru_key(seq, name), 0)
+            self._db.incr(_TOTAL, sum(r[1] for r in records))
+            self._db.incr(_COUNT, len(records))
 
     @_advisory(None)
     def touch(self, name: str, size_on_disk: int) -> None:
@@ -561,6 +610,33 @@ class _Tally:
             return out
 
 
+def _decode_into_new_file(pieces: Iterator[bytes], url: str, w: Wanted, tmp: Path) -> tuple[int, Path]:
+    """Verify and decode into the new file ``tmp``; return (open descriptor, tmp), not yet durable.
+
+    On any error the file is removed. The caller makes it durable, renames it and closes it.
+    """
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        dec = ObjectDecoder(
+            w.content_hash, w.compression, functools.partial(_write_all, fd), url, w.expected_size
+        )
+        for piece in pieces:
+            dec.feed(piece)
+        dec.finish()
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return fd, tmp
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 # -- the alien (shared) tier --------------------------------------------------------------------
 
 
@@ -620,6 +696,55 @@ class AlienCache:
                 tmp.unlink()
             return None
         return final
+
+    def _txn_name(self) -> Path:
+        """A temp name unique across nodes sharing the directory (host, pid, random)."""
+        return self.txn / f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(8)}"
+
+    def fill_many(self, wanted: Sequence[Wanted], source: ObjectFetcher) -> list[Path | CvmfsError | OSError]:
+        """:meth:`fill` for a batch, made durable by one flush (see :func:`_make_durable`).
+
+        Returns, per item, its path or the error that stopped it (other items go on).
+        """
+        if not self.writable:
+            raise ConfigError(f"{self.directory}: alien cache is read-only (CVMFS_ALIEN_CACHE_WRITABLE=no)")
+        results: list[Path | CvmfsError | OSError] = []
+        staged: list[tuple[int, int, Path, Path]] = []  # (result index, fd, tmp, final)
+        try:
+            for w in wanted:
+                found = self.lookup(w.content_hash, w.expected_size)
+                if found is not None:
+                    results.append(found)
+                    continue
+                final = self.path_for(w.content_hash)
+                try:
+                    fd, tmp = source.fetch(
+                        w.content_hash.object_path(w.kind),
+                        lambda pieces, url, w=w: _decode_into_new_file(pieces, url, w, self._txn_name()),
+                    )
+                except (CvmfsError, OSError) as exc:
+                    results.append(exc)
+                    continue
+                staged.append((len(results), fd, tmp, final))
+                results.append(final)
+            _make_durable([fd for _, fd, _, _ in staged])
+            while staged:
+                index, fd, tmp, final = staged[0]
+                try:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    results[index] = exc
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+                os.close(fd)
+                staged.pop(0)
+        finally:
+            for _, fd, tmp, _ in staged:  # an exception above: nothing half-done keeps a name
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        return results
 
     def clean_stale_txn(self, max_age: float = ALIEN_TXN_GRACE_SECONDS) -> int:
         """Remove ``txn/`` files older than ``max_age``: owners on other nodes cannot be asked."""
@@ -758,6 +883,112 @@ class NodeCache:
         raise FetchError(
             content_hash.object_path(kind), attempts + ["cache quota too small for the working set"]
         )
+
+    def get_many(self, wanted: Sequence[Wanted], source: ObjectFetcher) -> list[Path | CvmfsError | OSError]:
+        """:meth:`get` for a batch of objects (pre-warming); per item its path or its error.
+
+        The same guarantees at a lower cost per object: downloads of the batch are verified into
+        ``txn/`` files, made durable together by one flush (:func:`_make_durable`) instead of an
+        ``fsync`` each, renamed, and recorded in one index transaction instead of one each.
+        Locks: each object's lock is only *tried*; an object another process is downloading
+        right now is fetched afterwards with :meth:`get`, once this batch holds no lock, so a
+        batch never waits for a lock while holding others (two batches cannot deadlock).
+        """
+        self._check_fork()
+        results: list[Path | CvmfsError | OSError | None] = [None] * len(wanted)
+        later: list[int] = []
+        staged: list[tuple[int, str, int, str, int, str]] = []  # (index, name, fd, tmp, size, sha256)
+        with contextlib.ExitStack() as held_locks:
+            try:
+                for i, w in enumerate(wanted):
+                    name = w.content_hash.cache_name()
+                    final = self.directory / name
+                    if self._hit(name, final):
+                        results[i] = final
+                        continue
+                    if self.alien is not None:
+                        found = self.alien.lookup(w.content_hash, w.expected_size)
+                        if found is not None:
+                            self._count("alien_hits")
+                            results[i] = found
+                            continue
+                    if not held_locks.enter_context(_flocked(self._lock_path(name), blocking=False)):
+                        later.append(i)
+                        continue
+                    if final.exists():  # fetched by whoever held the lock just before us
+                        self._touch(name, final.stat().st_size)
+                        self._count("hits")
+                        results[i] = final
+                        continue
+                    self._count("misses")
+                    try:
+                        fd, tmp, size, digest = source.fetch(
+                            w.content_hash.object_path(w.kind),
+                            lambda pieces, url, w=w: self._write_unsynced(pieces, url, w),
+                        )
+                    except (CvmfsError, OSError) as exc:
+                        results[i] = exc
+                        continue
+                    staged.append((i, name, fd, tmp, size, digest))
+                _make_durable([fd for _, _, fd, _, _, _ in staged])
+                records = []
+                while staged:
+                    i, name, fd, tmp, size, digest = staged[0]
+                    final = self.directory / name
+                    try:
+                        final.parent.mkdir(exist_ok=True)
+                        os.replace(tmp, final)  # still holding the txn and object locks
+                        results[i] = final
+                        records.append((name, size, wanted[i].kind.value, digest))
+                    except OSError as exc:
+                        results[i] = exc
+                        Path(tmp).unlink(missing_ok=True)
+                    os.close(fd)
+                    staged.pop(0)
+                self._index.insert_many(records)
+            finally:
+                for _, _, fd, tmp, _, _ in staged:  # an exception above: no half-done object keeps a name
+                    os.close(fd)
+                    Path(tmp).unlink(missing_ok=True)
+        for i in later:
+            w = wanted[i]
+            try:
+                results[i] = self.get(w.content_hash, source, w.kind, w.compression, w.expected_size)
+            except (CvmfsError, OSError) as exc:
+                results[i] = exc
+        if self.alien is not None and self.alien.writable:
+            for w, r in zip(wanted, results, strict=True):
+                if isinstance(r, Path) and r.parent.parent == self.directory:
+                    self.alien.publish(w.content_hash, r)
+        self._maybe_evict(protect="")
+        done = [r for r in results if r is not None]
+        assert len(done) == len(wanted)  # every item got a path or an error above
+        return done
+
+    def _write_unsynced(self, pieces: Iterator[bytes], url: str, w: Wanted) -> tuple[int, str, int, str]:
+        """Verify and decode into a new ``txn/`` file; return (fd, tmp, size, sha256), fd still open.
+
+        The open descriptor keeps the txn flock (the cleaner's "writer alive" sign) until the
+        caller has made the file durable and renamed it; on any error the file is removed.
+        """
+        fd, tmp = self.temporary(w.content_hash.hex[:12] + ".")
+        sha = hashlib.sha256()
+        try:
+
+            def sink(data: bytes) -> None:
+                sha.update(data)
+                _write_all(fd, data)
+
+            dec = ObjectDecoder(w.content_hash, w.compression, sink, url, w.expected_size)
+            for piece in pieces:
+                dec.feed(piece)
+            size = dec.finish()
+            os.fchmod(fd, 0o444)
+        except BaseException:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return fd, tmp, size, sha.hexdigest()
 
     # -- derived files ------------------------------------------------------------------
 

@@ -382,5 +382,71 @@ def demo_cmd(workdir: Path | None) -> None:
     sys.exit(run_demo(workdir, click.echo))
 
 
+@main.command("prewarm")
+@click.argument("paths", nargs=-1)
+@click.option(
+    "--name-list",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Fetch exactly the files of a name list (Parrot format: 'path|how' or 'path' per line).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Node cache to fill (default: the configured one).",
+)
+@click.option(
+    "--alien-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Fill this shared directory instead; nodes then set CVMFS_ALIEN_CACHE to it.",
+)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel downloads (2/core).")
+@click.option("--dry-run", is_flag=True, help="Show what would be fetched (catalogs are still downloaded).")
+@_fail_cleanly
+def prewarm_cmd(
+    paths: tuple[str, ...],
+    name_list: Path | None,
+    cache_dir: Path | None,
+    alien_cache: Path | None,
+    jobs: int | None,
+    dry_run: bool,
+) -> None:
+    """Fetch catalogs and every object of /cvmfs/REPOSITORY/PATH subtrees (or a name list) into
+    a cache ahead of jobs, so that they run without the network.
+
+    Resumable: objects already present are skipped. Exits non-zero and lists the objects that
+    failed; 130 when interrupted (what was fetched stays, nothing is left half-written).
+    """
+    from . import prewarm
+
+    if cache_dir is not None and alien_cache is not None:
+        raise click.UsageError("--cache-dir and --alien-cache exclude each other")
+    names = prewarm.parse_name_list(name_list.read_text(), str(name_list)) if name_list else []
+    with prewarm.prepare(
+        paths, names, config_dir=_config_dir(), cache_dir=cache_dir, alien_dir=alien_cache, dry_run=dry_run
+    ) as prepared:
+        if dry_run:
+            for line in prewarm.plan_lines(prepared):
+                click.echo(line)
+            return
+        err = click.get_text_stream("stderr")
+        warning = prewarm.quota_warning(prepared)
+        if warning:
+            click.echo(warning, err=True)
+        progress = prewarm.ProgressPrinter(err, err.isatty())
+        settings = prewarm.ExecutionSettings(jobs=jobs or prewarm.default_jobs())
+        report = prewarm.execute(
+            prepared.jobs(), prepared.fetcher_settings, prepared.destination, settings, progress
+        )
+        prepared.report_skips(report)
+    for line in prewarm.summary_lines(report):
+        click.echo(line, err=line.startswith("failed:"))
+    if alien_cache is not None and not report.failures:
+        click.echo(f"nodes can now use CVMFS_ALIEN_CACHE={alien_cache}")
+    sys.exit(report.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

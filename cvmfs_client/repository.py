@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from .cache import NodeCache
-from .catalog import Catalog, DirEntry, NestedRef
+from .catalog import Catalog, Chunk, DirEntry, NestedRef
 from .errors import (
     CatalogError,
     FormatError,
@@ -117,7 +117,10 @@ class Repository:
             lambda name: source.fetch_bytes(name),
             cert_bytes,
             [k for _, k in master_keys],
-            Breadcrumbs(store.directory) if use_breadcrumbs else None,
+            # A pre-warmed alien tier may hold the only copy of the manifest a node has.
+            Breadcrumbs(store.directory, [store.alien.directory] if store.alien else [])
+            if use_breadcrumbs
+            else None,
             now=now,
             max_ttl_minutes=max_ttl_minutes,
         )
@@ -216,6 +219,15 @@ class Repository:
                 return cat
             cat = self._open_catalog(ref, chain)
             chain.append(ref.content_hash)
+
+    @property
+    def catalog_hashes(self) -> list[ContentHash]:
+        """Catalogs opened so far (root first): what a pre-warmed cache must hold besides data."""
+        return list(self._pinned)
+
+    def chunks(self, entry: DirEntry) -> list[Chunk]:
+        """Chunks of a chunked regular file in offset order (``[]`` for unchunked files)."""
+        return self._catalog_for(entry.path, False).chunks(entry)
 
     def _entry(self, path: str) -> DirEntry | None:
         return self._catalog_for(path, False).lookup(path)
@@ -331,7 +343,7 @@ class Repository:
 
     def _assemble(self, entry: DirEntry) -> Path:
         """Concatenate verified chunks into one local file, named by the chunk list."""
-        chunks = self._catalog_for(entry.path, False).chunks(entry)
+        chunks = self.chunks(entry)
         key = hashlib.sha1(b"".join(c.content_hash.hex.encode() + b"\n" for c in chunks)).hexdigest()
 
         def build(out: BinaryIO) -> None:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,14 +98,27 @@ class Breadcrumbs:
     or the new copy, never a mix. They are only hints: everything is verified again on use.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fallbacks: Sequence[Path] = ()) -> None:
         self.directory = Path(directory) / "manifests"
+        # Read-only extra places, e.g. the alien cache a login node pre-warmed: a node whose own
+        # cache is empty must still find a verified manifest there when the network is gone.
+        self._fallbacks = [Path(d) / "manifests" for d in fallbacks]
 
     def load(self, fqrn: str) -> tuple[bytes, bytes, float] | None:
+        """The most recently fetched copy among the cache directory and the fallbacks."""
+        best: tuple[bytes, bytes, float] | None = None
+        for directory in (self.directory, *self._fallbacks):
+            crumb = self._load_from(directory, fqrn)
+            if crumb is not None and (best is None or crumb[2] > best[2]):
+                best = crumb
+        return best
+
+    @staticmethod
+    def _load_from(directory: Path, fqrn: str) -> tuple[bytes, bytes, float] | None:
         try:
-            raw_m = (self.directory / f"{fqrn}.cvmfspublished").read_bytes()
-            raw_w = (self.directory / f"{fqrn}.cvmfswhitelist").read_bytes()
-            meta = json.loads((self.directory / f"{fqrn}.json").read_text())
+            raw_m = (directory / f"{fqrn}.cvmfspublished").read_bytes()
+            raw_w = (directory / f"{fqrn}.cvmfswhitelist").read_bytes()
+            meta = json.loads((directory / f"{fqrn}.json").read_text())
             return raw_m, raw_w, float(meta["fetched_at"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
