@@ -15,17 +15,18 @@ from cvmfs_client.cache import NodeCache
 from cvmfs_client.client import open_repository
 from tests.integration.badserver import BadStratum
 from tests.integration.nginx import free_port
-from tests.integration.squid import SquidError, start_squid
+from tests.proxy.procs import start_squid
 from tests.truth import compare_with_truth, load_truth
 
 FQRN = "tools.example.org"
 
 
 @pytest.fixture
-def squid(tmp_path_factory):  # type: ignore[no-untyped-def]
+def squid():  # type: ignore[no-untyped-def]
+    """A real Squid configured as a CVMFS site proxy (the harness the proxy tests use)."""
     try:
-        server = start_squid(tmp_path_factory.mktemp("squid"))
-    except SquidError as exc:
+        server = start_squid()
+    except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
     yield server
     server.stop()
