@@ -448,5 +448,65 @@ def prewarm_cmd(
     sys.exit(report.exit_code)
 
 
+@main.command(
+    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--repo", "repos", multiple=True, metavar="FQRN", help="Mount only this repository (repeatable).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache base directory (CVMFS_CACHE_BASE); shadow trees go to its interposer/ subdirectory.",
+)
+@click.option("-r", "--cvmfs-repos", "parrot_repos", default=None, help="Repository list in Parrot's -r syntax.")
+@click.option("-v", "--verbose", count=True, help="Log mounts (-v) or every translated call (-vv).")
+@click.option("--debug", is_flag=True, help="Log every translated call.")
+@click.option("--stats", is_flag=True, hidden=True, help="Print stop counters to stderr at exit.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_cmd(
+    repos: tuple[str, ...],
+    cache_dir: Path | None,
+    parrot_repos: str | None,
+    verbose: int,
+    debug: bool,
+    stats: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with /cvmfs/REPOSITORY/... visible, as if the repositories were mounted.
+
+    The job runs unmodified under ptrace with a seccomp filter: only path system calls stop,
+    reads and mmap of verified content run natively. Writes into /cvmfs fail with EROFS. The
+    exit status (or killing signal) of COMMAND is passed through. Exit codes of its own: 125
+    cannot trace, 126/127 COMMAND not executable/not found, 70 internal error.
+
+    Parrot users: -r/--cvmfs-repos and $PARROT_CVMFS_REPO are understood.
+    """
+    import traceback
+
+    from interposer.job import EX_SOFTWARE, RunError, exit_like, run
+    from interposer.session import prepare
+
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else None
+    if level is not None:
+        logging.getLogger().setLevel(level)
+    try:
+        options = prepare(repos, cache_dir, parrot_repos, debug or verbose > 1)
+        status = run(list(command), options)
+    except RunError as exc:
+        click.echo(f"cvmfs-client run: {exc}", err=True)
+        sys.exit(125)
+    except CvmfsError as exc:
+        click.echo(f"cvmfs-client run: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - a tracer bug: say so, never hang or hide it
+        click.echo(f"cvmfs-client run: internal error: {exc!r} (the job was killed)", err=True)
+        if level == logging.DEBUG:
+            traceback.print_exc()
+        sys.exit(EX_SOFTWARE)
+    if stats:
+        click.echo(f"cvmfs-client run: stops {options.stats}", err=True)
+    exit_like(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,184 @@
+"""Benchmark of ``cvmfs-client run``: five workloads against native and ``proot -b``.
+
+    python bench/interposer.py [--workdir DIR] [--repeat N] [--only W1,W3]
+
+The software tree of the interposer tests (``tests/interposer/trees.py``: example tree, static
+busybox, Debian's CPython 3.11 with its standard library) is published once into ``--workdir``
+and read through ``file://`` (the cache is warm after the first run of each workload, so the
+transport does not matter). "native" runs the same commands on the unpublished source tree;
+"proot" binds that tree to /cvmfs/sw.example.org with Debian's proot (its seccomp mode is patched
+out, so it traps every syscall).
+
+Workloads (each one job, start-up of the tracer included):
+  W1 compute: a busybox-ash arithmetic loop, ~3 s (a static binary from /cvmfs, no syscalls in it)
+  W2 python: CPython from /cvmfs importing 16 standard-library packages
+  W3 find: ten ``find -ls`` walks over the whole tree (~1,500 entries)
+  W4 tar: ``tar cf - <tree> | wc -c``
+  W5 processes: 200 runs of ``tput`` (dynamic, libtinfo from /cvmfs)
+
+Targets on a warm cache (ratio to native): W1 1.05, W2 1.5, W3 3.0, W4 1.2, W5 2.0. Also
+reported: stops per workload, and the cost of one trapped call (host path: stop and resume; a
+/cvmfs path: stop, translate, run in the stub), next to strace's (a C tracer; it also stops at
+the syscall's exit) as a measure of what a ptrace stop costs on the machine at that moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from cvmfs_client.fetcher import file_url  # noqa: E402
+from cvmfs_client.publisher import publish  # noqa: E402
+from tests.interposer.trees import FQRN, MOUNT, build_sw_tree  # noqa: E402
+
+IMPORTS = (
+    "json, email.parser, http.client, xml.dom.minidom, asyncio, logging, decimal, csv, unittest, "
+    "argparse, urllib.request, zipfile, tarfile, sqlite3, concurrent.futures, dataclasses"
+)
+TPUT = "{root}/bin/tput -T xterm cols"
+WORKLOADS = {
+    "W1": ("compute", "{root}/bin/busybox ash -c 'i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done'"),
+    "W2": ("python imports", "{root}/python/bin/python3 -c 'import " + IMPORTS + "'"),
+    "W3": ("10x find -ls", "for i in 1 2 3 4 5 6 7 8 9 10; do find {root} -ls > /dev/null; done"),
+    "W4": ("tar | wc -c", "tar cf - -C {root} . | wc -c > /dev/null"),
+    "W5": (
+        "200 processes",
+        "export LD_LIBRARY_PATH={root}/lib; for i in $(seq 200); do " + TPUT + "; done >/dev/null",
+    ),
+}
+TARGETS = {"W1": 1.05, "W2": 1.5, "W3": 3.0, "W4": 1.2, "W5": 2.0}
+
+
+def prepare(workdir: Path) -> tuple[Path, dict[str, str]]:
+    """Build and publish the tree once; the job environment for cvmfs-client."""
+    src = workdir / "src"
+    s0 = workdir / "s0" / FQRN
+    if not (s0 / ".cvmfspublished").exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        build_sw_tree(src)
+        publish(src, FQRN, s0, workdir / "keys")
+    env = dict(os.environ)
+    env.update(
+        CVMFS_SERVER_URL=file_url(workdir / "s0") + "/@fqrn@",
+        CVMFS_PUBLIC_KEY=str(workdir / "keys" / f"{FQRN}.pub"),
+        CVMFS_HTTP_PROXY="DIRECT",
+        CVMFS_CACHE_BASE=str(workdir / "cache"),
+        CVMFS_CLIENT_CONFIG_DIR=str(workdir),
+        LC_ALL="C",
+    )
+    return src, env
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+    t = time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, timeout=600)
+    elapsed = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[:6]}... failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
+    return elapsed, r.stderr.decode()
+
+
+def best_time(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float, str]:
+    """Fastest of ``repeat`` runs: on a shared machine the others measure the neighbours."""
+    runs = [timed(argv, env) for _ in range(repeat)]
+    return min(t for t, _ in runs), runs[-1][1]
+
+
+def interposer_cmd(script: str) -> list[str]:
+    return [sys.executable, "-m", "cvmfs_client.cli", "run", "--stats", "--", "/bin/sh", "-c", script]
+
+
+def parse_stops(stderr: str) -> int:
+    for line in stderr.splitlines():
+        if line.startswith("cvmfs-client run: stops "):
+            data = eval(line.split("stops ", 1)[1])  # noqa: S307 - our own repr of counters
+            return sum(data["stops"].values())
+    return 0
+
+
+STAT_LOOP = """import os, sys, time
+p = sys.argv[1]
+t = time.perf_counter()
+for _ in range(20000):
+    os.stat(p)
+print((time.perf_counter() - t) / 20000 * 1e6)
+"""
+
+
+def per_call_costs(env: dict[str, str]) -> dict[str, float]:
+    """Microseconds per call: native, a trapped host path, a translated /cvmfs path."""
+    code = STAT_LOOP
+    out = {}
+    r = subprocess.run(
+        [sys.executable, "-c", code, "/etc/passwd"], capture_output=True, text=True, check=True
+    )
+    out["native stat"] = float(r.stdout)
+    cases = (("trapped stat, host path", "/etc/passwd"), ("trapped stat, /cvmfs path", f"{MOUNT}/README.txt"))
+    for label, path in cases:
+        out[label] = min(_stat_loop_under_run(env, code, path) for _ in range(3))
+    strace = shutil.which("strace")
+    if strace:  # the machine's own price of a ptrace stop, paid by a tracer written in C
+        argv = [strace, "-f", "--seccomp-bpf", "-e", "trace=newfstatat", "-o", "/dev/null"]
+        argv += [sys.executable, "-c", code, "/etc/passwd"]
+        runs = [
+            float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout) for _ in range(3)
+        ]
+        out["strace --seccomp-bpf (C), host path"] = min(runs)
+    return out
+
+
+def _stat_loop_under_run(env: dict[str, str], code: str, path: str) -> float:
+    argv = [sys.executable, "-m", "cvmfs_client.cli", "run", "--", sys.executable, "-c", code, path]
+    return float(subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/cvmfs-client-bench"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default=",".join(WORKLOADS))
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    src, env = prepare(args.workdir)
+    proot = shutil.which("proot")
+    results = {}
+    print(f"{'':4} {'workload':16} {'native':>8} {'cvmfs-run':>10} {'ratio':>6} {'target':>6} "
+          f"{'proot':>8} {'vs proot':>8} {'stops':>7} {'us/stop':>8}")  # fmt: skip
+    for key in args.only.split(","):
+        label, template = WORKLOADS[key]
+        local = template.format(root=src)
+        mounted = template.format(root=MOUNT)
+        timed(interposer_cmd(mounted), env)  # warm the cache and the shadow tree
+        t_native, _ = best_time(["/bin/sh", "-c", local], env, args.repeat)
+        t_run, stderr = best_time(interposer_cmd(mounted), env, args.repeat)
+        stops = parse_stops(stderr)
+        t_proot = None
+        if proot:
+            bound = [proot, "-b", f"{src}:{MOUNT}", "/bin/sh", "-c", mounted]
+            t_proot, _ = best_time(bound, env, args.repeat)
+        ratio = t_run / t_native
+        per_stop = (t_run - t_native) / stops * 1e6 if stops else 0.0
+        results[key] = dict(native=t_native, run=t_run, ratio=ratio, proot=t_proot, stops=stops)
+        proot_s = f"{t_proot:8.3f} {t_run / t_proot:8.2f}" if t_proot else f"{'-':>8} {'-':>8}"
+        print(f"{key:4} {label:16} {t_native:8.3f} {t_run:10.3f} {ratio:6.2f} {TARGETS[key]:6.2f} "
+              f"{proot_s} {stops:7d} {per_stop:8.1f}", flush=True)  # fmt: skip
+    costs = per_call_costs(env)
+    print()
+    for k, v in costs.items():
+        print(f"{k:28} {v:7.1f} us")
+    if args.json:
+        args.json.write_text(json.dumps({"workloads": results, "per_call_us": costs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""``cvmfs-client run``: start a job under the tracer and hand back its fate exactly.
+
+Process layout. The tracer forks the job's first process and stays its parent, in the *same*
+process group (like ``strace``): the terminal's foreground group therefore already includes the
+job, an interactive shell started as the job finds itself in the foreground and sets up job
+control as usual, and Ctrl-C/Ctrl-Z reach the job directly from the terminal. The tracer ignores
+SIGINT/SIGQUIT (they are the job's to handle), forwards SIGTERM/SIGHUP/SIGUSR1/SIGUSR2 to the job,
+and mirrors job-control stops: when the first process stops (Ctrl-Z), the tracer stops itself
+with the same signal so the calling shell sees "Stopped", and on SIGCONT resumes the job. At the
+end it gives the terminal back to its own process group if the job left it elsewhere.
+
+Start-up order. The child waits on a pipe until the tracer has seized it (PTRACE_SEIZE with
+EXITKILL: no tracee outlives the tracer), then installs the seccomp filter and executes the
+command, so its very first ``execve`` is already translated.
+
+Exit. The job's exit code is returned; if it was killed by a signal the tracer kills itself
+with the same signal (core dumps of the tracer disabled), so the caller's ``$?``/``WIFSIGNALED``
+look exactly as without the tracer; 128+signal if that is impossible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from cvmfs_client.errors import CvmfsError
+
+from . import ptrace_api as pt
+from . import seccomp
+from .tracer import Tracer
+from .translate import Translator
+from .vfs import Namespace
+
+log = logging.getLogger(__name__)
+
+OPTIONS = (
+    pt.O_TRACESYSGOOD
+    | pt.O_TRACEFORK
+    | pt.O_TRACEVFORK
+    | pt.O_TRACECLONE
+    | pt.O_TRACEEXEC
+    | pt.O_TRACESECCOMP
+    | pt.O_EXITKILL
+)
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+JOB_CONTROL = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+EX_SOFTWARE = 70  # sysexits.h: an internal error of the tracer
+
+
+class RunError(Exception):
+    """The job could not be started under the tracer (no ptrace, no seccomp...)."""
+
+
+@dataclass
+class RunOptions:
+    """What ``cvmfs-client run`` was told; ``params`` are the CVMFS_* settings (environment)."""
+
+    params: Mapping[str, str]
+    env: Mapping[str, str]
+    shadow_dir: Path
+    repos: Sequence[str] | None = None  # --repo: mount only these
+    listed: Callable[[], Sequence[str]] = lambda: ()  # what `ls /cvmfs` shows before first access
+    per_repo: Callable[[str], Mapping[str, str] | None] | None = None  # Parrot: params per fqrn
+    debug: bool = False
+    stats: dict = field(default_factory=dict)  # filled with counters when the job ends
+
+
+def _opener(options: RunOptions) -> Callable[[str, str | None], object]:
+    def open_repo(fqrn: str, root_hash: str | None) -> object:
+        from cvmfs_client.client import open_repository  # heavy import: only when really needed
+        from cvmfs_client.errors import ConfigError
+
+        params = dict(options.params)
+        if options.per_repo is not None:
+            extra = options.per_repo(fqrn)
+            if extra is None:
+                raise ConfigError(f"{fqrn}: not configured by the Parrot repository list")
+            params.update(extra)
+        if root_hash is not None:
+            params["CVMFS_ROOT_HASH"] = root_hash  # the revision this job already uses
+        return open_repository(fqrn, params)
+
+    return open_repo
+
+
+def _allowed(options: RunOptions) -> Callable[[str], bool]:
+    repos = set(options.repos) if options.repos else None
+    per_repo = options.per_repo
+
+    def allowed(fqrn: str) -> bool:
+        if repos is not None and fqrn not in repos:
+            return False
+        if per_repo is None:
+            return True
+        try:
+            return per_repo(fqrn) is not None
+        except CvmfsError:
+            return True  # the mount itself reports the configuration error
+
+    return allowed
+
+
+def run(argv: Sequence[str], options: RunOptions) -> int:
+    """Run ``argv`` under the interposer; returns the first process's wait status.
+
+    Pass it to :func:`exit_like` to leave the way the job left.
+    """
+    if not argv:
+        raise RunError("no command given")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ranges = seccomp.FdRanges.for_limit(soft)
+    program = seccomp.build_filter(ranges)
+    inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
+    pid = _spawn(list(argv), dict(options.env), program, inherited)
+
+    forward_to = pid
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(forward_to, signum)
+
+    for s in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_IGN)
+    for s in FORWARDED:
+        if inherited[s] != signal.SIG_IGN:
+            signal.signal(s, forward)
+    for s in JOB_CONTROL:
+        signal.signal(s, lambda *_: None)
+
+    ns = Namespace(options.shadow_dir, _opener(options), options.listed, _allowed(options), options.params)  # type: ignore[arg-type]
+    tracer = Tracer(
+        Translator(ns, ranges), pid, on_main_stop=lambda sig: _suspend(sig, pid), debug=options.debug
+    )
+    try:
+        status = tracer.run()
+    except BaseException:
+        _kill_all(tracer)
+        raise
+    finally:
+        ns.close()
+        _reclaim_terminal()
+        options.stats.update(
+            stops=dict(tracer.stats.stops), actions=dict(tracer.stats.actions), seconds=tracer.stats.seconds
+        )
+    return status
+
+
+def _spawn(argv: list[str], env: dict[str, str], program: bytes, inherited: dict) -> int:
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the job's first process
+        _child(argv, env, program, inherited, ready_r, ready_w)
+    os.close(ready_r)
+    try:
+        pt.seize(pid, OPTIONS)
+    except OSError as exc:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        hint = " (ptrace is forbidden here: container seccomp profile or kernel.yama.ptrace_scope=3?)"
+        raise RunError(
+            f"cannot trace the job: {exc.strerror}{hint if exc.errno == errno.EPERM else ''}"
+        ) from None
+    finally:
+        os.write(ready_w, b"x")
+        os.close(ready_w)
+    return pid
+
+
+def _child(
+    argv: list[str], env: dict[str, str], program: bytes, inherited: dict, ready_r: int, ready_w: int
+) -> NoReturn:
+    code = 127
+    try:
+        os.close(ready_w)
+        for s, handler in inherited.items():
+            signal.signal(s, signal.SIG_IGN if handler == signal.SIG_IGN else signal.SIG_DFL)
+        for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.read(ready_r, 1)  # the tracer has seized us (or failed and is about to kill us)
+        os.close(ready_r)
+        seccomp.install(program)
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            code = 126 if exc.errno in (errno.EACCES, errno.ENOEXEC, errno.EISDIR) else 127
+            os.write(2, f"cvmfs-client run: {argv[0]}: {exc.strerror}\n".encode())
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
+        with contextlib.suppress(Exception):
+            os.write(2, f"cvmfs-client run: cannot start the job: {exc}\n".encode())
+    os._exit(code)
+
+
+def _suspend(sig: int, pid: int) -> None:
+    """The job stopped (Ctrl-Z): stop ourselves the same way, resume it when we are resumed."""
+    old = signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), sig)  # returns once somebody sends SIGCONT
+    finally:
+        signal.signal(sig, old)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
+def _reclaim_terminal() -> None:
+    """If the job left another process group in the terminal's foreground, take it back."""
+    for fd in (0, 1, 2):
+        try:
+            if not os.isatty(fd):
+                continue
+            if os.tcgetpgrp(fd) != os.getpgrp():
+                old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                try:
+                    os.tcsetpgrp(fd, os.getpgrp())
+                finally:
+                    signal.signal(signal.SIGTTOU, old)
+            return
+        except OSError:
+            continue
+
+
+def _kill_all(tracer: Tracer) -> None:
+    for tid in list(tracer.tasks):
+        with contextlib.suppress(OSError):
+            os.kill(tid, signal.SIGKILL)
+
+
+def exit_code(status: int) -> int:
+    """A shell's ``$?`` for a wait status: the exit code, or 128 + the killing signal."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return EX_SOFTWARE
+
+
+def exit_like(status: int) -> NoReturn:
+    """Leave as the job did: same exit code, or killed by the same signal (no core dump)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit(exit_code(status))

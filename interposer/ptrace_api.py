@@ -1,0 +1,302 @@
+"""ptrace(2) and process_vm_readv/writev(2) through ctypes: the tracer's hot path.
+
+python-ptrace is not used here: its import alone costs ~30 ms of every job's start-up, and it has
+neither the seccomp constants nor process_vm_readv. Each helper is one libc call on preallocated
+buffers, because a tracer written in Python pays for every allocation in every stop.
+
+A tracee can die between two calls (SIGKILL from elsewhere, its process exiting): calls on it
+then fail with ESRCH, which surfaces as :class:`TraceeGone` so the event loop can drop it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from .arch_x86_64 import Regs
+
+# request numbers (linux/ptrace.h)
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+
+# options
+O_TRACESYSGOOD = 0x01
+O_TRACEFORK = 0x02
+O_TRACEVFORK = 0x04
+O_TRACECLONE = 0x08
+O_TRACEEXEC = 0x10
+O_TRACESECCOMP = 0x80
+O_EXITKILL = 0x100000
+
+# events (status >> 16 of a SIGTRAP stop)
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_SECCOMP = 7
+EVENT_STOP = 128
+
+WALL = 0x40000000  # __WALL: threads and clone children too
+SYSCALL_STOP_SIG = 0x80 | 5  # SIGTRAP | 0x80 with PTRACE_O_TRACESYSGOOD
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class TraceeGone(ProcessLookupError):
+    """The tracee vanished (ESRCH) between its stop and our request."""
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ptrace = _libc.ptrace
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_ptrace.restype = ctypes.c_long
+_readv = _libc.process_vm_readv
+_writev = _libc.process_vm_writev
+for _f in (_readv, _writev):
+    _f.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(_IoVec),
+        ctypes.c_ulong,
+        ctypes.POINTER(_IoVec),
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    _f.restype = ctypes.c_ssize_t
+
+
+def _fail(what: str, tid: int) -> None:
+    err = ctypes.get_errno()
+    if err == errno.ESRCH:
+        raise TraceeGone(err, f"{what}: tracee {tid} is gone")
+    raise OSError(err, f"{what} on {tid}: {os.strerror(err)}")
+
+
+def seize(tid: int, options: int) -> None:
+    if _ptrace(PTRACE_SEIZE, tid, None, ctypes.c_void_p(options)) != 0:
+        _fail("PTRACE_SEIZE", tid)
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    if _ptrace(PTRACE_CONT, tid, None, sig or None) != 0:
+        _fail("PTRACE_CONT", tid)
+
+
+def syscall(tid: int, sig: int = 0) -> None:
+    """Resume and stop again at the end of the current (or next) syscall."""
+    if _ptrace(PTRACE_SYSCALL, tid, None, sig or None) != 0:
+        _fail("PTRACE_SYSCALL", tid)
+
+
+def listen(tid: int) -> None:
+    """Keep a group-stopped tracee stopped, but let SIGCONT (and its real parent) see it."""
+    if _ptrace(PTRACE_LISTEN, tid, None, None) != 0:
+        _fail("PTRACE_LISTEN", tid)
+
+
+def getregs(tid: int, regs: Regs) -> None:
+    if _ptrace(PTRACE_GETREGS, tid, None, ctypes.addressof(regs)) != 0:
+        _fail("PTRACE_GETREGS", tid)
+
+
+def setregs(tid: int, regs: Regs) -> None:
+    if _ptrace(PTRACE_SETREGS, tid, None, ctypes.addressof(regs)) != 0:
+        _fail("PTRACE_SETREGS", tid)
+
+
+_msg = ctypes.c_ulong()
+
+
+def geteventmsg(tid: int) -> int:
+    if _ptrace(PTRACE_GETEVENTMSG, tid, None, ctypes.byref(_msg)) != 0:
+        _fail("PTRACE_GETEVENTMSG", tid)
+    return _msg.value
+
+
+# --- memory --------------------------------------------------------------------------------
+
+PATH_MAX = 4096
+_SHORT = 256  # most paths are shorter: read this much first
+_READ_BUF = ctypes.create_string_buffer(PATH_MAX + PAGE)
+_READ_ADDR = ctypes.addressof(_READ_BUF)
+_local = _IoVec(_READ_ADDR, PATH_MAX + PAGE)
+_local_ref = ctypes.byref(_local)
+_remote = (_IoVec * 2)()
+_string_at = ctypes.string_at
+_get_errno = ctypes.get_errno
+
+
+def _read_into_buf(tid: int, addr: int, size: int) -> int:
+    """Read up to ``size`` bytes at ``addr`` into the shared buffer, cut at the first page end."""
+    first = PAGE - (addr % PAGE)
+    r0 = _remote[0]
+    r0.base = addr
+    if first >= size:
+        r0.len = size
+        count = 1
+    else:
+        r0.len = first
+        r1 = _remote[1]
+        r1.base = addr + first
+        r1.len = size - first
+        count = 2
+    n = _readv(tid, _local_ref, 1, _remote, count, 0)
+    if n < 0 and _get_errno() == errno.ESRCH:
+        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+    return n
+
+
+def read_cstring(tid: int, addr: int, limit: int = PATH_MAX) -> bytes | None:
+    """The NUL-terminated string at ``addr``; ``None`` if unreadable or longer than ``limit``.
+
+    process_vm_readv never splits one remote iovec, so the range is cut at the first page
+    boundary: a string that ends just before an unmapped page still reads. A short read comes
+    first because almost every path is short.
+    """
+    n = _read_into_buf(tid, addr, _SHORT)
+    if n <= 0:
+        return None
+    data = _string_at(_READ_ADDR, n)
+    end = data.find(b"\0")
+    if end >= 0:
+        return data[:end]
+    if n < _SHORT:
+        return None
+    n = _read_into_buf(tid, addr, limit + 1)
+    if n <= 0:
+        return None
+    data = _string_at(_READ_ADDR, n)
+    end = data.find(b"\0")
+    return data[:end] if end >= 0 else None
+
+
+_U64_BUF = ctypes.c_uint64()
+_pair_local = (_IoVec * 2)((ctypes.addressof(_U64_BUF), 8), (_READ_ADDR, _SHORT))
+_pair_remote = (_IoVec * 3)()
+
+
+def read_u64_and_cstring(tid: int, u64_addr: int, addr: int) -> tuple[int | None, bytes | None]:
+    """One call for the tracer's hot path: a counter in the stub page and a path argument."""
+    first = PAGE - (addr % PAGE)
+    _pair_remote[0].base = u64_addr
+    _pair_remote[0].len = 8
+    r1 = _pair_remote[1]
+    r1.base = addr
+    if first >= _SHORT:
+        r1.len = _SHORT
+        count = 2
+    else:
+        r1.len = first
+        r2 = _pair_remote[2]
+        r2.base = addr + first
+        r2.len = _SHORT - first
+        count = 3
+    n = _readv(tid, _pair_local, 2, _pair_remote, count, 0)
+    if n < 8:
+        if n < 0 and _get_errno() == errno.ESRCH:
+            raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+        return None, None
+    value = _U64_BUF.value
+    if n > 8:
+        data = _string_at(_READ_ADDR, n - 8)
+        end = data.find(b"\0")
+        if end >= 0:
+            return value, data[:end]
+    return value, read_cstring(tid, addr)
+
+
+def read_memory(tid: int, addr: int, size: int) -> bytes | None:
+    """``size`` bytes at ``addr``, or ``None`` if any of them cannot be read."""
+    if size > len(_READ_BUF):
+        buf = ctypes.create_string_buffer(size)
+        local = _IoVec(ctypes.addressof(buf), size)
+        remote = _IoVec(addr, size)
+        n = _readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        return buf.raw if n == size else None
+    r0 = _remote[0]
+    r0.base = addr
+    r0.len = size
+    n = _readv(tid, _local_ref, 1, _remote, 1, 0)
+    if n != size:
+        if n < 0 and _get_errno() == errno.ESRCH:
+            raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+        return None
+    return _string_at(_READ_ADDR, size)
+
+
+_WRITE_MAX = 4
+_WRITE_BUF = ctypes.create_string_buffer(3 * PAGE + PATH_MAX)
+_WRITE_ADDR = ctypes.addressof(_WRITE_BUF)
+_wlocal = (_IoVec * _WRITE_MAX)()
+_wremote = (_IoVec * _WRITE_MAX)()
+_memmove = ctypes.memmove
+
+
+def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> bool:
+    """Write each ``(addr, data)`` piece into the tracee in one call; True if all were written."""
+    count = len(pieces)
+    total = sum(len(d) for _, d in pieces)
+    if count > _WRITE_MAX or total > len(_WRITE_BUF):
+        return all(_write_large(tid, addr, data) for addr, data in pieces)
+    offset = 0
+    for i, (addr, data) in enumerate(pieces):
+        size = len(data)
+        _memmove(_WRITE_ADDR + offset, data, size)
+        lo = _wlocal[i]
+        lo.base = _WRITE_ADDR + offset
+        lo.len = size
+        ro = _wremote[i]
+        ro.base = addr
+        ro.len = size
+        offset += size
+    n = _writev(tid, _wlocal, count, _wremote, count, 0)
+    if n < 0 and _get_errno() == errno.ESRCH:
+        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+    return n == total
+
+
+def _write_large(tid: int, addr: int, data: bytes) -> bool:
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _IoVec(ctypes.addressof(buf), len(data))
+    remote = _IoVec(addr, len(data))
+    return _writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) == len(data)
+
+
+# --- the calls the child makes on itself before execve ----------------------------------------
+
+PR_SET_NO_NEW_PRIVS = 38
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def set_no_new_privs() -> None:
+    """Required before an unprivileged process may install a seccomp filter."""
+    if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+
+
+def raw_syscall(nr: int, *args: int | ctypes.c_void_p) -> int:
+    """``syscall(2)``; returns the result or raises OSError."""
+    conv = [a if isinstance(a, ctypes.c_void_p) else ctypes.c_long(a) for a in args]
+    res = _syscall(ctypes.c_long(nr), *conv)
+    if res == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return res

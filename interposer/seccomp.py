@@ -1,0 +1,316 @@
+"""The seccomp-bpf filter: which syscalls stop in the tracer, and which run untouched.
+
+Only calls that name a path (or a directory fd the tracer may have translated) return
+``SECCOMP_RET_TRACE``; everything else, read/write/mmap included, is allowed without a stop.
+The program is laid out so that the kernel's constant-action cache (Linux 5.11+) can prove
+"always allowed" for every untrapped syscall number: those branches never load an argument or
+the instruction pointer, so they skip the BPF interpreter entirely.
+
+Traps relaxed by arguments (see :class:`FdRanges`): the tracer moves fds it opened for the job
+into two reserved ranges, so that the filter can tell them apart without asking the tracer:
+
+- ``dirs``: directory fds. ``newfstatat``/``statx``/``readlinkat`` relative to them with
+  ``AT_SYMLINK_NOFOLLOW`` (or ``AT_EMPTY_PATH``) run natively: ``find``, ``du`` and ``tar`` walk a
+  shadow tree of directories, symlinks and size-correct placeholders without stopping.
+- ``content``: fds of verified file content. ``fstat`` on them is trapped so that it reports the
+  catalog's metadata (glibc's ``fstat`` is ``newfstatat(fd, "", AT_EMPTY_PATH)``); ``fstat`` on
+  every other fd is not trapped at all.
+
+Calls made from the stub page (the tracer's own rewritten syscalls) are allowed by instruction
+pointer. Syscalls of another ABI (i386 ``int 0x80``, x32) fail with ENOSYS: their numbers mean
+different calls and the tracer does not translate them. ``io_uring_setup`` fails with ENOSYS
+because io_uring performs file operations without syscalls the filter could see.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import arch_x86_64 as arch
+from .ptrace_api import raw_syscall, set_no_new_privs
+
+# return values (linux/seccomp.h)
+RET_ALLOW = 0x7FFF0000
+RET_TRACE = 0x7FF00000
+RET_ERRNO = 0x00050000
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+__NR_seccomp = 317
+
+# classic BPF opcodes (linux/filter.h)
+LD_W_ABS = 0x20
+JEQ_K = 0x15
+JGE_K = 0x35
+JSET_K = 0x45
+JA = 0x05
+RET_K = 0x06
+
+# offsets into struct seccomp_data
+OFF_NR, OFF_ARCH, OFF_IP_LO, OFF_IP_HI = 0, 4, 8, 12
+
+
+def _arg_lo(i: int) -> int:
+    return 16 + 8 * i  # low 32 bits (little endian); fds are ints, compared on their low word
+
+
+AT_FDCWD_U32 = 0xFFFFFF9C  # -100 as an unsigned 32-bit word
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+
+# Syscalls that always stop (unless made by the stub).
+TRAPPED = (
+    "open", "openat", "openat2", "creat", "stat", "lstat", "statfs", "access", "faccessat",
+    "faccessat2", "readlink", "execve", "execveat", "chdir", "fchdir", "getcwd", "mkdir", "mkdirat",
+    "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2", "link", "linkat", "symlink",
+    "symlinkat", "mknod", "mknodat", "truncate", "chmod", "fchmodat", "fchmodat2", "chown", "lchown",
+    "fchownat", "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "getxattr",
+    "lgetxattr", "listxattr", "llistxattr", "removexattr", "lremovexattr", "setxattrat",
+    "getxattrat", "listxattrat", "removexattrat", "inotify_add_watch", "fanotify_mark",
+    "name_to_handle_at", "file_getattr", "file_setattr",
+)  # fmt: skip
+# (name, dirfd argument, flags argument): stop unless relative to a reserved dir fd with
+# AT_SYMLINK_NOFOLLOW, or an fstat-style AT_EMPTY_PATH call on an fd that is not content.
+STAT_AT = (("newfstatat", 0, 3), ("statx", 0, 2))
+# (name, fd argument): stop only for fds in the content range.
+FD_CONTENT = (("fstat", 0),)
+# (name, dirfd argument): stop unless relative to a reserved dir fd (the shadow symlink is exact).
+DIRFD_ALLOWED = (("readlinkat", 0),)
+# (name, fd argument): stop for fds in either reserved range (they must not change the shadow
+# tree or the cache); other fds are the job's own business.
+FD_OURS = (("fchmod", 0), ("fchown", 0), ("fsetxattr", 0), ("fremovexattr", 0), ("dup", 0))
+# fcntl(fd, F_DUPFD[_CLOEXEC], min) on a reserved fd: stop, so that the copy stays in its range
+# (fts duplicates every directory fd it opens to a low number).
+F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
+ENOSYS = ("io_uring_setup",)
+
+
+@dataclass(frozen=True)
+class FdRanges:
+    """Reserved fd numbers: ``[content, dirs)`` holds content fds, ``[dirs, top)`` directory fds.
+
+    Chosen below the job's RLIMIT_NOFILE (and below 1024, so that ``select()`` callers and
+    programs with small fd tables are unaffected); ``None`` when the limit is too low to spare.
+    Content sits below dirs: F_DUPFD picks the lowest free fd at or above its argument, so a full
+    content range spills into the dirs range (only fstat then shows cache metadata) while a full
+    dirs range spills above ``top``, where everything is trapped again (slower, still correct).
+    """
+
+    content: int
+    dirs: int
+    top: int
+
+    @classmethod
+    def for_limit(cls, soft_limit: int) -> FdRanges | None:
+        top = min(soft_limit, 1024)
+        if top < 512:
+            return None
+        return cls(content=top - 256, dirs=top - 128, top=top)
+
+    def is_content(self, fd: int) -> bool:
+        return self.content <= fd < self.dirs
+
+    def is_dir(self, fd: int) -> bool:
+        return self.dirs <= fd < self.top
+
+
+class _Asm:
+    """A tiny assembler: instructions with symbolic jump targets, resolved at the end."""
+
+    def __init__(self) -> None:
+        self.code: list[tuple[int, object, object, int]] = []
+        self.labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.code)
+
+    def ld(self, offset: int) -> None:
+        self.code.append((LD_W_ABS, 0, 0, offset))
+
+    def jump(self, op: int, k: int, jt: str | int, jf: str | int) -> None:
+        """Conditional jump; integer targets are relative (0 = next instruction)."""
+        self.code.append((op, jt, jf, k))
+
+    def ja(self, target: str) -> None:
+        self.code.append((JA, 0, 0, target))  # type: ignore[arg-type]
+
+    def ret(self, value: int) -> None:
+        self.code.append((RET_K, 0, 0, value))
+
+    def assemble(self) -> bytes:
+        out = bytearray()
+        for pc, (op, jt, jf, k) in enumerate(self.code):
+            if op == JA:
+                k = self.labels[k] - pc - 1  # type: ignore[index]
+            else:
+                jt = self._rel(pc, jt)
+                jf = self._rel(pc, jf)
+            out += struct.pack("<HBBI", op, jt, jf, k)  # type: ignore[arg-type]
+        return bytes(out)
+
+    def _rel(self, pc: int, target: object) -> int:
+        if isinstance(target, int):
+            return target
+        off = self.labels[target] - pc - 1  # type: ignore[index]
+        if not 0 <= off <= 255:
+            raise ValueError(f"BPF jump to {target} out of range ({off})")
+        return off
+
+
+def _in_range(a: _Asm, lo: int, hi: int, yes: str, no: str) -> None:
+    """Jump to ``yes`` if the accumulator (an fd) is in ``[lo, hi)``, else to ``no``."""
+    a.jump(JGE_K, lo, 0, no)
+    a.jump(JGE_K, hi, no, yes)
+
+
+def build_filter(ranges: FdRanges | None) -> bytes:
+    """The filter program as raw ``struct sock_filter`` array bytes."""
+    nr = arch.NR
+    a = _Asm()
+    a.ld(OFF_ARCH)
+    a.jump(JEQ_K, arch.AUDIT_ARCH, 1, 0)
+    a.ret(RET_ERRNO | errno.ENOSYS)
+    a.ld(OFF_NR)
+    a.jump(JGE_K, arch.X32_SYSCALL_BIT, 0, 1)
+    a.ret(RET_ERRNO | errno.ENOSYS)
+
+    # Dispatch: the frequent conditional calls first, then the always-trapped ones. Each
+    # comparison is two instructions so that a block can be anywhere (``ja`` has 32-bit reach).
+    blocks: list[tuple[int, str]] = []
+    for name, _, _ in STAT_AT:
+        blocks.append((nr[name], f"stat_{name}"))
+    for name, _ in FD_CONTENT:
+        blocks.append((nr[name], f"fdc_{name}"))
+    for name, _ in DIRFD_ALLOWED:
+        blocks.append((nr[name], f"dirfd_{name}"))
+    for name, _ in FD_OURS:
+        blocks.append((nr[name], f"fdours_{name}"))
+    blocks.append((nr["fcntl"], "fcntl"))
+    for name in ENOSYS:
+        blocks.append((nr[name], "enosys"))
+    for name in TRAPPED:
+        blocks.append((nr[name], "trace"))
+    for number, target in blocks:
+        a.jump(JEQ_K, number, 0, 1)
+        a.ja(target)
+    a.ret(RET_ALLOW)
+
+    a.label("enosys")
+    a.ret(RET_ERRNO | errno.ENOSYS)
+
+    for name, fd_arg, flags_arg in STAT_AT:
+        a.label(f"stat_{name}")
+        if ranges is None:
+            # No reserved ranges: only fstat-style calls on fds (not AT_FDCWD) run natively.
+            a.ld(_arg_lo(fd_arg))
+            a.jump(JEQ_K, AT_FDCWD_U32, "trace_" + name, 0)
+            a.ld(_arg_lo(flags_arg))
+            a.jump(JSET_K, AT_EMPTY_PATH, "allow_" + name, "trace_" + name)
+        else:
+            a.ld(_arg_lo(fd_arg))
+            _in_range(a, ranges.content, ranges.dirs, "trace_" + name, "notcontent_" + name)
+            a.label("notcontent_" + name)
+            _in_range(a, ranges.dirs, ranges.top, "ourdir_" + name, "other_" + name)
+            a.label("ourdir_" + name)
+            a.ld(_arg_lo(flags_arg))
+            a.jump(JSET_K, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH, "allow_" + name, "trace_" + name)
+            a.label("other_" + name)
+            a.jump(JEQ_K, AT_FDCWD_U32, "trace_" + name, 0)
+            a.ld(_arg_lo(flags_arg))
+            a.jump(JSET_K, AT_EMPTY_PATH, "allow_" + name, "trace_" + name)
+        a.label("allow_" + name)
+        a.ret(RET_ALLOW)
+        a.label("trace_" + name)
+        a.ja("trace")
+
+    for name, fd_arg in FD_CONTENT:
+        a.label(f"fdc_{name}")
+        if ranges is None:
+            a.ret(RET_ALLOW)
+            continue
+        a.ld(_arg_lo(fd_arg))
+        _in_range(a, ranges.content, ranges.dirs, "fdc_trace_" + name, "fdc_allow_" + name)
+        a.label("fdc_allow_" + name)
+        a.ret(RET_ALLOW)
+        a.label("fdc_trace_" + name)
+        a.ja("trace")
+
+    for name, fd_arg in DIRFD_ALLOWED:
+        a.label(f"dirfd_{name}")
+        if ranges is None:
+            a.ja("trace")
+            continue
+        a.ld(_arg_lo(fd_arg))
+        _in_range(a, ranges.dirs, ranges.top, "dirfd_allow_" + name, "dirfd_trace_" + name)
+        a.label("dirfd_allow_" + name)
+        a.ret(RET_ALLOW)
+        a.label("dirfd_trace_" + name)
+        a.ja("trace")
+
+    for name, fd_arg in FD_OURS:
+        a.label(f"fdours_{name}")
+        if ranges is None:
+            a.ja("trace")
+            continue
+        a.ld(_arg_lo(fd_arg))
+        _in_range(a, ranges.content, ranges.top, "fdours_trace_" + name, "fdours_allow_" + name)
+        a.label("fdours_allow_" + name)
+        a.ret(RET_ALLOW)
+        a.label("fdours_trace_" + name)
+        a.ja("trace")
+
+    a.label("fcntl")
+    if ranges is None:
+        a.ret(RET_ALLOW)
+    else:
+        a.ld(_arg_lo(0))
+        _in_range(a, ranges.content, ranges.top, "fcntl_ours", "fcntl_allow")
+        a.label("fcntl_ours")
+        a.ld(_arg_lo(1))
+        a.jump(JEQ_K, F_DUPFD, "fcntl_trace", 0)
+        a.jump(JEQ_K, F_DUPFD_CLOEXEC, "fcntl_trace", "fcntl_allow")
+        a.label("fcntl_allow")
+        a.ret(RET_ALLOW)
+        a.label("fcntl_trace")
+        a.ja("trace")
+
+    # Every trap lands here: calls made by the stub page run untrapped.
+    a.label("trace")
+    a.ld(OFF_IP_HI)
+    a.jump(JEQ_K, arch.STUB_ADDR >> 32, 0, "ret_trace")
+    a.ld(OFF_IP_LO)
+    lo = arch.STUB_ADDR & 0xFFFFFFFF
+    _in_range(a, lo, lo + arch.STUB_CODE_SIZE, "ret_allow", "ret_trace")
+    a.label("ret_allow")
+    a.ret(RET_ALLOW)
+    a.label("ret_trace")
+    a.ret(RET_TRACE)
+    return a.assemble()
+
+
+def traced_syscalls() -> Iterable[str]:
+    """Names of every syscall the filter can stop (for the tracer's dispatch table and tests)."""
+    yield from TRAPPED
+    for group in (STAT_AT, FD_CONTENT, DIRFD_ALLOWED, FD_OURS):
+        for item in group:
+            yield item[0]
+    yield "fcntl"
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install(program: bytes) -> None:
+    """Install ``program`` on the calling process (and its future children and execs).
+
+    Sets no_new_privs first, which an unprivileged process must do; it also means setuid
+    programs run without their privileges, as they do under any ptrace-based tool.
+    """
+    set_no_new_privs()
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    raw_syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.c_void_p(ctypes.addressof(prog)))

@@ -1,0 +1,264 @@
+"""A local shadow of one repository revision: what the kernel sees instead of ``/cvmfs/FQRN``.
+
+Two trees per revision, under ``<base>/r/<fqrn>/<root hash>/``:
+
+``m/`` (metadata)
+    Real directories, symlinks (with ``$(VAR)`` already expanded) and *placeholders*: sparse
+    regular files with the catalog's size, mode and mtime, hardlinked where the catalog groups
+    hardlinks. ``stat``, ``getdents``, ``readlink`` and ``access`` on it run natively and agree
+    with each other (same dev/ino from every route, which ``fts`` and ``tar`` check). A
+    placeholder holds zeros: nothing may ever open one for content (the translator guarantees
+    it: content opens go to ``d/``).
+
+``d/`` (data)
+    The same relative paths, created on first open, as hardlinks to verified objects of the
+    cache (or copies when a hardlink is impossible). Executables link to a mode-0555 copy of
+    the object (``<base>/x/``), since cache objects are 0444 and ``execve`` needs an x bit.
+    Because every path has its own name here, ``/proc/PID/fd/N``, ``/proc/PID/exe`` and
+    ``/proc/PID/maps`` name ``d/<path>`` and map back to ``/cvmfs/FQRN/<path>`` exactly.
+
+Directories are populated lazily, one level at a time, when a path through them is first
+resolved; each child directory also gets its own subdirectories created (empty), so that its
+link count (2 + subdirectories) is right before it is itself populated. A marker file in
+``done/`` records a directory as complete, for later jobs. The trees persist
+between jobs (a revision never changes) and are shared by concurrent jobs: every entry is
+made under a temporary name and linked into place, so another job sees it complete or not at
+all, and "already exists" is success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the catalog module pulls in SQLAlchemy: import it only when mounting
+    from cvmfs_client.catalog import DirEntry
+
+# A Listing answers "the entries of directory <inner path>" from memory (see vfs.Mount).
+Listing = Callable[[str], Mapping[str, "DirEntry"]]
+Readlink = Callable[["DirEntry"], str]
+
+
+class ShadowError(OSError):
+    """The shadow tree cannot be written (disk full, permissions): the call gets EIO."""
+
+
+class ShadowTree:
+    """The ``m/`` and ``d/`` trees of one repository revision."""
+
+    def __init__(self, root: Path, exec_dir: Path, listing: Listing, readlink: Readlink) -> None:
+        self.root = root
+        self.meta = str(root / "m")
+        self.data = str(root / "d")
+        self._tmp = root / "tmp"
+        self._markers = str(root / "done")  # one empty file per fully populated directory
+        self._exec_dir = exec_dir
+        self._listing = listing
+        self._readlink = readlink
+        self._populated: set[str] = set()
+        self._content: dict[str, str] = {}
+        self._counter = 0
+        self._root_entry: DirEntry | None = None
+        self._root_entry_loader: Callable[[], DirEntry] | None = None
+        for d in (root, self._tmp, exec_dir, Path(self.data), Path(self._markers)):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- metadata tree --------------------------------------------------------------------
+
+    def meta_path(self, inner: str) -> str:
+        return self.meta + inner
+
+    def ensure_root_known(self, root_entry: Callable[[], DirEntry]) -> None:
+        """``m/`` exists already; its catalog row is fetched only if a populate needs it."""
+        self._root_entry_loader = root_entry
+
+    def ensure_root(self, root_entry: DirEntry) -> None:
+        """Create ``m/`` itself with the repository root's mode and mtime."""
+        self._root_entry = root_entry
+        try:
+            os.mkdir(self.meta, 0o700)
+        except FileExistsError:
+            return
+        _set_meta(self.meta, root_entry)
+
+    def _marker(self, inner: str) -> str:
+        return f"{self._markers}/{hashlib.md5(inner.encode('utf-8', 'surrogateescape')).hexdigest()}"
+
+    def is_populated(self, inner: str) -> bool:
+        """Whether ``m/<inner>`` is complete (this job or an earlier one populated it)."""
+        if inner in self._populated:
+            return True
+        if os.path.exists(self._marker(inner)):
+            self._populated.add(inner)
+            return True
+        return False
+
+    def ensure_populated(self, inner: str) -> None:
+        """Every entry of directory ``inner`` exists under ``m/`` (its ancestors must already)."""
+        if self.is_populated(inner):
+            return
+        path = self.meta + inner
+        try:
+            existing = set(os.listdir(path))
+        except FileNotFoundError:
+            raise ShadowError(errno.ENOENT, f"shadow directory {path} is missing (parent not populated)")
+        self._populate(inner, path, self._listing(inner), existing)
+        os.close(os.open(self._marker(inner), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        self._populated.add(inner)
+
+    def _populate(self, inner: str, path: str, entries: Mapping[str, DirEntry], existing: set[str]) -> None:
+        st = os.lstat(path)
+        writable = stat.S_IMODE(st.st_mode) | 0o700
+        if stat.S_IMODE(st.st_mode) != writable:
+            os.chmod(path, writable)
+        first_of_group: dict[int, str] = {}
+        try:
+            for name, entry in entries.items():
+                target = f"{path}/{name}"
+                group = entry.hardlink_group if entry.is_regular else 0
+                if name in existing:
+                    if group:
+                        first_of_group.setdefault(group, target)
+                    continue
+                if entry.is_dir:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(target, 0o700)
+                    _set_meta(target, entry)
+                elif entry.is_symlink:
+                    self._make_symlink(target, entry)
+                elif group and group in first_of_group:
+                    _link_noreplace(first_of_group[group], target)
+                else:
+                    self._make_file(target, entry)
+                    if group:
+                        first_of_group[group] = target
+            for name, entry in entries.items():
+                if entry.is_dir:
+                    self._make_subdirs(f"{inner}/{name}", f"{path}/{name}", entry)
+        finally:
+            this = self._listing_entry(inner)
+            _set_meta(path, this) if this is not None else os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    def _listing_entry(self, inner: str) -> DirEntry | None:
+        if not inner:
+            if self._root_entry is None and self._root_entry_loader is not None:
+                self._root_entry = self._root_entry_loader()
+            return self._root_entry
+        parent, _, name = inner.rpartition("/")
+        return self._listing(parent).get(name)
+
+    def _make_subdirs(self, inner: str, path: str, entry: DirEntry) -> None:
+        """Create the subdirectories of ``inner`` (empty), so that its link count is right."""
+        made = False
+        for name, child in self._listing(inner).items():
+            if child.is_dir:
+                sub = f"{path}/{name}"
+                try:
+                    os.mkdir(sub, 0o700)
+                except FileExistsError:
+                    continue
+                made = True
+                _set_meta(sub, child)
+        if made:
+            _set_meta(path, entry)
+
+    def _tmp_name(self) -> str:
+        self._counter += 1
+        return f"{self._tmp}/{os.getpid()}.{self._counter}"
+
+    def _make_symlink(self, path: str, entry: DirEntry) -> None:
+        tmp = self._tmp_name()
+        os.symlink(self._readlink(entry), tmp)
+        os.utime(tmp, ns=(_mtime_ns(entry), _mtime_ns(entry)), follow_symlinks=False)
+        _link_noreplace(tmp, path)
+        os.unlink(tmp)
+
+    def _make_file(self, path: str, entry: DirEntry) -> None:
+        tmp = self._tmp_name()
+        mode = stat.S_IMODE(entry.mode)
+        fmt = stat.S_IFMT(entry.mode)
+        if entry.is_special and fmt in (stat.S_IFIFO, stat.S_IFSOCK):
+            os.mknod(tmp, fmt | 0o600)
+        else:
+            # Devices cannot be made unprivileged: they become empty placeholders.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                if entry.is_regular and entry.size:
+                    os.ftruncate(fd, entry.size)  # sparse: no blocks are written
+            finally:
+                os.close(fd)
+        os.chmod(tmp, mode)
+        os.utime(tmp, ns=(_mtime_ns(entry), _mtime_ns(entry)))
+        _link_noreplace(tmp, path)
+        os.unlink(tmp)
+
+    # -- data tree ------------------------------------------------------------------------
+
+    def data_path(self, inner: str) -> str:
+        return self.data + inner
+
+    def content(self, inner: str, materialize: Callable[[], Path]) -> str:
+        """A path under ``d/`` holding the verified bytes of regular file ``inner``.
+
+        ``materialize`` (the catalog and the cache) is only called the first time, by any job:
+        later the ``d/`` link alone answers.
+        """
+        known = self._content.get(inner)
+        if known is not None:
+            return known
+        path = self.data + inner
+        if not os.path.exists(path):
+            source = materialize()
+            if os.lstat(self.meta + inner).st_mode & 0o111:
+                source = self._executable_copy(source)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _link_or_copy(str(source), path, self._tmp_name)
+        self._content[inner] = path
+        return path
+
+    def _executable_copy(self, obj: Path) -> Path:
+        """A mode-0555 copy of a 0444 cache object, shared by every path and revision using it."""
+        final = self._exec_dir / f"{obj.parent.name}{obj.name}"
+        if not final.exists():
+            tmp = self._tmp_name()
+            shutil.copyfile(obj, tmp)
+            os.chmod(tmp, 0o555)
+            _link_noreplace(tmp, str(final))
+            os.unlink(tmp)
+        return final
+
+
+def _mtime_ns(entry: DirEntry) -> int:
+    return entry.mtime * 1_000_000_000 + (entry.mtime_ns or 0)
+
+
+def _set_meta(path: str, entry: DirEntry) -> None:
+    os.chmod(path, stat.S_IMODE(entry.mode))
+    os.utime(path, ns=(_mtime_ns(entry), _mtime_ns(entry)), follow_symlinks=False)
+
+
+def _link_noreplace(src: str, dst: str) -> None:
+    """``dst`` becomes another name of ``src``, unless ``dst`` exists (then it is kept)."""
+    with contextlib.suppress(FileExistsError):
+        os.link(src, dst, follow_symlinks=False)
+
+
+def _link_or_copy(src: str, dst: str, tmp_name: Callable[[], str]) -> None:
+    try:
+        _link_noreplace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
+            raise
+    tmp = tmp_name()
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, stat.S_IMODE(os.stat(src).st_mode))
+    _link_noreplace(tmp, dst)
+    os.unlink(tmp)

@@ -1,0 +1,570 @@
+"""The event loop: every ptrace stop of every traced thread, and what to do with it.
+
+The translator decides; this module carries decisions out with the fewest stops:
+
+- a call that needs no change is resumed at once (one stop);
+- a call with a new path runs in the *stub* (:mod:`.arch_x86_64`): the tracer writes a frame into
+  the thread's slot of the stub mapping, skips the original call and points the thread at the
+  stub, which makes the call itself, restores the registers and jumps back (one stop, no
+  syscall-exit stop). The stub mapping is created in each new address space on its first
+  translated call by injecting ``mmap`` in place of that call and then restarting it;
+- ``execve`` (and the fallback when the stub cannot be mapped) runs the classic way: arguments
+  rewritten at the seccomp stop, put back at the syscall-exit stop (x86-64 keeps argument
+  registers across a syscall, so a rewritten pointer would otherwise leak back to the program
+  and into a restarted call).
+
+Process semantics: new threads and processes are followed (TRACECLONE/FORK/VFORK) and a child
+reported before its parent's event is held until the event tells which address space and
+thread group it belongs to; group-stops are kept stopped with PTRACE_LISTEN so job control
+works; other signals are delivered unchanged. The loop ends when no tracee is left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import arch_x86_64 as arch
+from . import ptrace_api as pt
+from .syscalls import BY_NR
+from .translate import Exec, Return, Rewrite, Translator, WriteReturn
+
+log = logging.getLogger(__name__)
+
+CLONE_VM = 0x100
+CLONE_THREAD = 0x10000
+_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+_HEADER = struct.Struct("<18Q")
+_U64 = struct.Struct("<Q")
+_MASK = (1 << 64) - 1
+
+# address-space states
+UNMAPPED, PENDING, STUB, CLASSIC, NOSCRATCH = range(5)
+
+
+class AddressSpace:
+    """What the tracer knows about one address space (shared by threads and vfork children)."""
+
+    __slots__ = ("state", "base", "slots", "free", "big", "big_size")
+
+    def __init__(self, state: int = UNMAPPED, base: int = 0) -> None:
+        self.state = state
+        self.base = base
+        self.big = 0  # an extra scratch mapping for an execve with a long argv (rare)
+        self.big_size = 0
+        self.slots: dict[int, int] = {}
+        self.free = list(range(arch.SLOTS - 1, -1, -1))
+
+    def copy_for_fork(self) -> AddressSpace:
+        """A forked child inherits the mapping (same address, private copy), not the threads."""
+        return AddressSpace(self.state if self.state in (STUB, CLASSIC) else UNMAPPED, self.base)
+
+    def slot(self, tid: int) -> int | None:
+        """Address of ``tid``'s slot, assigning a free one on first use."""
+        index = self.slots.get(tid)
+        if index is None:
+            if not self.free:
+                return None
+            index = self.free.pop()
+            self.slots[tid] = index
+        return self.base + arch.STUB_CODE_SIZE + index * arch.SLOT_SIZE
+
+    def release(self, tid: int) -> None:
+        index = self.slots.pop(tid, None)
+        if index is not None:
+            self.free.append(index)
+
+
+@dataclass
+class Task:
+    tid: int
+    tgid: int
+    mm: AddressSpace
+    pending: tuple | None = None  # what to do at this thread's next syscall stop
+
+
+@dataclass
+class Stats:
+    """Counters for ``-v`` and the benchmark: where the stops went."""
+
+    stops: Counter = field(default_factory=Counter)
+    actions: Counter = field(default_factory=Counter)
+    seconds: float = 0.0  # tracer time spent handling seccomp stops
+
+    def total(self) -> int:
+        return sum(self.stops.values())
+
+
+class _Ctx:
+    """The translator's view of one stopped thread (see translate.Context)."""
+
+    __slots__ = ("tid", "tgid", "_cwds", "pf_addr", "pf_path")
+
+    def __init__(self, cwds: dict[int, str]) -> None:
+        self.tid = 0
+        self.tgid = 0
+        self._cwds = cwds
+        self.pf_addr = 0  # a path read ahead together with the stub depth counter
+        self.pf_path: bytes | None = None
+
+    def read_path(self, addr: int) -> bytes | None:
+        if addr == self.pf_addr and addr:
+            return self.pf_path
+        return pt.read_cstring(self.tid, addr) if addr else None
+
+    def read_memory(self, addr: int, size: int) -> bytes | None:
+        return pt.read_memory(self.tid, addr, size) if addr else None
+
+    def cwd(self) -> str:
+        found = self._cwds.get(self.tgid)
+        if found is None:
+            try:
+                found = os.readlink(f"/proc/{self.tid}/cwd")
+            except OSError:
+                return "/"
+            self._cwds[self.tgid] = found
+        return found
+
+    def cwd_changed(self) -> None:
+        self._cwds.pop(self.tgid, None)
+
+    def fd_path(self, fd: int) -> str | None:
+        if fd < 0:
+            return None
+        try:
+            return os.readlink(f"/proc/{self.tid}/fd/{fd}")
+        except OSError:
+            return None
+
+
+class Tracer:
+    """Runs the loop for one job whose first process ``main_pid`` is already seized."""
+
+    def __init__(
+        self,
+        translator: Translator,
+        main_pid: int,
+        on_main_stop: Callable[[int], None] | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.translator = translator
+        self.main_pid = main_pid
+        self.on_main_stop = on_main_stop
+        self.debug = debug
+        self.tasks: dict[int, Task] = {main_pid: Task(main_pid, main_pid, AddressSpace())}
+        self.early: dict[int, int] = {}  # children seen before their parent's event: tid -> status
+        self.cwds: dict[int, str] = {}
+        self.ctx = _Ctx(self.cwds)
+        self.regs = arch.Regs()
+        self.stats = Stats()
+        self.main_status: int | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve stops until every tracee is gone; the main process's wait status."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, pt.WALL)
+            except ChildProcessError:
+                break
+            try:
+                self._dispatch(pid, status)
+            except pt.TraceeGone:
+                self._forget(pid)
+        return self.main_status if self.main_status is not None else 0
+
+    def _dispatch(self, pid: int, status: int) -> None:
+        if (status & 0xFF) != 0x7F:  # exited or killed
+            self._forget(pid)
+            if pid == self.main_pid:
+                self.main_status = status
+            return
+        sig = (status >> 8) & 0xFF
+        event = status >> 16
+        task = self.tasks.get(pid)
+        if sig == signal.SIGTRAP and event == pt.EVENT_SECCOMP:
+            if task is None:
+                task = self._adopt(pid)
+            self._on_seccomp(task)
+        elif sig == pt.SYSCALL_STOP_SIG:
+            self._on_syscall_stop(pid, task)
+        elif event == 0:
+            pt.cont(pid, sig)  # signal-delivery-stop: deliver it
+        elif event == pt.EVENT_STOP:
+            self._on_event_stop(pid, sig, task)
+        elif event in (pt.EVENT_FORK, pt.EVENT_VFORK, pt.EVENT_CLONE):
+            self._on_new_task(pid, event, task)
+        elif event == pt.EVENT_EXEC:
+            self._on_exec(pid)
+        else:
+            pt.cont(pid)
+
+    def _forget(self, pid: int) -> None:
+        task = self.tasks.pop(pid, None)
+        self.early.pop(pid, None)
+        if task is not None:
+            task.mm.release(pid)
+
+    def _adopt(self, pid: int) -> Task:
+        """A thread we never saw created (should not happen): give it a fresh, safe record."""
+        tgid = _tgid_of(pid)
+        leader = self.tasks.get(tgid)
+        mm = leader.mm if leader is not None else AddressSpace()
+        task = Task(pid, tgid, mm)
+        self.tasks[pid] = task
+        return task
+
+    def _on_event_stop(self, pid: int, sig: int, task: Task | None) -> None:
+        if sig in _STOP_SIGNALS:
+            # group-stop: stay stopped (the real parent sees it) until SIGCONT
+            pt.listen(pid)
+            if pid == self.main_pid and self.on_main_stop is not None:
+                self.on_main_stop(sig)
+            return
+        if task is None:
+            self.early[pid] = sig  # first stop of a new child: wait for its parent's event
+            return
+        pt.cont(pid)
+
+    def _on_new_task(self, pid: int, event: int, parent: Task | None) -> None:
+        child = pt.geteventmsg(pid)
+        if parent is None:
+            parent = self._adopt(pid)
+        flags = 0
+        if event == pt.EVENT_CLONE:
+            flags = self._clone_flags(pid)
+        elif event == pt.EVENT_VFORK:
+            flags = CLONE_VM
+        mm = parent.mm if flags & CLONE_VM else parent.mm.copy_for_fork()
+        tgid = parent.tgid if flags & CLONE_THREAD else child
+        self.tasks[child] = Task(child, tgid, mm)
+        if tgid != parent.tgid and parent.tgid in self.cwds:
+            self.cwds[tgid] = self.cwds[parent.tgid]
+        if child in self.early:
+            del self.early[child]
+            pt.cont(child)
+        pt.cont(pid)
+
+    def _clone_flags(self, pid: int) -> int:
+        regs = self.regs
+        pt.getregs(pid, regs)
+        nr = arch.syscall_nr(regs)
+        if nr == arch.NR["clone3"]:
+            raw = pt.read_memory(pid, arch.arg(regs, 0), 8)
+            return int.from_bytes(raw, "little") if raw else CLONE_VM | CLONE_THREAD
+        return arch.arg(regs, 0)
+
+    def _on_exec(self, pid: int) -> None:
+        former = pt.geteventmsg(pid)
+        task = self.tasks.pop(former, None) or self.tasks.get(pid) or Task(pid, pid, AddressSpace())
+        if former != pid:
+            # execve from a non-leader thread: it took over the leader's tid; the other
+            # threads are gone without an exit report.
+            for tid, other in list(self.tasks.items()):
+                if other.tgid == task.tgid:
+                    del self.tasks[tid]
+        task.mm.release(former)
+        task.tid = pid
+        task.tgid = pid
+        task.mm = AddressSpace()
+        task.pending = None
+        self.tasks[pid] = task
+        pt.cont(pid)
+
+    # -- seccomp stops ------------------------------------------------------------------------
+
+    def _on_seccomp(self, task: Task) -> None:
+        tid = task.tid
+        regs = self.regs
+        pt.getregs(tid, regs)
+        nr = arch.syscall_nr(regs)
+        spec = BY_NR.get(nr)
+        self.stats.stops[spec.name if spec else nr] += 1
+        if spec is None:
+            pt.cont(tid)
+            return
+        ctx = self.ctx
+        ctx.tid = tid
+        ctx.tgid = task.tgid
+        started = time.perf_counter()
+        args = arch.args(regs)
+        depth = None
+        mm = task.mm
+        if mm.state == STUB and spec.path is not None:
+            slot = mm.slot(tid)
+            addr = args[spec.path]
+            if slot is not None and addr:
+                depth, ctx.pf_path = pt.read_u64_and_cstring(tid, slot, addr)
+                ctx.pf_addr = addr if depth is not None else 0
+        action = self.translator.decide(ctx, nr, spec, args)
+        ctx.pf_addr = 0
+        if self.debug and action is not None:
+            log.debug("[%d] %s%s -> %s", tid, spec.name, _describe_args(ctx, spec, regs), action)
+        if action is None:
+            pt.cont(tid)
+        elif type(action) is Rewrite:
+            self._rewrite(task, regs, action, depth)
+        elif type(action) is Return:
+            self.stats.actions["return"] += 1
+            arch.skip_syscall(regs, action.value)
+            pt.setregs(tid, regs)
+            pt.cont(tid)
+        elif type(action) is WriteReturn:
+            self.stats.actions["emulate"] += 1
+            ok = pt.write_memory(tid, [(action.addr, action.data)]) if action.data else True
+            arch.skip_syscall(regs, action.value if ok else -errno.EFAULT)
+            pt.setregs(tid, regs)
+            pt.cont(tid)
+        elif type(action) is Exec:
+            self._exec(task, regs, action)
+        self.stats.seconds += time.perf_counter() - started
+
+    def _rewrite(self, task: Task, regs: arch.Regs, action: Rewrite, depth: int | None = None) -> None:
+        mm = task.mm
+        tid = task.tid
+        if mm.state in (UNMAPPED, PENDING):
+            self._need_mapping(task, regs)
+            return
+        if mm.state == STUB:
+            slot = mm.slot(tid)
+            if depth is None:
+                depth_raw = pt.read_memory(tid, slot, 8) if slot is not None else None
+                depth = _U64.unpack(depth_raw)[0] if depth_raw else arch.MAX_DEPTH
+            if slot is not None and depth < arch.MAX_DEPTH:
+                self.stats.actions["stub"] += 1
+                if depth:
+                    self.stats.actions["stub-nested"] += 1  # a signal handler interrupted the stub
+                frame = slot + arch.SLOT_FRAMES_OFFSET + depth * arch.FRAME_SIZE
+                orig = arch.args(regs)
+                new = list(orig)
+                for i, v in action.args.items():
+                    new[i] = v & _MASK
+                pieces = [(slot, _U64.pack(depth + 1))]
+                if action.path is not None:
+                    new[action.path_arg] = frame + arch.F_PATH
+                    pieces.append((frame + arch.F_PATH, action.path + b"\0"))
+                header = _HEADER.pack(
+                    action.nr & _MASK,
+                    *new,
+                    *orig,
+                    regs.rip,
+                    0,
+                    action.reloc_base,
+                    action.reloc_cmd,
+                    slot,
+                )
+                pieces.append((frame, header))
+                if not pt.write_memory(tid, pieces):
+                    self._fail(task, regs, errno.EFAULT)
+                    return
+                regs.rip = arch.STUB_ADDR
+                regs.r11 = frame
+                arch.skip_syscall(regs, 0)
+                pt.setregs(tid, regs)
+                pt.cont(tid)
+                return
+        self._classic(task, regs, action.nr, action.args, action.path, action.path_arg)
+
+    def _classic(
+        self, task: Task, regs: arch.Regs, nr: int, args: dict[int, int], path: bytes | None, path_arg: int
+    ) -> None:
+        """Rewrite at the seccomp stop, restore at the syscall-exit stop (two stops)."""
+        self.stats.actions["classic"] += 1
+        tid = task.tid
+        scratch = task.mm.slot(tid) if task.mm.state in (STUB, CLASSIC) else None
+        if scratch is None:
+            self._fail(task, regs, errno.ENOMEM)
+            return
+        scratch += arch.SLOT_SCRATCH_OFFSET
+        saved = arch.Regs.from_buffer_copy(regs)
+        for i, v in args.items():
+            arch.set_arg(regs, i, v)
+        if path is not None:
+            if not pt.write_memory(tid, [(scratch, path + b"\0")]):
+                self._fail(task, regs, errno.EFAULT)
+                return
+            arch.set_arg(regs, path_arg, scratch)
+        arch.set_syscall(regs, nr)
+        pt.setregs(tid, regs)
+        pt.syscall(tid)
+        task.pending = ("restore", saved)
+
+    def _exec(self, task: Task, regs: arch.Regs, action: Exec) -> None:
+        mm = task.mm
+        tid = task.tid
+        if mm.state in (UNMAPPED, PENDING):
+            self._need_mapping(task, regs)
+            return
+        slot = mm.slot(tid) if mm.state in (STUB, CLASSIC) else None
+        if slot is None:
+            self._fail(task, regs, errno.ENOMEM)
+            return
+        strings = [action.filename] + [a for a in action.argv or () if isinstance(a, bytes)]
+        size = sum(len(x) + 1 for x in strings) + 8 + 8 * (len(action.argv or ()) + 1)
+        if size <= arch.SLOT_SCRATCH_SIZE:
+            scratch = slot + arch.SLOT_SCRATCH_OFFSET
+        elif size <= mm.big_size:
+            scratch = mm.big
+        else:
+            self._map_big_scratch(task, regs, size)  # the execve restarts afterwards
+            return
+        blob = bytearray(action.filename + b"\0")
+        argv_addr = 0
+        if action.argv is not None:
+            pointers = []
+            for item in action.argv:
+                if isinstance(item, bytes):
+                    pointers.append(scratch + len(blob))
+                    blob += item + b"\0"
+                else:
+                    pointers.append(item)
+            blob += b"\0" * (-len(blob) % 8)
+            argv_addr = scratch + len(blob)
+            blob += struct.pack(f"<{len(pointers) + 1}Q", *pointers, 0)
+        if not pt.write_memory(tid, [(scratch, bytes(blob))]):
+            self._fail(task, regs, errno.EFAULT)
+            return
+        self.stats.actions["exec"] += 1
+        saved = arch.Regs.from_buffer_copy(regs)
+        for i, v in action.args.items():
+            arch.set_arg(regs, i, v)
+        arch.set_arg(regs, action.path_arg, scratch)
+        if argv_addr:
+            arch.set_arg(regs, action.argv_arg, argv_addr)
+        arch.set_syscall(regs, action.nr)
+        pt.setregs(tid, regs)
+        pt.syscall(tid)
+        task.pending = ("restore", saved)
+
+    def _map_big_scratch(self, task: Task, regs: arch.Regs, size: int) -> None:
+        """Inject an anonymous mapping big enough for a long argv, then restart the execve."""
+        size = (size + 2 * pt.PAGE) & ~(pt.PAGE - 1)
+        saved = arch.Regs.from_buffer_copy(regs)
+        arch.set_syscall(regs, arch.NR["mmap"])
+        prot = arch.PROT_READ | arch.PROT_WRITE
+        for i, v in enumerate((0, size, prot, arch.MAP_PRIVATE | arch.MAP_ANONYMOUS, -1, 0)):
+            arch.set_arg(regs, i, v)
+        pt.setregs(task.tid, regs)
+        pt.syscall(task.tid)
+        task.pending = ("big", (saved, size))
+
+    def _fail(self, task: Task, regs: arch.Regs, err: int) -> None:
+        arch.skip_syscall(regs, -err)
+        pt.setregs(task.tid, regs)
+        pt.cont(task.tid)
+
+    # -- creating the stub mapping ---------------------------------------------------------------
+
+    def _need_mapping(self, task: Task, regs: arch.Regs) -> None:
+        """Map the stub in this address space (then the call restarts and is trapped again)."""
+        tid = task.tid
+        if task.mm.state == PENDING:
+            # Another thread is mapping it: make this one execute its syscall again later.
+            _retry(regs)
+            pt.setregs(tid, regs)
+            pt.cont(tid)
+            return
+        task.mm.state = PENDING
+        saved = arch.Regs.from_buffer_copy(regs)
+        arch.set_syscall(regs, arch.NR["mmap"])
+        flags = arch.MAP_PRIVATE | arch.MAP_ANONYMOUS | arch.MAP_NORESERVE | arch.MAP_FIXED_NOREPLACE
+        prot = arch.PROT_READ | arch.PROT_WRITE | arch.PROT_EXEC
+        for i, v in enumerate((arch.STUB_ADDR, arch.STUB_MAP_SIZE, prot, flags, -1, 0)):
+            arch.set_arg(regs, i, v)
+        pt.setregs(tid, regs)
+        pt.syscall(tid)
+        task.pending = ("map", saved)
+
+    def _on_syscall_stop(self, pid: int, task: Task | None) -> None:
+        if task is None or task.pending is None:
+            pt.cont(pid)
+            return
+        what, saved = task.pending
+        task.pending = None
+        regs = self.regs
+        pt.getregs(pid, regs)
+        if what == "restore":
+            for name in arch.ARG_REGS:
+                setattr(regs, name, getattr(saved, name))
+            regs.orig_rax = saved.orig_rax  # a restarted call is the original one
+            pt.setregs(pid, regs)
+            pt.cont(pid)
+            return
+        result = arch.retval(regs)
+        mm = task.mm
+        if what == "big":
+            saved, size = saved
+            if result <= 0:
+                # no memory for it: fail the execve as the kernel would with a huge argv
+                regs_back = arch.Regs.from_buffer_copy(saved)
+                regs_back.rax = -errno.E2BIG & _MASK
+                pt.setregs(pid, regs_back)
+                pt.cont(pid)
+                return
+            mm.big, mm.big_size = result, size
+        elif what == "map":
+            if result == arch.STUB_ADDR and pt.write_memory(pid, [(arch.STUB_ADDR, arch.STUB_CODE)]):
+                mm.state, mm.base = STUB, result
+            elif result > 0:
+                # Linux < 4.17 ignores MAP_FIXED_NOREPLACE: the mapping works as scratch only.
+                mm.state, mm.base = CLASSIC, result
+            else:
+                log.info("[%d] stub address taken (%s): slower path for this process", pid, -result)
+                _retry(regs)  # run mmap again, without a fixed address
+                arch.set_arg(regs, 0, 0)
+                arch.set_arg(regs, 3, arch.MAP_PRIVATE | arch.MAP_ANONYMOUS | arch.MAP_NORESERVE)
+                regs.rax = arch.NR["mmap"]
+                pt.setregs(pid, regs)
+                pt.syscall(pid)
+                task.pending = ("map2-entry", saved)
+                return
+        elif what == "map2-entry":
+            pt.syscall(pid)
+            task.pending = ("map2", saved)
+            return
+        elif what == "map2":
+            mm.state, mm.base = (CLASSIC, result) if result > 0 else (NOSCRATCH, 0)
+        # Restart the original call: it is trapped again and now finds the mapping.
+        regs_back = arch.Regs.from_buffer_copy(saved)
+        _retry(regs_back)
+        pt.setregs(pid, regs_back)
+        pt.cont(pid)
+
+
+def _retry(regs: arch.Regs) -> None:
+    """Make the thread execute its current ``syscall`` instruction again when resumed.
+
+    At a seccomp stop the call is skipped (its "result" is the syscall number, put back in rax);
+    at a syscall-exit stop the instruction is simply re-executed.
+    """
+    nr = arch.syscall_nr(regs)
+    arch.skip_syscall(regs, nr)
+    arch.rewind_to_syscall(regs, nr)
+
+
+def _tgid_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return pid
+
+
+def _describe_args(ctx: _Ctx, spec: object, regs: arch.Regs) -> str:
+    path_arg = getattr(spec, "path", None)
+    if path_arg is None:
+        return f"(fd {ctypes.c_int(arch.arg(regs, 0) & 0xFFFFFFFF).value})"
+    raw = ctx.read_path(arch.arg(regs, path_arg))
+    return f"({raw!r})"

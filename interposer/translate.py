@@ -1,0 +1,755 @@
+"""Per-syscall decisions: given a trapped call and its arguments, what should happen instead.
+
+The translator is the policy; the tracer only carries its answers out. It reads what it needs
+from the tracee through a small :class:`Context` (path strings, cwd, what an fd refers to), so
+it can be unit-tested against a fake context, and answers with one of:
+
+``None``
+    run the call unchanged (the common case: host paths);
+:class:`Rewrite`
+    run a (possibly different) syscall with some arguments replaced, one of them a new path;
+    optionally move the resulting fd into a reserved range (see :mod:`.seccomp`);
+:class:`Return`
+    do not run the call, return this value (``-errno`` for errors);
+:class:`WriteReturn`
+    do not run the call, write bytes into the tracee (readlink, getcwd) and return a value;
+:class:`Exec`
+    run ``execve`` of a local file, with a new argv when the tracer resolved a ``#!`` itself.
+
+The invariant that keeps content right: a path that resolves to a regular file in a
+repository is only ever opened (or executed) as its ``d/`` data path, never as its ``m/``
+placeholder; metadata calls see ``m/``. Relative paths, directory fds, symlinks, ``..`` and
+``/proc/self/fd`` links are all resolved here first, so no route reaches a placeholder's bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cvmfs_client.errors import CvmfsError
+
+from . import arch_x86_64 as arch
+from . import elf
+from .seccomp import FdRanges
+from .shadow import ShadowError
+from .syscalls import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_SYMLINK_NOFOLLOW,
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    O_ACCMODE,
+    O_CLOEXEC,
+    O_CREAT,
+    O_DIRECTORY,
+    O_EXCL,
+    O_NOFOLLOW,
+    O_PATH,
+    O_RDONLY,
+    O_TMPFILE,
+    O_TRUNC,
+    O_WRONLY,
+    W_OK,
+    Effect,
+    FlagStyle,
+    Kind,
+    Spec,
+    follows_last,
+    to_int,
+)
+from .vfs import ENTRY, ERROR, HOST, ROOT, Namespace, Resolved
+
+log = logging.getLogger(__name__)
+
+BINPRM_BUF_SIZE = 256  # the kernel reads this much of a file to find "#!" (fs/binfmt_script.c)
+MAX_INTERP_DEPTH = 4  # BINPRM_MAX_RECURSION
+_MAPS = re.compile(rb"^/proc/(self|thread-self|\d+)(/task/\d+)?/(maps|smaps)$")
+_MAGIC = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd|exe|root)(/.*)?$")
+_DEV_FD = re.compile(r"^/dev/(?:fd/(\d+)|(stdin|stdout|stderr))(/.*)?$")
+_STD_FDS = {"stdin": "0", "stdout": "1", "stderr": "2"}
+
+
+class Context(Protocol):
+    """What the translator may ask about the stopped tracee."""
+
+    tid: int
+    tgid: int
+
+    def read_path(self, addr: int) -> bytes | None: ...
+    def read_memory(self, addr: int, size: int) -> bytes | None: ...
+    def cwd(self) -> str: ...
+    def cwd_changed(self) -> None: ...
+    def fd_path(self, fd: int) -> str | None: ...
+
+
+@dataclass
+class Rewrite:
+    nr: int
+    args: dict[int, int] = field(default_factory=dict)  # argument index -> new value
+    path: bytes | None = None  # written into scratch; its address goes to argument ``path_arg``
+    path_arg: int = 0
+    reloc_base: int = 0  # 0: leave the fd where the kernel put it
+    reloc_cmd: int = F_DUPFD
+
+
+@dataclass
+class Return:
+    value: int
+
+
+@dataclass
+class WriteReturn:
+    addr: int
+    data: bytes
+    value: int
+
+
+@dataclass
+class Exec:
+    nr: int  # execve or execveat
+    filename: bytes
+    path_arg: int
+    argv_arg: int
+    argv: list[bytes | int] | None = None  # strings to write, or existing pointers to reuse
+    args: dict[int, int] = field(default_factory=dict)  # other arguments to change
+
+
+Action = Rewrite | Return | WriteReturn | Exec | None
+
+
+class Translator:
+    """Decides what each trapped call does; see the module docstring."""
+
+    def __init__(self, ns: Namespace, ranges: FdRanges | None, relocate_host_dirs: bool = True) -> None:
+        self.ns = ns
+        self.ranges = ranges
+        self.relocate_host_dirs = relocate_host_dirs and ranges is not None
+        self._warned_32bit: set[str] = set()
+        self._memo: dict[tuple[bytes, bool], Resolved] = {}
+        self._handlers = {
+            Kind.OPEN: self._open,
+            Kind.STAT: self._stat,
+            Kind.META: self._stat,
+            Kind.FSTAT: self._fstat,
+            Kind.ACCESS: self._access,
+            Kind.READLINK: self._readlink,
+            Kind.EXEC: self._exec,
+            Kind.CHDIR: self._chdir,
+            Kind.FCHDIR: self._fchdir,
+            Kind.GETCWD: self._getcwd,
+            Kind.MODIFY: self._modify,
+            Kind.MODIFY2: self._modify2,
+            Kind.MODIFY_FD: self._modify_fd,
+            Kind.DUP: self._dup,
+        }
+
+    def decide(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        try:
+            return self._handlers[spec.kind](ctx, nr, spec, args)
+        except (CvmfsError, ShadowError) as exc:
+            log.warning("%s: %s", spec.name, exc)
+            return Return(-errno.EIO)
+
+    # -- locating a path ------------------------------------------------------------------
+
+    def locate(self, ctx: Context, dirfd: int, raw: bytes, follow: bool) -> Resolved | None:
+        """Where ``raw`` (relative to ``dirfd``) leads, or ``None`` if the kernel alone is right."""
+        if raw[:1] == b"/":
+            if b"cvmfs" not in raw:
+                if raw.startswith((b"/proc/", b"/dev/")):
+                    return self._magic(ctx, os.fsdecode(raw), follow)
+                return None
+            key = (raw, follow)
+            found = self._memo.get(key)
+            if found is None:
+                found = self.ns.resolve(os.fsdecode(raw), follow)
+                if found.kind != ERROR or found.errno != errno.EIO:  # EIO may be transient
+                    if len(self._memo) >= 100_000:
+                        self._memo.clear()
+                    self._memo[key] = found
+            return found
+        if not raw:
+            return None
+        if dirfd == AT_FDCWD:
+            base = ctx.cwd()
+        else:
+            found = ctx.fd_path(dirfd)
+            if found is None or not found.startswith("/"):
+                return None  # not a directory (EBADF/ENOTDIR from the kernel) or anonymous
+            base = found
+        logical = self.ns.logical(base)
+        rel = os.fsdecode(raw)
+        if logical is None:
+            full = base.rstrip("/") + "/" + rel
+            if "cvmfs" not in full:
+                return None
+            found_r = self.ns.resolve(full, follow)
+            return None if found_r.kind == HOST and not found_r.touched else found_r
+        return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
+
+    def _magic(self, ctx: Context, path: str, follow: bool) -> Resolved | None:
+        """``/proc/PID/fd/N``-style links: follow them ourselves when they lead into /cvmfs."""
+        m = _DEV_FD.match(path)
+        if m:
+            path = f"/proc/self/fd/{m.group(1) or _STD_FDS[m.group(2)]}{m.group(3) or ''}"
+        m = _MAGIC.match(path)
+        if m is None:
+            return None
+        rest = m.group(4) or ""
+        if not rest and not follow:
+            return None  # lstat/readlink of the link itself: the kernel's answer is right
+        who = m.group(1)
+        proc = (
+            f"/proc/{ctx.tgid}"
+            if who == "self"
+            else f"/proc/{ctx.tgid}/task/{ctx.tid}"
+            if who == "thread-self"
+            else f"/proc/{who}"
+        )
+        try:
+            target = os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
+        except OSError:
+            return None
+        logical = self.ns.logical(target)
+        if logical is None:
+            return None
+        return self.ns.resolve(logical + rest, follow)
+
+    def _meta_target(self, r: Resolved) -> bytes:
+        """The ``m/`` path (or the job's /cvmfs directory) of an entry, encoded once."""
+        found = r.meta_b
+        if found is None:
+            if r.kind == ROOT:
+                found = os.fsencode(self.ns.jobroot)
+            else:
+                assert r.mount is not None
+                found = os.fsencode(r.mount.meta_path(r.inner))
+            r.meta_b = found
+        return found
+
+    @staticmethod
+    def _content_target(r: Resolved) -> bytes:
+        """The ``d/`` path of a regular file, linked into place on first use."""
+        found = r.data_b
+        if found is None:
+            assert r.mount is not None
+            found = os.fsencode(r.mount.content(r.inner))
+            r.data_b = found
+        return found
+
+    def _fd_meta(self, ctx: Context, fd: int) -> bytes | None:
+        """For an fd the tracer handed out for content: its placeholder in ``m/``."""
+        real = ctx.fd_path(fd)
+        if real is None:
+            return None
+        logical = self.ns.logical(real)
+        if logical is None or logical == "/cvmfs":
+            return None
+        r = self.ns.resolve(logical, False)
+        if r.kind != ENTRY:
+            return None
+        return self._meta_target(r)
+
+    @staticmethod
+    def _path_rewrite(nr: int, spec: Spec, new: str | bytes) -> Rewrite:
+        assert spec.path is not None
+        return Rewrite(nr, path=new if isinstance(new, bytes) else os.fsencode(new), path_arg=spec.path)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _open(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return None
+        if spec.name == "creat":
+            flags = O_CREAT | O_WRONLY | O_TRUNC
+        elif spec.name == "openat2":
+            how = ctx.read_memory(args[2], 8)
+            if how is None:
+                return None
+            flags = int.from_bytes(how, "little")
+        else:
+            assert spec.flags is not None
+            flags = to_int(args[spec.flags])
+        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        if raw.startswith(b"/proc/") and _MAPS.match(raw):
+            return self._proc_maps(ctx, nr, spec, raw)
+        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
+        cmd = F_DUPFD_CLOEXEC if flags & O_CLOEXEC else F_DUPFD
+        if r is None or r.kind == HOST:
+            dirs = self.relocate_host_dirs and flags & O_DIRECTORY and not flags & O_PATH
+            if r is None:
+                if not dirs or spec.name == "openat2":
+                    return None
+                assert self.ranges is not None
+                return Rewrite(nr, reloc_base=self.ranges.dirs, reloc_cmd=cmd)
+            rw = self._path_rewrite(nr, spec, r.host)
+            if dirs and spec.name != "openat2":
+                assert self.ranges is not None
+                rw.reloc_base, rw.reloc_cmd = self.ranges.dirs, cmd
+            return rw
+        writing = (flags & O_ACCMODE) != O_RDONLY or flags & O_TRUNC
+        if r.kind == ERROR:
+            if r.errno == errno.ENOENT and flags & O_CREAT and self._parent_exists(ctx, dirfd, raw):
+                return Return(-errno.EROFS)
+            return Return(-r.errno)
+        if flags & O_CREAT and flags & O_EXCL:
+            return Return(-errno.EEXIST)
+        if (flags & O_TMPFILE) == O_TMPFILE:
+            return Return(-errno.EROFS)
+        reloc = spec.name != "openat2" and self.ranges is not None
+        if r.kind == ROOT:
+            if writing or flags & O_CREAT:
+                return Return(-errno.EISDIR)
+            return self._path_rewrite(nr, spec, self._meta_target(r))  # kept low: see seccomp.FdRanges
+        entry, mount = r.entry, r.mount
+        assert entry is not None and mount is not None
+        if entry.is_dir:
+            if writing or flags & O_CREAT:
+                return Return(-errno.EISDIR)
+            rw = self._path_rewrite(nr, spec, self._meta_target(r))
+            if not flags & O_PATH:
+                mount.shadow.ensure_populated(r.inner)
+                if reloc:
+                    assert self.ranges is not None
+                    rw.reloc_base, rw.reloc_cmd = self.ranges.dirs, cmd
+            return rw
+        if flags & O_DIRECTORY:
+            return Return(-errno.ENOTDIR)
+        if entry.is_symlink and not flags & O_PATH:
+            return Return(-errno.ELOOP)
+        if writing:
+            return Return(-errno.EROFS)
+        if flags & O_PATH or not entry.is_regular:
+            return self._path_rewrite(nr, spec, self._meta_target(r))
+        rw = self._path_rewrite(nr, spec, self._content_target(r))
+        if reloc:
+            assert self.ranges is not None
+            rw.reloc_base, rw.reloc_cmd = self.ranges.content, cmd
+        return rw
+
+    def _proc_maps(self, ctx: Context, nr: int, spec: Spec, raw: bytes) -> Action:
+        """``/proc/PID/maps``: a snapshot with shadow paths shown as ``/cvmfs`` paths."""
+        m = _MAPS.match(raw)
+        assert m is not None
+        who = m.group(1).decode()
+        pid = str(ctx.tgid) if who in ("self", "thread-self") else who
+        task = f"/task/{ctx.tid}" if who == "thread-self" else (m.group(2) or b"").decode()
+        try:
+            with open(f"/proc/{pid}{task}/{m.group(3).decode()}", "rb") as f:
+                text = f.read()
+        except OSError:
+            return None
+        if self.ns.base_prefix.encode() not in text:
+            return None
+        lines = []
+        for line in text.split(b"\n"):
+            cut = line.find(b"/")
+            if cut > 0 and line.startswith(self.ns.base_prefix.encode(), cut):
+                logical = self.ns.logical(os.fsdecode(line[cut:]))
+                if logical is not None:
+                    line = line[:cut] + os.fsencode(logical)
+            lines.append(line)
+        return self._path_rewrite(nr, spec, self.ns.snapshot(b"\n".join(lines)))
+
+    def _parent_exists(self, ctx: Context, dirfd: int, raw: bytes) -> bool:
+        """Whether the directory that would hold ``raw`` exists inside /cvmfs."""
+        head, sep, _ = raw.rstrip(b"/").rpartition(b"/")
+        parent = (head or b"/") if sep else b"."
+        r = self.locate(ctx, dirfd, parent, True)
+        if r is None:
+            return False
+        return r.kind == ROOT or (r.kind == ENTRY and r.entry is not None and r.entry.is_dir)
+
+    def _stat(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None
+        if spec.name == "fanotify_mark" and not args[spec.path]:
+            return None
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return None
+        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
+        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        if not raw and spec.style is FlagStyle.AT and flags & AT_EMPTY_PATH:
+            meta = self._fd_meta(ctx, dirfd)
+            if meta is None:
+                return None
+            rw = self._path_rewrite(nr, spec, meta)
+            rw.args[spec.dirfd or 0] = AT_FDCWD
+            assert spec.flags is not None
+            rw.args[spec.flags] = flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+            return rw
+        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
+        if r is None:
+            return None
+        if r.kind == ERROR:
+            return Return(-r.errno)
+        if r.kind == HOST:
+            return self._path_rewrite(nr, spec, r.host)
+        return self._path_rewrite(nr, spec, self._meta_target(r))
+
+    def _fstat(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        meta = self._fd_meta(ctx, to_int(args[0]))
+        if meta is None:
+            return None
+        # fstat(fd, buf) -> newfstatat(AT_FDCWD, placeholder, buf, 0)
+        return Rewrite(arch.NR["newfstatat"], args={0: AT_FDCWD, 2: args[1], 3: 0}, path=meta, path_arg=1)
+
+    def _access(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return None
+        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
+        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
+        if r is None:
+            return None
+        if r.kind == ERROR:
+            return Return(-r.errno)
+        if r.kind == HOST:
+            return self._path_rewrite(nr, spec, r.host)
+        if to_int(args[spec.path + 1]) & W_OK:
+            return Return(-errno.EROFS)
+        return self._path_rewrite(nr, spec, self._meta_target(r))
+
+    def _readlink(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None and spec.buf is not None and spec.size is not None
+        raw = ctx.read_path(args[spec.path])
+        if not raw:
+            return None
+        size = to_int(args[spec.size])
+        if size <= 0:
+            return None
+        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        text = os.fsdecode(raw)
+        if raw.startswith(b"/proc/"):
+            target = self._proc_link(ctx, text)
+            if target is not None:
+                data = os.fsencode(target)[:size]
+                return WriteReturn(args[spec.buf], data, len(data))
+        r = self.locate(ctx, dirfd, raw, False)
+        if r is None:
+            return None
+        if r.kind == ERROR:
+            return Return(-r.errno)
+        if r.kind == HOST:
+            return self._path_rewrite(nr, spec, r.host)
+        if r.kind == ROOT or r.entry is None or not r.entry.is_symlink:
+            return Return(-errno.EINVAL)
+        assert r.mount is not None
+        data = os.fsencode(r.mount.link_target(r.inner))[:size]
+        return WriteReturn(args[spec.buf], data, len(data))
+
+    def _proc_link(self, ctx: Context, path: str) -> str | None:
+        """The translated target of a ``/proc`` magic link that points into our trees."""
+        m = _MAGIC.match(path)
+        if m is None or m.group(4):
+            return None
+        who = m.group(1)
+        proc = (
+            f"/proc/{ctx.tgid}"
+            if who == "self"
+            else f"/proc/{ctx.tgid}/task/{ctx.tid}"
+            if who == "thread-self"
+            else f"/proc/{who}"
+        )
+        try:
+            target = os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
+        except OSError:
+            return None
+        return self.ns.logical(target)
+
+    def _chdir(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return None
+        r = self.locate(ctx, AT_FDCWD, raw, True)
+        ctx.cwd_changed()  # after locate, which may have cached the old cwd
+        if r is None:
+            return None
+        if r.kind == ERROR:
+            return Return(-r.errno)
+        if r.kind == HOST:
+            return self._path_rewrite(nr, spec, r.host)
+        if r.kind == ENTRY:
+            assert r.entry is not None and r.mount is not None
+            if not r.entry.is_dir:
+                return Return(-errno.ENOTDIR)
+            r.mount.shadow.ensure_populated(r.inner)
+        return self._path_rewrite(nr, spec, self._meta_target(r))
+
+    def _fchdir(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        ctx.cwd_changed()
+        return None
+
+    def _getcwd(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        logical = self.ns.logical(ctx.cwd())
+        if logical is None:
+            return None
+        data = os.fsencode(logical) + b"\0"
+        if len(data) > args[1]:
+            return Return(-errno.ERANGE)
+        return WriteReturn(args[0], data, len(data))
+
+    def _modify(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None and spec.effect is not None
+        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
+        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        if not args[spec.path]:  # utimensat(fd, NULL, ...) acts on the fd
+            return self._modify_fd(ctx, nr, spec, (dirfd,))
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return None
+        if not raw and flags & AT_EMPTY_PATH:
+            return self._modify_fd(ctx, nr, spec, (dirfd,))
+        follow = follows_last(spec, flags) and spec.effect is Effect.CHANGE
+        r = self.locate(ctx, dirfd, raw, follow)
+        if r is None:
+            return None
+        if r.kind == HOST:
+            return self._path_rewrite(nr, spec, r.host)
+        if r.kind == ERROR:
+            creating = r.errno == errno.ENOENT and spec.effect is not Effect.CHANGE
+            if creating and self._parent_exists(ctx, dirfd, raw):
+                return Return(-errno.EROFS)
+            return Return(-r.errno)
+        if spec.effect is Effect.CREATE:
+            return Return(-errno.EEXIST)
+        return Return(-errno.EROFS)
+
+    def _modify2(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None and spec.path2 is not None
+        raw1 = ctx.read_path(args[spec.path])
+        raw2 = ctx.read_path(args[spec.path2])
+        if raw1 is None or raw2 is None:
+            return None
+        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
+        d1 = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        d2 = to_int(args[spec.dirfd2]) if spec.dirfd2 is not None else AT_FDCWD
+        if not raw1 and flags & AT_EMPTY_PATH:
+            real = ctx.fd_path(d1)
+            r1: Resolved | None = Resolved(ROOT) if real and self.ns.is_ours(real) else None
+        else:
+            r1 = self.locate(ctx, d1, raw1, spec.name == "linkat" and follows_last(spec, flags))
+        r2 = self.locate(ctx, d2, raw2, False)
+        ours1 = r1 is not None and r1.kind != HOST
+        ours2 = r2 is not None and r2.kind != HOST
+        if not ours1 and not ours2:
+            return None
+        if r1 is not None and r1.kind == ERROR:
+            return Return(-r1.errno)
+        if ours1 != ours2:
+            return Return(-errno.EXDEV)
+        return Return(-errno.EROFS)
+
+    def _modify_fd(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        real = ctx.fd_path(to_int(args[0]))
+        if real is not None and self.ns.is_ours(real):
+            return Return(-errno.EROFS)
+        return None
+
+    def _dup(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        """dup/fcntl(F_DUPFD) of a reserved fd: the copy goes to the same range, not to fd 3."""
+        ranges = self.ranges
+        fd = to_int(args[0])
+        if ranges is None or not ranges.content <= fd < ranges.top:
+            return None
+        base = ranges.content if ranges.is_content(fd) else ranges.dirs
+        if spec.name == "dup":
+            return Rewrite(arch.NR["fcntl"], args={1: F_DUPFD, 2: base})
+        cmd = to_int(args[1])
+        if cmd not in (F_DUPFD, F_DUPFD_CLOEXEC):
+            return None
+        return Rewrite(nr, args={2: max(to_int(args[2]), base)})
+
+    # -- execve ---------------------------------------------------------------------------------
+
+    def _exec(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        assert spec.path is not None
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return None
+        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
+        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        argv_arg = spec.path + 1
+        if not raw and flags & AT_EMPTY_PATH:
+            real = ctx.fd_path(dirfd)
+            logical = self.ns.logical(real) if real else None
+            if logical is None:
+                return None
+            r: Resolved | None = self.ns.resolve(logical, True)
+            shown = f"/dev/fd/{dirfd}".encode()
+        else:
+            r = self.locate(ctx, dirfd, raw, not flags & AT_SYMLINK_NOFOLLOW)
+            shown = raw
+        if r is None:
+            # A host file: the kernel runs it, unless it is a script whose interpreter is ours.
+            host = raw if raw.startswith(b"/") else os.fsencode(ctx.cwd()) + b"/" + raw
+            target = self._exec_target(ctx, Resolved(HOST, host=os.fsdecode(host)), shown, 0)
+            if isinstance(target, Return):
+                return target
+            if target is None:
+                return None
+            filename, argv = target
+        else:
+            target = self._exec_target(ctx, r, shown, 0)
+            if isinstance(target, Return):
+                return target
+            assert target is not None
+            filename, argv = target
+        if argv is not None:
+            rest = self._read_argv_tail(ctx, args[argv_arg])
+            if rest is None:
+                return Return(-errno.EFAULT)
+            argv = argv + rest
+        if spec.name == "execveat":
+            # execveat(dirfd, path, argv, envp, flags) -> execve(filename, argv, envp)
+            return Exec(arch.NR["execve"], filename, 0, 1, argv, args={2: args[3]})
+        return Exec(nr, filename, spec.path, argv_arg, argv)
+
+    def _exec_target(
+        self, ctx: Context, r: Resolved, shown: bytes, depth: int
+    ) -> tuple[bytes, list[bytes | int] | None] | Return | None:
+        """(local file to execute, new argv prefix or None) for an exec of ``r``."""
+        if r.kind == ERROR:
+            return Return(-r.errno)
+        if r.kind == ROOT:
+            return Return(-errno.EACCES)
+        if r.kind == HOST:
+            local = os.fsencode(r.host)
+        else:
+            entry, mount = r.entry, r.mount
+            assert entry is not None and mount is not None
+            if not entry.is_regular or not mount.mode(r.inner) & 0o111:
+                return Return(-errno.EACCES)
+            local = self._content_target(r)
+        head = _read_head(local)
+        if head is None or not head.startswith(b"#!"):
+            kind = elf.elf_class(head) if head is not None else None
+            if kind == elf.ELFCLASS32:
+                self._warn_32bit(shown)
+            elif kind == elf.ELFCLASS64:
+                patched = self._own_interpreter(ctx, local, r)
+                if patched is not None:
+                    return patched
+            return (local, None) if r.kind != HOST or r.touched else None
+        interp, optarg = _parse_shebang(head)
+        if interp is None or depth >= MAX_INTERP_DEPTH:
+            return (local, None) if r.kind != HOST or r.touched else None
+        ir = self.locate(ctx, AT_FDCWD, interp, True)
+        if ir is None and r.kind == HOST and not r.touched:
+            return None  # host script, host interpreter: the kernel's business
+        if ir is None:
+            ir = Resolved(HOST, host=os.fsdecode(interp if interp.startswith(b"/") else interp))
+        if ir.kind == ERROR:
+            return Return(-errno.ENOENT if ir.errno in (errno.ENOENT, errno.ENOTDIR) else -ir.errno)
+        inner = self._exec_target(ctx, ir, interp, depth + 1)
+        if isinstance(inner, Return):
+            return inner
+        if inner is None:
+            inner = (os.fsencode(ir.host), None)
+        filename, inner_argv = inner
+        prefix: list[bytes | int] = [interp] + ([optarg] if optarg else []) + [shown]
+        if inner_argv is not None:
+            # The interpreter is itself a script: its own interpreter goes in front.
+            prefix = inner_argv + prefix[1:]
+        return filename, prefix
+
+    def _own_interpreter(
+        self, ctx: Context, local: bytes, r: Resolved
+    ) -> tuple[bytes, list[bytes | int] | None] | Return | None:
+        """A program whose PT_INTERP lies in /cvmfs: run a copy that names a local interpreter."""
+        interp = elf.read_interp(local)
+        if interp is None or b"cvmfs" not in interp.path:
+            return None
+        ir = self.locate(ctx, AT_FDCWD, interp.path, True)
+        if ir is None:
+            return None
+        if ir.kind == ERROR:
+            return Return(-ir.errno)
+        if ir.kind == ROOT or (ir.kind == ENTRY and (ir.entry is None or not ir.entry.is_regular)):
+            return Return(-errno.EACCES)
+        target = os.fsencode(ir.host) if ir.kind == HOST else self._content_target(ir)
+        try:
+            patched = self.ns.with_interpreter(local, interp, target, r.logical)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: cannot run with interpreter %s: %s", r.logical, os.fsdecode(interp.path), exc)
+            return Return(-errno.ENOEXEC)
+        return os.fsencode(patched), None
+
+    def _read_argv_tail(self, ctx: Context, addr: int) -> list[bytes | int] | None:
+        """Pointers argv[1:], reused as they are (only the new first entries are written)."""
+        if not addr:
+            return []
+        out: list[bytes | int] = []
+        pos = addr
+        first = True
+        while True:
+            chunk = ctx.read_memory(pos, 8 * 64)
+            if chunk is None:
+                chunk = ctx.read_memory(pos, 8)
+                if chunk is None:
+                    return None
+            for i in range(0, len(chunk), 8):
+                ptr = int.from_bytes(chunk[i : i + 8], "little")
+                if ptr == 0:
+                    return out
+                if first:
+                    first = False
+                    continue
+                out.append(ptr)
+            pos += len(chunk)
+
+    def _warn_32bit(self, shown: bytes) -> None:
+        name = os.fsdecode(shown)
+        if name not in self._warned_32bit:
+            self._warned_32bit.add(name)
+            log.warning(
+                "%s is a 32-bit program: its system calls are refused (ENOSYS) under the interposer", name
+            )
+
+
+def _read_head(path: bytes) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, BINPRM_BUF_SIZE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_shebang(head: bytes) -> tuple[bytes | None, bytes | None]:
+    """Interpreter and optional argument of a ``#!`` line, as fs/binfmt_script.c splits it."""
+    line = head[2:].split(b"\n", 1)[0]
+    line = line.strip(b" \t")
+    if not line:
+        return None, None
+    parts = re.split(rb"[ \t]", line, maxsplit=1)
+    interp = parts[0]
+    optarg = parts[1].strip(b" \t") if len(parts) > 1 else b""
+    return interp, optarg or None
+
+
+__all__ = [
+    "Action",
+    "Context",
+    "Exec",
+    "Return",
+    "Rewrite",
+    "Translator",
+    "WriteReturn",
+    "AT_SYMLINK_NOFOLLOW",
+    "O_NOFOLLOW",
+]

@@ -1,0 +1,536 @@
+"""The ``/cvmfs`` namespace a job sees: repositories mounted on first access, paths resolved.
+
+:meth:`Namespace.resolve` walks a logical absolute path the way the kernel would walk a real
+``/cvmfs`` mount: ``..`` crosses the mount point back into the host tree, symlinks inside a
+repository are followed with Linux's limit of 40, an absolute symlink target restarts the walk
+at ``/`` (so it may lead to another repository or out to the host), ``$(VAR)`` targets are
+expanded as the real client does. Host components are left to the kernel, which alone knows
+the host's symlinks: the walker only notes whether the path passed through ``/cvmfs`` and must
+therefore be rewritten.
+
+Answers come from memory after the first visit of a directory (one catalog query lists it), and
+whole resolutions are memoised: the revision is fixed for the job, so nothing ever goes stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cvmfs_client.errors import CvmfsError, LookupFailure
+
+if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first repository mounts
+    from cvmfs_client.catalog import DirEntry
+    from cvmfs_client.repository import Repository
+
+from . import elf
+from .shadow import ShadowError, ShadowTree
+
+log = logging.getLogger(__name__)
+
+MAX_SYMLINKS = 40  # MAXSYMLINKS in the kernel
+_CACHE_LIMIT = 200_000  # memoised resolutions kept before the memo is dropped and rebuilt
+_REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+")
+
+HOST, ROOT, ENTRY, ERROR = 0, 1, 2, 3
+
+
+class Node:
+    """What path resolution needs to know about an entry: its type, and its catalog row if read.
+
+    Nodes come from the catalog the first time a directory is visited (and the shadow ``m/`` is
+    populated from the same rows); later, in this or another job, from scanning ``m/`` alone, so
+    a warm job resolves paths without a single catalog query.
+    """
+
+    __slots__ = ("kind", "entry")
+
+    def __init__(self, kind: str, entry: DirEntry | None = None) -> None:
+        self.kind = kind  # "d" directory, "l" symlink, "f" regular file, "o" other (fifo, device)
+        self.entry = entry
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "d"
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == "l"
+
+    @property
+    def is_regular(self) -> bool:
+        return self.kind == "f"
+
+
+def _node_of(entry: DirEntry) -> Node:
+    kind = "d" if entry.is_dir else "l" if entry.is_symlink else "f" if entry.is_regular else "o"
+    return Node(kind, entry)
+
+
+class Resolved:
+    """The outcome of a walk: a host path, the ``/cvmfs`` root, a repository entry or an errno."""
+
+    __slots__ = ("kind", "host", "touched", "mount", "inner", "entry", "errno", "meta_b", "data_b")
+
+    def __init__(
+        self,
+        kind: int,
+        *,
+        host: str = "",
+        touched: bool = False,
+        mount: Mount | None = None,
+        inner: str = "",
+        entry: Node | None = None,
+        err: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.host = host
+        self.touched = touched  # HOST only: the walk went through /cvmfs, so rewrite the path
+        self.mount = mount
+        self.inner = inner
+        self.entry = entry
+        self.errno = err
+        self.meta_b: bytes | None = None  # encoded shadow paths, filled in by the translator
+        self.data_b: bytes | None = None
+
+    def __repr__(self) -> str:
+        if self.kind == HOST:
+            return f"Resolved(host={self.host!r}, touched={self.touched})"
+        if self.kind == ROOT:
+            return "Resolved(/cvmfs)"
+        if self.kind == ENTRY:
+            assert self.mount is not None
+            return f"Resolved(/cvmfs/{self.mount.fqrn}{self.inner})"
+        return f"Resolved(errno={errno.errorcode.get(self.errno, self.errno)})"
+
+    @property
+    def logical(self) -> str:
+        """The path a program would print for this entry (``/cvmfs/FQRN/...``)."""
+        if self.kind == ENTRY:
+            assert self.mount is not None
+            return f"/cvmfs/{self.mount.fqrn}{self.inner}"
+        if self.kind == ROOT:
+            return "/cvmfs"
+        return self.host
+
+
+def _error(err: int) -> Resolved:
+    return Resolved(ERROR, err=err)
+
+
+class Mount:
+    """One mounted repository revision: its directory tree, memoised, and its shadow trees.
+
+    The repository object (catalogs, cache, network) is opened only when something is not in
+    the shadow trees yet: a warm job resolves and opens files without importing any of it.
+    """
+
+    def __init__(
+        self,
+        fqrn: str,
+        root_hash: str,
+        shadow_root: Path,
+        exec_dir: Path,
+        open_repo: Callable[[], Repository],
+        repo: Repository | None = None,
+    ) -> None:
+        self.fqrn = fqrn
+        self.root_hash = root_hash
+        self._open_repo = open_repo
+        self._repo = repo
+        self._nodes: dict[str, dict[str, Node]] = {}
+        self._catalog: dict[str, dict[str, DirEntry]] = {}
+        self.root_node = Node("d")
+        self.shadow = ShadowTree(shadow_root, exec_dir, self.catalog_children, self._expanded_target)
+        if not os.path.isdir(self.shadow.meta):
+            self.shadow.ensure_root(self.catalog_entry(""))
+        else:
+            self.shadow.ensure_root_known(lambda: self.catalog_entry(""))
+
+    @property
+    def repo(self) -> Repository:
+        if self._repo is None:
+            self._repo = self._open_repo()
+            if self._repo.root_hash.hex != self.root_hash:
+                got = self._repo.root_hash.hex
+                raise CvmfsError(f"/cvmfs/{self.fqrn}: opened revision {got}, expected {self.root_hash}")
+        return self._repo
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+
+    def catalog_children(self, inner: str) -> dict[str, DirEntry]:
+        """Catalog rows of directory ``inner`` by name (one query per directory and job)."""
+        found = self._catalog.get(inner)
+        if found is None:
+            found = {e.name: e for e in self.repo.listdir(inner)}
+            self._catalog[inner] = found
+        return found
+
+    def children(self, inner: str) -> dict[str, Node]:
+        """Entries of directory ``inner``; populates ``m/<inner>`` on its first visit ever."""
+        found = self._nodes.get(inner)
+        if found is not None:
+            return found
+        if self.shadow.is_populated(inner):
+            found = {}
+            with os.scandir(self.shadow.meta + inner) as it:
+                for d in it:
+                    kind = (
+                        "d"
+                        if d.is_dir(follow_symlinks=False)
+                        else "l"
+                        if d.is_symlink()
+                        else "f"
+                        if d.is_file(follow_symlinks=False)
+                        else "o"
+                    )
+                    found[d.name] = Node(kind)
+        else:
+            self.shadow.ensure_populated(inner)
+            found = {name: _node_of(e) for name, e in self.catalog_children(inner).items()}
+        self._nodes[inner] = found
+        return found
+
+    def node(self, inner: str) -> Node | None:
+        if not inner:
+            return self.root_node
+        parent, _, name = inner.rpartition("/")
+        return self.children(parent).get(name)
+
+    def catalog_entry(self, inner: str) -> DirEntry:
+        """The catalog row of ``inner`` (a cold path: content not yet linked into ``d/``)."""
+        if not inner:
+            if self.root_node.entry is None:
+                self.root_node.entry = self.repo.lookup("")
+            return self.root_node.entry
+        parent, _, name = inner.rpartition("/")
+        entry = self.catalog_children(parent).get(name)
+        if entry is None:
+            raise LookupFailure(f"/cvmfs/{self.fqrn}{inner}", "vanished from the catalog")
+        return entry
+
+    def _expanded_target(self, entry: DirEntry) -> str:
+        return self.repo.readlink(entry.path)
+
+    def link_target(self, inner: str) -> str:
+        """A symlink's target with ``$(VAR)`` expanded: what ``m/`` holds."""
+        return os.readlink(self.shadow.meta + inner)
+
+    def mode(self, inner: str) -> int:
+        return os.lstat(self.shadow.meta + inner).st_mode
+
+    def meta_path(self, inner: str) -> str:
+        return self.shadow.meta + inner
+
+    def content(self, inner: str) -> str:
+        return self.shadow.content(inner, lambda: self.repo.materialize_entry(self.catalog_entry(inner)))
+
+
+class Namespace:
+    """All of ``/cvmfs`` for one job: which repositories exist, and where each path leads.
+
+    ``opener(fqrn, root_hash)`` opens a repository, at ``root_hash`` if given (or raises a
+    :class:`CvmfsError` saying why not); ``listed()`` gives the names ``ls /cvmfs`` shows before
+    they are mounted (called when /cvmfs is first looked at); ``allowed(name)`` says whether a
+    name may be mounted at all (``--repo``, a Parrot list).
+
+    Revisions: the first mount of a repository verifies its manifest and remembers the root
+    hash in ``r/<fqrn>/<key>.mounted`` until the catalog's TTL (capped by ``CVMFS_MAX_TTL``)
+    expires, as the real client keeps a mounted revision; jobs starting within the TTL use that
+    revision without any network access. Every job sees one revision from start to end.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        opener: Callable[[str, str | None], Repository],
+        listed: Callable[[], Iterable[str]] = lambda: (),
+        allowed: Callable[[str], bool] = lambda name: True,
+        params: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base = base
+        self.base_prefix = str(base) + "/"
+        self._opener = opener
+        self._listed: Callable[[], Iterable[str]] | None = listed
+        self._allowed = allowed
+        self._params = dict(params or {})
+        self.mounts: dict[str, Mount | None] = {}
+        self._cache: dict[tuple[str, bool], Resolved] = {}
+        self._roots: dict[str, str] = {}  # shadow tree prefix -> logical prefix
+        self.exec_dir = base / "x"
+        self.jobroot = str(base / "j" / f"{os.getpid()}")
+        os.makedirs(self.jobroot, exist_ok=True)
+        os.chmod(self.jobroot, 0o755)
+        self._roots[self.jobroot] = "/cvmfs"
+        self._snapshots = 0
+        self._aliases: dict[str, str] = {}  # programs run from a patched copy -> their /cvmfs path
+
+    def with_interpreter(self, program: bytes, interp: elf.Interp, target: bytes, logical: str) -> str:
+        """A copy of ``program`` whose PT_INTERP leads to ``target`` (see :mod:`.elf`).
+
+        The string must fit where the old one was, so it names a short symlink in a private
+        directory ``/tmp/.cvmfs-i-<uid>`` (refused unless owned by us and closed to others: whoever
+        can replace the link chooses the code our job runs). Copies live in ``p/``, keyed by
+        program and interpreter, and ``/proc/PID/exe`` of the job shows ``logical``.
+        """
+        link_dir = f"/tmp/.cvmfs-i-{os.getuid()}"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(link_dir, 0o700)
+        st = os.lstat(link_dir)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isdir(link_dir):
+            raise OSError(errno.EPERM, f"{link_dir} is not a private directory of uid {os.getuid()}")
+        short = f"{link_dir}/{hashlib.sha1(target).hexdigest()[:10]}"
+        try:
+            current = os.readlink(short)
+        except OSError:
+            current = None
+        if current != os.fsdecode(target):
+            tmp = f"{short}.{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.symlink(target, tmp)
+            os.replace(tmp, short)
+        key = hashlib.sha1(program + b"\0" + short.encode()).hexdigest()[:24]
+        patched = self.base / "p" / key
+        if not patched.exists():
+            data = bytearray(Path(os.fsdecode(program)).read_bytes())
+            elf.patch_interp(data, interp, short.encode())
+            patched.parent.mkdir(parents=True, exist_ok=True)
+            tmp_path = patched.with_name(f"{key}.{os.getpid()}")
+            tmp_path.write_bytes(data)
+            os.chmod(tmp_path, 0o555)
+            os.replace(tmp_path, patched)
+        self._aliases[str(patched)] = logical
+        return str(patched)
+
+    def snapshot(self, data: bytes) -> str:
+        """A private file holding ``data`` (translated ``/proc`` files), removed at job end."""
+        self._snapshots += 1
+        path = f"{self.jobroot}.tmp/{self._snapshots}"
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o444)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return path
+
+    def close(self) -> None:
+        """Remove this job's ``/cvmfs`` directory (the shadow trees stay for the next job)."""
+        for m in self.mounts.values():
+            if m is not None:
+                m.close()
+        shutil.rmtree(f"{self.jobroot}.tmp", ignore_errors=True)
+        try:
+            for name in os.listdir(self.jobroot):
+                os.rmdir(os.path.join(self.jobroot, name))
+            os.rmdir(self.jobroot)
+        except OSError:
+            pass
+
+    def ensure_listed(self) -> None:
+        """Create the entries ``ls /cvmfs`` shows (configured repositories), once."""
+        listed, self._listed = self._listed, None
+        if listed is None:
+            return
+        for name in listed():
+            if self._allowed(name):
+                self._list(name)
+
+    def _list(self, name: str) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(self.jobroot, name), 0o755)
+
+    # -- mounting -------------------------------------------------------------------------
+
+    def mount(self, name: str) -> Mount | None:
+        """The repository ``/cvmfs/<name>``, mounted now if this is its first access."""
+        if name in self.mounts:
+            return self.mounts[name]
+        m: Mount | None = None
+        if _REPO_NAME.fullmatch(name) and self._allowed(name):
+            try:
+                m = self._mount(name)
+                self._roots[m.shadow.meta] = f"/cvmfs/{name}"
+                self._roots[m.shadow.data] = f"/cvmfs/{name}"
+                self._list(name)
+            except CvmfsError as exc:
+                log.warning("cannot mount /cvmfs/%s: %s", name, exc)
+            except OSError as exc:
+                log.warning("cannot mount /cvmfs/%s: shadow tree: %s", name, exc)
+        self.mounts[name] = m
+        return m
+
+    def _state_file(self, name: str) -> Path:
+        pins = "|".join(self._params.get(k, "") for k in ("CVMFS_ROOT_HASH", "CVMFS_REPOSITORY_TAG"))
+        key = hashlib.sha1(pins.encode()).hexdigest()[:12]
+        return self.base / "r" / name / f"{key}.mounted"
+
+    def _mount(self, name: str) -> Mount:
+        state = self._state_file(name)
+        root_hash = _read_state(state)
+        if root_hash is not None and os.path.isdir(self.base / "r" / name / root_hash / "m"):
+            log.info("mounted /cvmfs/%s at %s (verified revision still within its TTL)", name, root_hash)
+            return Mount(name, root_hash, self.base / "r" / name / root_hash, self.exec_dir,
+                         lambda: self._opener(name, root_hash))  # fmt: skip
+        repo = self._opener(name, None)
+        root_hash = repo.root_hash.hex
+        m = Mount(name, root_hash, self.base / "r" / name / root_hash, self.exec_dir,
+                  lambda: self._opener(name, root_hash), repo)  # fmt: skip
+        ttl = repo.info().ttl
+        cap = _int(self._params.get("CVMFS_MAX_TTL")) * 60
+        _write_state(state, root_hash, time.time() + (min(ttl, cap) if cap > 0 else ttl))
+        log.info("mounted /cvmfs/%s revision %d (%s)", name, repo.revision, root_hash)
+        return m
+
+    # -- mapping host paths back --------------------------------------------------------------
+
+    def logical(self, real: str) -> str | None:
+        """``/cvmfs/...`` for a path inside a shadow tree or the job root, else ``None``."""
+        if not real.startswith(self.base_prefix):
+            return None
+        alias = self._aliases.get(real)
+        if alias is not None:
+            return alias
+        for prefix, logical in self._roots.items():
+            if real == prefix:
+                return logical
+            if real.startswith(prefix) and real[len(prefix)] == "/":
+                return logical + real[len(prefix) :]
+        return None
+
+    def is_ours(self, real: str) -> bool:
+        return real.startswith(self.base_prefix)
+
+    # -- resolution -----------------------------------------------------------------------------
+
+    def resolve(self, path: str, follow: bool) -> Resolved:
+        """Where the absolute logical ``path`` leads; ``follow`` applies to its last component."""
+        key = (path, follow)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        try:
+            found = self._walk(path, follow)
+        except LookupFailure as exc:
+            found = _error(exc.errno)
+        except CvmfsError as exc:
+            log.warning("%s: %s", path, exc)
+            return _error(errno.EIO)  # not memoised: a network failure may be transient
+        except ShadowError as exc:
+            log.warning("%s: %s", path, exc)
+            return _error(errno.EIO)
+        if found.kind == ROOT and self._listed is not None:
+            self.ensure_listed()
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
+
+    def _walk(self, path: str, follow: bool) -> Resolved:
+        trailing = path.endswith("/")
+        todo = [c for c in path.split("/") if c and c != "."]
+        todo.reverse()
+        host: list[str] = []
+        where = HOST
+        touched = False
+        mount: Mount | None = None
+        parts: list[str] = []
+        entry: Node | None = None
+        links = 0
+        while todo:
+            c = todo.pop()
+            if c == "." or not c:
+                continue
+            if where == HOST:
+                if c == "..":
+                    if host:
+                        host.pop()
+                elif not host and c == "cvmfs":
+                    where = ROOT
+                    touched = True
+                else:
+                    host.append(c)
+                continue
+            if where == ROOT:
+                if c == "..":
+                    where = HOST
+                    host = []
+                    continue
+                mount = self.mount(c)
+                if mount is None:
+                    return _error(errno.ENOENT)
+                where, parts, entry = ENTRY, [], mount.root_node
+                continue
+            assert mount is not None and entry is not None
+            if c == "..":
+                if parts:
+                    parts.pop()
+                    entry = mount.node("/" + "/".join(parts) if parts else "")
+                else:
+                    where, mount = ROOT, None
+                continue
+            if not entry.is_dir:
+                return _error(errno.ENOTDIR)
+            inner = "/" + "/".join(parts) if parts else ""
+            child = mount.children(inner).get(c)
+            if child is None:
+                return _error(errno.ENOENT)
+            if child.is_symlink and (todo or follow or trailing):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    return _error(errno.ELOOP)
+                target = mount.link_target(f"{inner}/{c}")
+                if target.startswith("/"):
+                    where, host, mount, entry = HOST, [], None, None
+                todo.extend(reversed([p for p in target.split("/") if p and p != "."]))
+                continue
+            parts.append(c)
+            entry = child
+        if where == HOST:
+            text = "/" + "/".join(host)
+            return Resolved(HOST, host=text + "/" if trailing and host else text, touched=touched)
+        if where == ROOT:
+            return Resolved(ROOT)
+        assert mount is not None and entry is not None
+        if trailing and not entry.is_dir:
+            return _error(errno.ENOTDIR)
+        return Resolved(ENTRY, mount=mount, inner="/" + "/".join(parts) if parts else "", entry=entry)
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _read_state(path: Path) -> str | None:
+    """The root hash remembered in ``path`` if it has not expired."""
+    try:
+        data = json.loads(path.read_text())
+        valid = re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", data["root_hash"])
+        if time.time() < float(data["expires"]) and valid:
+            return str(data["root_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _write_state(path: Path, root_hash: str, expires: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"root_hash": root_hash, "expires": expires}))
+    os.replace(tmp, path)

@@ -1,0 +1,141 @@
+"""Unmodified coreutils/findutils see /cvmfs/sw.example.org exactly as the tree that was published.
+
+Each test runs a command under ``cvmfs-client run`` with its working directory inside /cvmfs and
+the same command natively on the source tree, and compares. Known, intended differences are
+normalised away and listed here: ``ls`` "total" lines and directory sizes (file-system block
+accounting), and ``flavors/current``, whose ``$(EXAMPLE_FLAVOR:-generic)`` target the client
+expands (as the real client does).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.interposer.conftest import TOOLS, cvmfs_run, native, sh
+from tests.interposer.trees import MOUNT
+
+# The parts of the tree compared entry by entry (python/ is covered by test_programs).
+PARTS = "README.txt bin cases deep etc lib share src"
+
+
+def _ls_normalised(out: bytes) -> list[str]:
+    lines = []
+    for line in out.decode().splitlines():
+        if line.startswith("total ") or "flavors/current" in line:
+            continue
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[0].startswith("d"):
+            fields[4] = "<dirsize>"
+        lines.append(" ".join(fields))
+    return lines
+
+
+def test_ls_lR_matches_the_source_tree(job_env, sw_src):
+    script = f"ls -lR --time-style=+%s {PARTS}"
+    got = sh(f"cd {MOUNT} && {script}", job_env).stdout
+    assert _ls_normalised(got) == _ls_normalised(native(script, sw_src))
+    assert b"twin-a.dat" in got and "Grüße".encode() in got
+
+
+def test_find_ls_shows_types_modes_links_sizes_mtimes_and_targets(job_env, sw_src):
+    fmt = r"%y %m %n %s %T@ %p -> %l\n"
+    script = f"find {PARTS} -printf '{fmt}' | sort"
+    got = sh(f"cd {MOUNT} && {script}", job_env).stdout.decode().splitlines()
+    want = native(script, sw_src).decode().splitlines()
+
+    def drop_dir_size(lines: list[str]) -> list[str]:
+        return [re.sub(r"^d (\d+) (\d+) \d+ ", r"d \1 \2 <size> ", x) for x in lines]
+
+    assert drop_dir_size(got) == drop_dir_size(want)
+    assert any(x.startswith("l ") and x.endswith(f"-> {MOUNT}/etc/example.conf") for x in got)
+    # find -ls (fts with directory fds and localtime) over the whole tree, python included
+    sh(f"cd {MOUNT} && find . -ls > /dev/null && find {MOUNT}/python -ls | wc -l", job_env)
+
+
+def test_sha256_of_every_file_matches_the_source(job_env, sw_src):
+    script = "find . -type f -print0 | sort -z | xargs -0 sha256sum"
+    got = sh(f"cd {MOUNT} && {script}", job_env).stdout
+    want = native(script, sw_src)
+    assert got == want
+    assert got.count(b"\n") > 1000  # the standard library is in there too
+
+
+def test_du_apparent_sizes_match(job_env, sw_src):
+    script = f"du -ab {PARTS} | sort -k2"
+    got = dict(
+        reversed(x.split("\t")) for x in sh(f"cd {MOUNT} && {script}", job_env).stdout.decode().splitlines()
+    )
+    want = dict(reversed(x.split("\t")) for x in native(script, sw_src).decode().splitlines())
+    files = [p for p in want if (sw_src / p).is_file() and not (sw_src / p).is_symlink()]
+    assert files and all(got[p] == want[p] for p in files)
+    assert set(got) == set(want)
+
+
+def test_stat_reports_catalog_metadata(job_env, sw_src):
+    names = [
+        "cases/twin-a.dat",
+        "cases/frozen-0444.txt",
+        "cases/secret-0600.key",
+        "cases/runme-0755.sh",
+        "cases/abs-link",
+        "cases/rel-link",
+        "cases/broken-link",
+        "cases/empty.txt",
+        "cases/Grüße aus Köln – 日本語 ✓.txt",
+        "share/data/big.bin",
+        "lib/libtinfo.so.6",
+        "deep/d1",
+    ]
+    quoted = " ".join(f"'{n}'" for n in names)
+    script = f"stat -c '%F|%a|%s|%Y|%h|%N' {quoted}; stat -L -c '%F|%s|%Y' cases/rel-link cases/dir-link"
+    got = sh(f"cd {MOUNT} && {script}", job_env).stdout.decode().splitlines()
+    want = native(script, sw_src).decode().splitlines()
+    dirs = [i for i, n in enumerate(names) if n == "deep/d1"]
+    for i in dirs:  # directory sizes are a file-system detail
+        got[i] = re.sub(r"\|\d+\|", "|", got[i], count=1)
+        want[i] = re.sub(r"\|\d+\|", "|", want[i], count=1)
+    assert got[: len(names)] == want[: len(names)]
+    assert got[len(names)] == want[len(names)]
+    assert got[-1].startswith("directory|")
+
+
+def test_real_publisher_repository_files_match_truth(job_env, real_fixtures):
+    truth = {}
+    for line in (real_fixtures / f"{TOOLS}.truth.tsv").read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        path, kind, _mode, _size, sha, *_ = line.split("\t")
+        if kind == "f":
+            truth[path] = sha
+    r = sh(f"cd /cvmfs/{TOOLS} && find . -type f -print0 | xargs -0 sha256sum", job_env)
+    got = {}
+    for line in r.stdout.decode().splitlines():
+        digest, path = line.split("  ", 1)
+        got[path[2:]] = digest
+    assert got == truth
+
+
+def test_ls_cvmfs_lists_configured_repositories_and_unknown_ones_are_absent(job_env):
+    r = cvmfs_run(["sh", "-c", "ls /cvmfs; ls /cvmfs/no-such.example.org"], job_env)
+    out = r.stdout.decode().split()
+    assert out[:2] == sorted(["sw.example.org", TOOLS])
+    assert r.returncode != 0 and b"No such file or directory" in r.stderr
+
+
+def test_tar_sees_no_file_changing_while_read(job_env, tmp_path):
+    """tar compares fstat of the open file with the earlier stat: they must agree (ctime too)."""
+    r = cvmfs_run(["sh", "-c", f"cd {MOUNT} && tar cf - cases etc share | tar tvf - | wc -l"], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"changed as we read it" not in r.stderr
+    assert int(r.stdout) > 15
+
+
+def test_python_package_in_real_repository_imports(job_env):
+    code = "import toolkit, toolkit.cli; print(toolkit.__file__)"
+    r = sh(f"PYTHONPATH=/cvmfs/{TOOLS}/lib/python python3 -c '{code}'", job_env)
+    assert r.stdout.decode().strip() == f"/cvmfs/{TOOLS}/lib/python/toolkit/__init__.py"
+
+
+def test_sources_are_compared_against_existing_tree(sw_src: Path):
+    assert (sw_src / "cases" / "twin-a.dat").stat().st_nlink == 2

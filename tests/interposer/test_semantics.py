@@ -1,0 +1,266 @@
+"""What a job sees besides file content: errors as on a read-only mount, exit status and signals
+passed through exactly, stdin/stdout, options, and a tracer that never leaves a job behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from tests.interposer.conftest import TOOLS, cvmfs_run
+from tests.interposer.trees import FQRN, MOUNT
+
+ERRNOS = textwrap.dedent(
+    f"""
+    import ctypes, errno, os
+    M = "{MOUNT}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    def access_errno(path, mode):
+        if libc.access(path.encode(), mode) == 0:
+            return "ok"
+        return errno.errorcode[ctypes.get_errno()]
+    def code(f, *a, **k):
+        try:
+            f(*a, **k)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    checks = [
+        ("open-write", code(os.open, M + "/etc/example.conf", os.O_WRONLY)),
+        ("open-trunc", code(os.open, M + "/etc/example.conf", os.O_RDONLY | os.O_TRUNC)),
+        ("open-creat-new", code(os.open, M + "/etc/new.conf", os.O_WRONLY | os.O_CREAT)),
+        ("open-creat-excl", code(os.open, M + "/etc/example.conf", os.O_WRONLY | os.O_CREAT | os.O_EXCL)),
+        ("open-creat-rdonly-existing", code(os.open, M + "/etc/example.conf", os.O_RDONLY | os.O_CREAT)),
+        ("open-missing", code(os.open, M + "/etc/missing", os.O_RDONLY)),
+        ("open-missing-dir", code(os.open, M + "/nodir/x", os.O_WRONLY | os.O_CREAT)),
+        ("open-dir-write", code(os.open, M + "/etc", os.O_RDWR)),
+        ("open-file-as-dir", code(os.open, M + "/etc/example.conf", os.O_RDONLY | os.O_DIRECTORY)),
+        ("open-nofollow-link", code(os.open, M + "/cases/rel-link", os.O_RDONLY | os.O_NOFOLLOW)),
+        ("stat-through-file", code(os.stat, M + "/etc/example.conf/x")),
+        ("stat-broken-link", code(os.stat, M + "/cases/broken-link")),
+        ("lstat-broken-link", code(os.lstat, M + "/cases/broken-link")),
+        ("mkdir-new", code(os.mkdir, M + "/newdir")),
+        ("mkdir-existing", code(os.mkdir, M + "/etc")),
+        ("rmdir", code(os.rmdir, M + "/cases/emptydir")),
+        ("unlink", code(os.unlink, M + "/etc/example.conf")),
+        ("unlink-missing", code(os.unlink, M + "/etc/missing")),
+        ("rename-inside", code(os.rename, M + "/etc/example.conf", M + "/etc/x")),
+        ("rename-out", code(os.rename, M + "/etc/example.conf", "/tmp/x-cvmfs-test")),
+        ("symlink", code(os.symlink, "x", M + "/etc/link")),
+        ("chmod", code(os.chmod, M + "/etc/example.conf", 0o600)),
+        ("chmod-missing", code(os.chmod, M + "/etc/missing", 0o600)),
+        ("utime", code(os.utime, M + "/etc/example.conf")),
+        ("truncate", code(os.truncate, M + "/etc/example.conf", 0)),
+        ("setxattr", code(os.setxattr, M + "/etc/example.conf", "user.x", b"1")),
+        ("access-w", access_errno(M + "/etc", os.W_OK)),
+        ("access-r", "ok" if os.access(M + "/etc/example.conf", os.R_OK) else "no"),
+        ("access-x-script", "ok" if os.access(M + "/cases/runme-0755.sh", os.X_OK) else "no"),
+        ("access-x-data", "ok" if os.access(M + "/cases/empty.txt", os.X_OK) else "no"),
+        ("readlink-file", code(os.readlink, M + "/etc/example.conf")),
+        ("listdir-file", code(os.listdir, M + "/etc/example.conf")),
+        ("chdir-file", code(os.chdir, M + "/etc/example.conf")),
+        ("unknown-repo", code(os.stat, "/cvmfs/nothing.example.org")),
+        ("cvmfs-root-write", code(os.mkdir, "/cvmfs/x.example.org")),
+    ]
+    fd = os.open(M + "/etc/example.conf", os.O_RDONLY)
+    checks.append(("fchmod-content-fd", code(os.fchmod, fd, 0o600)))
+    d = os.open(M + "/etc", os.O_RDONLY | os.O_DIRECTORY)
+    checks.append(("fchmod-dir-fd", code(os.fchmod, d, 0o700)))
+    checks.append(("unlinkat-dirfd", code(os.unlink, "example.conf", dir_fd=d)))
+    checks.append(("mkdirat-dirfd", code(os.mkdir, "sub", dir_fd=d)))
+    for name, result in checks:
+        print(name, result)
+    """
+)
+
+EXPECTED = {
+    "open-write": "EROFS",
+    "open-trunc": "EROFS",
+    "open-creat-new": "EROFS",
+    "open-creat-excl": "EEXIST",
+    "open-creat-rdonly-existing": "ok",
+    "open-missing": "ENOENT",
+    "open-missing-dir": "ENOENT",
+    "open-dir-write": "EISDIR",
+    "open-file-as-dir": "ENOTDIR",
+    "open-nofollow-link": "ELOOP",
+    "stat-through-file": "ENOTDIR",
+    "stat-broken-link": "ENOENT",
+    "lstat-broken-link": "ok",
+    "mkdir-new": "EROFS",
+    "mkdir-existing": "EEXIST",
+    "rmdir": "EROFS",
+    "unlink": "EROFS",
+    "unlink-missing": "EROFS",
+    "rename-inside": "EROFS",
+    "rename-out": "EXDEV",
+    "symlink": "EROFS",
+    "chmod": "EROFS",
+    "chmod-missing": "ENOENT",
+    "utime": "EROFS",
+    "truncate": "EROFS",
+    "setxattr": "EROFS",
+    "access-w": "EROFS",
+    "access-r": "ok",
+    "access-x-script": "ok",
+    "access-x-data": "no",
+    "readlink-file": "EINVAL",
+    "listdir-file": "ENOTDIR",
+    "chdir-file": "ENOTDIR",
+    "unknown-repo": "ENOENT",
+    "cvmfs-root-write": "EROFS",
+    "fchmod-content-fd": "EROFS",
+    "fchmod-dir-fd": "EROFS",
+    "unlinkat-dirfd": "EROFS",
+    "mkdirat-dirfd": "EROFS",
+}
+
+
+def test_errors_are_those_of_a_read_only_mount(job_env, tmp_path):
+    script = tmp_path / "errnos.py"
+    script.write_text(ERRNOS)
+    r = cvmfs_run(["python3", str(script)], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    got = dict(line.split(" ", 1) for line in r.stdout.decode().splitlines())
+    assert got == EXPECTED
+
+
+def test_shell_tools_report_read_only(job_env):
+    script = f"touch {MOUNT}/x; rm {MOUNT}/README.txt; echo hi > {MOUNT}/etc/example.conf"
+    r = cvmfs_run(["sh", "-c", script], job_env)
+    assert r.returncode != 0
+    assert r.stderr.decode().count("Read-only file system") == 3
+
+
+def test_exit_status_passes_through(job_env):
+    assert cvmfs_run(["sh", "-c", "exit 42"], job_env).returncode == 42
+    assert cvmfs_run(["true"], job_env).returncode == 0
+    missing = cvmfs_run(["/no/such/command"], job_env)
+    assert missing.returncode == 127 and b"No such file or directory" in missing.stderr
+    not_exec = cvmfs_run([f"{MOUNT}/etc/example.conf"], job_env)
+    assert not_exec.returncode == 126
+
+
+def test_killing_signal_passes_through(job_env):
+    for sig in (signal.SIGSEGV, signal.SIGTERM, signal.SIGKILL):
+        r = cvmfs_run(["sh", "-c", f"kill -{sig.name[3:]} $$"], job_env)
+        assert r.returncode == -sig, (sig, r.returncode, r.stderr.decode())
+        assert b"internal error" not in r.stderr
+
+
+def test_stdin_and_stdout_are_the_jobs(job_env):
+    r = cvmfs_run(["sh", "-c", f"cat - {MOUNT}/etc/example.conf | wc -l"], job_env, input=b"a\nb\n")
+    assert r.returncode == 0 and int(r.stdout) == 5
+
+
+def test_sigterm_to_the_tracer_reaches_the_job(job_env, tmp_path):
+    marker = tmp_path / "got-term"
+    script = (
+        f"trap 'echo > {marker}; exit 3' TERM; ls {MOUNT} >/dev/null; echo ready; while :; do sleep 0.1; done"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
+        env=job_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 3
+    assert marker.exists()
+
+
+def test_killing_the_tracer_kills_the_job(job_env, tmp_path):
+    pidfile = tmp_path / "pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", f"echo $$ > {pidfile}; sleep 60"],
+        env=job_env,
+    )
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job = int(pidfile.read_text())
+    proc.kill()
+    proc.wait(timeout=10)
+    for _ in range(100):
+        try:
+            os.kill(job, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{job}/stat") as f:
+            if f.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the job outlived its tracer")
+
+
+def test_repo_option_restricts_what_can_be_mounted(job_env):
+    r = cvmfs_run(["sh", "-c", f"ls /cvmfs; ls /cvmfs/{TOOLS}"], job_env, options=["--repo", FQRN])
+    assert r.stdout.decode().split() == [FQRN]
+    assert r.returncode != 0
+
+
+def test_debug_logs_every_translated_call(job_env):
+    r = cvmfs_run(["cat", f"{MOUNT}/etc/example.conf"], job_env, options=["--debug"])
+    assert r.returncode == 0
+    assert f"openat(b'{MOUNT}/etc/example.conf')".encode() in r.stderr
+
+
+def test_revision_is_fixed_and_cache_dir_option_is_used(job_env, tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(job_env)
+    del env["CVMFS_CACHE_BASE"]
+    r = cvmfs_run(["cat", f"{MOUNT}/README.txt"], env, options=["--cache-dir", str(cache)])
+    assert r.returncode == 0, r.stderr.decode()
+    assert (cache / "interposer" / "r" / FQRN).is_dir()
+
+
+def test_concurrent_jobs_share_a_cold_cache_safely(job_env, sw_src, tmp_path):
+    """Shadow trees and data links are built by whichever job comes first, atomically."""
+    env = dict(job_env, CVMFS_CACHE_BASE=str(tmp_path / "cache"))
+    script = f"cd {MOUNT} && find cases etc share lib -type f -print0 | sort -z | xargs -0 sha256sum"
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    want = subprocess.run(
+        ["sh", "-c", script.replace(f"cd {MOUNT}", f"cd {sw_src}")], capture_output=True
+    ).stdout
+    for job, (out, err) in zip(jobs, outputs, strict=True):
+        assert job.returncode == 0, err.decode()
+        assert out == want
+
+
+BROKEN_TRACER = """
+import sys
+import interposer.tracer as tracer
+def broken(self, task):
+    raise RuntimeError("simulated tracer bug")
+tracer.Tracer._on_seccomp = broken
+from cvmfs_client.cli import main
+sys.argv = ["cvmfs-client", "run", "--", "sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 30"]
+main()
+"""
+
+
+def test_an_internal_error_is_reported_and_kills_the_job(job_env, tmp_path):
+    pidfile = tmp_path / "pid"
+    t = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-c", BROKEN_TRACER, str(pidfile)], env=job_env, capture_output=True, timeout=60
+    )
+    assert r.returncode == 70
+    assert b"internal error" in r.stderr and b"simulated tracer bug" in r.stderr
+    assert time.monotonic() - t < 20
+    assert not pidfile.exists() or not os.path.exists(f"/proc/{pidfile.read_text().strip()}/exe")
