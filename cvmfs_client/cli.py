@@ -448,17 +448,19 @@ def prewarm_cmd(
     sys.exit(report.exit_code)
 
 
-@main.command(
-    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+@main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--repo", "repos", multiple=True, metavar="FQRN", help="Mount only this repository (repeatable)."
 )
-@click.option("--repo", "repos", multiple=True, metavar="FQRN", help="Mount only this repository (repeatable).")
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Cache base directory (CVMFS_CACHE_BASE); shadow trees go to its interposer/ subdirectory.",
 )
-@click.option("-r", "--cvmfs-repos", "parrot_repos", default=None, help="Repository list in Parrot's -r syntax.")
+@click.option(
+    "-r", "--cvmfs-repos", "parrot_repos", default=None, help="Repository list in Parrot's -r syntax."
+)
 @click.option("-v", "--verbose", count=True, help="Log mounts (-v) or every translated call (-vv).")
 @click.option("--debug", is_flag=True, help="Log every translated call.")
 @click.option("--stats", is_flag=True, hidden=True, help="Print stop counters to stderr at exit.")
