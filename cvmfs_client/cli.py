@@ -461,6 +461,32 @@ def prewarm_cmd(
 @click.option(
     "-r", "--cvmfs-repos", "parrot_repos", default=None, help="Repository list in Parrot's -r syntax."
 )
+@click.option(
+    "-m",
+    "--mount-list",
+    "mount_lists",
+    multiple=True,
+    metavar="FILE",
+    help="Parrot mount list: 'PREFIX TARGET [ACL]', 'PREFIX ACL', DENY/ENOENT/LOCAL (repeatable).",
+)
+@click.option("-M", "--mount", "mounts", multiple=True, metavar="/VIRTUAL=/REAL", help="One mount entry.")
+@click.option(
+    "--private-tmp",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[=DIR]",
+    help="The job gets its own empty /tmp: a new directory, or DIR (missing or empty).",
+)
+@click.option("--clean-tmp", is_flag=True, help="Remove the private /tmp when the job ends.")
+@click.option("--deny", multiple=True, metavar="PATH", help="PATH and below fail with EACCES (repeatable).")
+@click.option("--sandbox", is_flag=True, help="Deny /home, /root, /sys, /proc and /dev but the basics.")
+@click.option(
+    "--allow-write",
+    multiple=True,
+    metavar="PATH",
+    help="Writes only under PATH (repeatable) and the private /tmp; others fail with EACCES.",
+)
 @click.option("-v", "--verbose", count=True, help="Log mounts (-v) or every translated call (-vv).")
 @click.option("--debug", is_flag=True, help="Log every translated call.")
 @click.option("--stats", is_flag=True, hidden=True, help="Print stop counters to stderr at exit.")
@@ -469,6 +495,13 @@ def run_cmd(
     repos: tuple[str, ...],
     cache_dir: Path | None,
     parrot_repos: str | None,
+    mount_lists: tuple[str, ...],
+    mounts: tuple[str, ...],
+    private_tmp: str | None,
+    clean_tmp: bool,
+    deny: tuple[str, ...],
+    sandbox: bool,
+    allow_write: tuple[str, ...],
     verbose: int,
     debug: bool,
     stats: bool,
@@ -481,7 +514,8 @@ def run_cmd(
     exit status (or killing signal) of COMMAND is passed through. Exit codes of its own: 125
     cannot trace, 126/127 COMMAND not executable/not found, 70 internal error.
 
-    Parrot users: -r/--cvmfs-repos and $PARROT_CVMFS_REPO are understood.
+    Parrot users: -r/--cvmfs-repos, $PARROT_CVMFS_REPO and -m/-M mount lists are understood.
+    --private-tmp, --deny and --sandbox are mount-list entries too (see interposer/README.md).
     """
     import traceback
 
@@ -492,8 +526,26 @@ def run_cmd(
     if level is not None:
         logging.getLogger().setLevel(level)
     try:
-        options = prepare(repos, cache_dir, parrot_repos, debug or verbose > 1)
-        status = run(list(command), options)
+        options = prepare(
+            repos,
+            cache_dir,
+            parrot_repos,
+            debug or verbose > 1,
+            mount_lists=mount_lists,
+            mounts=mounts,
+            private_tmp=private_tmp,
+            clean_tmp=clean_tmp,
+            deny=deny,
+            sandbox=sandbox,
+            allow_write=allow_write,
+        )
+        try:
+            status = run(list(command), options)
+        finally:
+            if options.private_tmp is not None:
+                note = options.private_tmp.finish()
+                if note:
+                    click.echo(f"cvmfs-client run: {note}", err=True)
     except RunError as exc:
         click.echo(f"cvmfs-client run: {exc}", err=True)
         sys.exit(125)
@@ -508,6 +560,22 @@ def run_cmd(
     if stats:
         click.echo(f"cvmfs-client run: stops {options.stats}", err=True)
     exit_like(status)
+
+
+@main.command(
+    "proxy",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def proxy_cmd(args: tuple[str, ...]) -> None:
+    """The login-node caching proxy: the same as `cvmfs-proxy ARGS...` (`proxy --help` for its options).
+
+    Mainly for the one-file executable, which has no separate cvmfs-proxy.
+    """
+    from proxy.cli import main as proxy_main
+
+    proxy_main.main(args=list(args), prog_name="cvmfs-client proxy")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import resource
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,8 @@ from cvmfs_client.errors import CvmfsError
 
 from . import ptrace_api as pt
 from . import seccomp
+from .mountlist import Line, MountTable
+from .policy import Policy
 from .tracer import Tracer
 from .translate import Translator
 from .vfs import Namespace
@@ -61,6 +64,39 @@ class RunError(Exception):
 
 
 @dataclass
+class PrivateTmp:
+    """``--private-tmp``: the host directory that is the job's /tmp."""
+
+    path: Path
+    created: bool  # made by us (removed when empty or with --clean-tmp)
+    clean: bool = False
+
+    def count(self) -> int:
+        n = 0
+        for _root, dirs, files in os.walk(self.path):
+            n += len(files) + sum(1 for d in dirs if os.path.islink(os.path.join(_root, d)))
+        return n
+
+    def finish(self) -> str | None:
+        """Clean up as asked; a line for the user about what is left, or ``None``."""
+        if not self.path.exists():
+            return None
+        n = self.count()
+        empty = not any(self.path.iterdir())
+        if self.clean or (empty and self.created):
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                for child in self.path.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            return f"removed the job's /tmp ({n} files)" if n else None
+        return f"the job's /tmp is kept in {self.path} ({n} files)"
+
+
+@dataclass
 class RunOptions:
     """What ``cvmfs-client run`` was told; ``params`` are the CVMFS_* settings (environment)."""
 
@@ -72,6 +108,10 @@ class RunOptions:
     per_repo: Callable[[str], Mapping[str, str] | None] | None = None  # Parrot: params per fqrn
     debug: bool = False
     stats: dict = field(default_factory=dict)  # filled with counters when the job ends
+    mount_lines: Sequence[Line] = ()  # mount list, private /tmp, denials (policy.py); () = none
+    own_proc: bool = False  # --sandbox: /proc DENY except the job's own /proc/PID
+    private_tmp: PrivateTmp | None = None
+    allow_write: Sequence[str] | None = None  # --allow-write prefixes (logical); None: anywhere
 
 
 def _opener(options: RunOptions) -> Callable[[str, str | None], object]:
@@ -119,6 +159,9 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     ranges = seccomp.FdRanges.for_limit(soft)
     program = seccomp.build_filter(ranges)
+    policy = None
+    if options.mount_lines or options.allow_write is not None:
+        policy = Policy(MountTable(options.mount_lines), options.own_proc, options.allow_write)
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     pid = _spawn(list(argv), dict(options.env), program, inherited)
 
@@ -138,7 +181,10 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
 
     ns = Namespace(options.shadow_dir, _opener(options), options.listed, _allowed(options), options.params)  # type: ignore[arg-type]
     tracer = Tracer(
-        Translator(ns, ranges), pid, on_main_stop=lambda sig: _suspend(sig, pid), debug=options.debug
+        Translator(ns, ranges, policy=policy),
+        pid,
+        on_main_stop=lambda sig: _suspend(sig, pid),
+        debug=options.debug,
     )
     try:
         status = tracer.run()
@@ -154,6 +200,27 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     return status
 
 
+# What PTRACE_SEIZE fails with when policy forbids it: Yama/capabilities (EPERM), seccomp
+# profiles (EPERM, or ENOSYS/EACCES for those that pretend the call does not exist).
+PTRACE_DENIED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
+YAMA_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
+
+
+def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
+    """One line that says why jobs cannot run here, naming the Yama setting when it is the cause."""
+    try:
+        scope = yama.read_text().strip()
+    except OSError:
+        scope = ""
+    if scope in ("2", "3"):
+        why = f"kernel.yama.ptrace_scope={scope}"
+    else:
+        why = "a container seccomp policy or security module forbids it" + (
+            f"; kernel.yama.ptrace_scope={scope}" if scope else ""
+        )
+    return f"ptrace is not permitted here ({why}): cannot run jobs under the interposer"
+
+
 def _spawn(argv: list[str], env: dict[str, str], program: bytes, inherited: dict) -> int:
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -165,12 +232,12 @@ def _spawn(argv: list[str], env: dict[str, str], program: bytes, inherited: dict
     except OSError as exc:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        hint = " (ptrace is forbidden here: container seccomp profile or kernel.yama.ptrace_scope=3?)"
-        raise RunError(
-            f"cannot trace the job: {exc.strerror}{hint if exc.errno == errno.EPERM else ''}"
-        ) from None
+        if exc.errno in PTRACE_DENIED:
+            raise RunError(ptrace_denied_message()) from None
+        raise RunError(f"cannot trace the job: {exc.strerror}") from None
     finally:
-        os.write(ready_w, b"x")
+        with contextlib.suppress(BrokenPipeError):  # the child is already gone if seizing failed
+            os.write(ready_w, b"x")
         os.close(ready_w)
     return pid
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from cvmfs_client.errors import ConfigError
 
-from .job import RunOptions
+from .job import PrivateTmp, RunOptions
+from .mountlist import Line, MountListError, MountTable, parse_file, parse_option
 from .parrot import ParrotConfig
+from .policy import deny_line, sandbox_lines
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,13 @@ def prepare(
     parrot_repos: str | None = None,
     debug: bool = False,
     environ: Mapping[str, str] | None = None,
+    mount_lists: Sequence[str] = (),
+    mounts: Sequence[str] = (),
+    private_tmp: str | None = None,
+    clean_tmp: bool = False,
+    deny: Sequence[str] = (),
+    sandbox: bool = False,
+    allow_write: Sequence[str] = (),
 ) -> RunOptions:
     env = dict(os.environ if environ is None else environ)
     params = dict(env)
@@ -50,7 +59,28 @@ def prepare(
         names = list(repos) if repos else _configured(params) + (parrot.names() if parrot else [])
         return list(dict.fromkeys(names))
 
+    tmp = _private_tmp(private_tmp, clean_tmp, base) if private_tmp is not None else None
+    try:
+        lines = _mount_lines(mount_lists, mounts, tmp, deny, sandbox)
+        MountTable(lines)  # every error now, before the job starts
+    except MountListError as exc:
+        if tmp is not None and tmp.created:
+            tmp.path.rmdir()
+        raise ConfigError(str(exc)) from None
+    writable: list[str] | None = None
+    if allow_write:
+        writable = []
+        for p in allow_write:
+            if not p.startswith("/"):
+                raise ConfigError(f"--allow-write {p}: must be an absolute path")
+            writable.append(p)
+        if tmp is not None:
+            writable.append("/tmp")
     return RunOptions(
+        allow_write=writable,
+        mount_lines=lines,
+        own_proc=sandbox,
+        private_tmp=tmp,
         params=params,
         env=env,
         shadow_dir=base.absolute() / "interposer",
@@ -84,3 +114,50 @@ def _configured(params: Mapping[str, str]) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - a listing must never stop the job from starting
         log.debug("cannot read the repository list: %s", exc)
     return []
+
+
+def _mount_lines(
+    mount_lists: Sequence[str],
+    mounts: Sequence[str],
+    tmp: PrivateTmp | None,
+    deny: Sequence[str],
+    sandbox: bool,
+) -> list[Line]:
+    """All entries in order of precedence, lowest first (the last matching entry wins):
+    the --sandbox preset, -m files, -M options, --private-tmp, --deny."""
+    lines: list[Line] = sandbox_lines() if sandbox else []
+    for name in mount_lists:
+        lines += parse_file(name)
+    lines += [parse_option(m) for m in mounts]
+    if tmp is not None:
+        lines.append(Line("/tmp", "REDIRECT", str(tmp.path), 0o7, False, "--private-tmp"))
+    lines += [deny_line(p) for p in deny]
+    return lines
+
+
+def _private_tmp(given: str, clean: bool, base: Path) -> PrivateTmp:
+    """The job's /tmp: ``given`` (missing or empty) or a new directory beside the shadow trees."""
+    import tempfile
+
+    if given:
+        if "/" not in given and not os.path.isdir(given):
+            raise ConfigError(
+                f"--private-tmp {given}: write --private-tmp=./{given} for a directory, or put '--' "
+                "before the command"
+            )
+        path = Path(given).absolute()
+        created = not path.exists()
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--private-tmp {given}: {exc.strerror}") from None
+        if any(path.iterdir()):
+            raise ConfigError(f"--private-tmp {given}: not empty (the job's /tmp starts empty)")
+        return PrivateTmp(Path(os.path.realpath(path)), created, clean)
+    where = base.absolute() / "interposer-tmp"  # not in interposer/: that tree is read-only to jobs
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="job-", dir=where))
+    except OSError as exc:
+        raise ConfigError(f"cannot create a private /tmp in {where}: {exc.strerror}") from None
+    return PrivateTmp(Path(os.path.realpath(path)), True, clean)

@@ -351,7 +351,14 @@ class Tracer:
                 pieces = [(slot, _U64.pack(depth + 1))]
                 if action.path is not None:
                     new[action.path_arg] = frame + arch.F_PATH
-                    pieces.append((frame + arch.F_PATH, action.path + b"\0"))
+                    blob = action.path + b"\0"
+                    if action.path2 is not None:
+                        new[action.path2_arg] = frame + arch.F_PATH + len(blob)
+                        blob += action.path2 + b"\0"
+                    if len(blob) > arch.FRAME_SIZE - arch.F_PATH:
+                        self._fail(task, regs, errno.ENAMETOOLONG)
+                        return
+                    pieces.append((frame + arch.F_PATH, blob))
                 header = _HEADER.pack(
                     action.nr & _MASK,
                     *new,
@@ -372,7 +379,16 @@ class Tracer:
                 pt.setregs(tid, regs)
                 pt.cont(tid)
                 return
-        self._classic(task, regs, action.nr, action.args, action.path, action.path_arg)
+        args = action.args
+        slot = task.mm.slot(tid) if task.mm.state in (STUB, CLASSIC) else None
+        if action.path2 is not None and slot is not None:
+            # the second path goes to the end of the scratch area, the first to its start
+            addr = slot + arch.SLOT_SCRATCH_OFFSET + arch.SLOT_SCRATCH_SIZE - 4200
+            if not pt.write_memory(tid, [(addr, action.path2 + b"\0")]):
+                self._fail(task, regs, errno.EFAULT)
+                return
+            args = {**args, action.path2_arg: addr}
+        self._classic(task, regs, action.nr, args, action.path, action.path_arg)
 
     def _classic(
         self, task: Task, regs: arch.Regs, nr: int, args: dict[int, int], path: bytes | None, path_arg: int

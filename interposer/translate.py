@@ -35,6 +35,7 @@ from cvmfs_client.errors import CvmfsError
 
 from . import arch_x86_64 as arch
 from . import elf
+from .policy import Policy
 from .seccomp import FdRanges
 from .shadow import ShadowError
 from .syscalls import (
@@ -54,7 +55,9 @@ from .syscalls import (
     O_TMPFILE,
     O_TRUNC,
     O_WRONLY,
+    R_OK,
     W_OK,
+    X_OK,
     Effect,
     FlagStyle,
     Kind,
@@ -62,7 +65,7 @@ from .syscalls import (
     follows_last,
     to_int,
 )
-from .vfs import ENTRY, ERROR, HOST, ROOT, Namespace, Resolved
+from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Namespace, Resolved
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ class Rewrite:
     path_arg: int = 0
     reloc_base: int = 0  # 0: leave the fd where the kernel put it
     reloc_cmd: int = F_DUPFD
+    path2: bytes | None = None  # rename/link: a second new path, for argument ``path2_arg``
+    path2_arg: int = 0
 
 
 @dataclass
@@ -125,10 +130,18 @@ Action = Rewrite | Return | WriteReturn | Exec | None
 class Translator:
     """Decides what each trapped call does; see the module docstring."""
 
-    def __init__(self, ns: Namespace, ranges: FdRanges | None, relocate_host_dirs: bool = True) -> None:
+    def __init__(
+        self,
+        ns: Namespace,
+        ranges: FdRanges | None,
+        relocate_host_dirs: bool = True,
+        policy: Policy | None = None,
+    ) -> None:
         self.ns = ns
         self.ranges = ranges
-        self.relocate_host_dirs = relocate_host_dirs and ranges is not None
+        self.policy = policy
+        # With a policy, host directory fds stay low: calls relative to them must all be checked.
+        self.relocate_host_dirs = relocate_host_dirs and ranges is not None and policy is None
         self._warned_32bit: set[str] = set()
         self._memo: dict[tuple[bytes, bool], Resolved] = {}
         self._handlers = {
@@ -157,8 +170,10 @@ class Translator:
 
     # -- locating a path ------------------------------------------------------------------
 
-    def locate(self, ctx: Context, dirfd: int, raw: bytes, follow: bool) -> Resolved | None:
+    def locate(self, ctx: Context, dirfd: int, raw: bytes, follow: bool, need: int = 0) -> Resolved | None:
         """Where ``raw`` (relative to ``dirfd``) leads, or ``None`` if the kernel alone is right."""
+        if self.policy is not None:
+            return self._locate_policy(ctx, dirfd, raw, follow, need)
         if raw[:1] == b"/":
             if b"cvmfs" not in raw:
                 if raw.startswith((b"/proc/", b"/dev/")):
@@ -191,6 +206,56 @@ class Translator:
             found_r = self.ns.resolve(full, follow)
             return None if found_r.kind == HOST and not found_r.touched else found_r
         return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
+
+    def _logical_of(self, real: str) -> str | None:
+        """The job's name for a host path: /cvmfs for shadow paths, mount-list prefixes reversed.
+
+        ``None``: the job has no name for it (a host path hidden by the mount list).
+        """
+        found = self.ns.logical(real)
+        if found is not None:
+            return found
+        return self.policy.logical(real) if self.policy is not None else real
+
+    def _locate_policy(
+        self, ctx: Context, dirfd: int, raw: bytes, follow: bool, need: int
+    ) -> Resolved | None:
+        """:meth:`locate` under a mount list or denials: every path is walked (see policy.py)."""
+        policy = self.policy
+        assert policy is not None
+        if not raw:
+            return None
+        path = os.fsdecode(raw)
+        moved = False
+        mapped = True
+        if path[0] != "/":
+            real = ctx.cwd() if dirfd == AT_FDCWD else ctx.fd_path(dirfd)
+            if real is None or not real.startswith("/"):
+                return None  # not a directory (EBADF/ENOTDIR from the kernel) or anonymous
+            base = self._logical_of(real)
+            if base is None:  # a cwd/fd from outside the job's namespace: host paths, checked
+                base, mapped = real, False
+            moved = base != real
+            path = base.rstrip("/") + "/" + path
+        for _ in range(MAX_SYMLINKS):
+            w = policy.walk(path, follow, need, ctx.tgid, ctx.tid, self._logical_of, mapped)
+            mapped = True
+            if w.err:
+                return Resolved(ERROR, err=w.err, touched=True)  # touched: a policy's answer
+            if not w.cvmfs:
+                if not (w.changed or moved):
+                    return None
+                return Resolved(HOST, host=w.real, touched=True)
+            r = self.ns.resolve(w.cvmfs, follow)
+            if r.kind == HOST:
+                path, moved = r.host, True  # a /cvmfs symlink or '..' led back out
+                continue
+            if r.kind != ERROR:
+                err = policy.check(r.logical, need, ctx.tgid, ctx.tid)
+                if err:
+                    return Resolved(ERROR, err=err, touched=True)
+            return r
+        return Resolved(ERROR, err=errno.ELOOP, touched=True)
 
     def _magic(self, ctx: Context, path: str, follow: bool) -> Resolved | None:
         """``/proc/PID/fd/N``-style links: follow them ourselves when they lead into /cvmfs."""
@@ -280,7 +345,13 @@ class Translator:
         dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
         if raw.startswith(b"/proc/") and _MAPS.match(raw):
             return self._proc_maps(ctx, nr, spec, raw)
-        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
+        need = 0
+        if self.policy is not None and not flags & O_PATH:
+            acc = flags & O_ACCMODE
+            need = R_OK if acc != O_WRONLY else 0
+            if acc != O_RDONLY or flags & (O_CREAT | O_TRUNC):
+                need |= W_OK
+        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags), need)
         cmd = F_DUPFD_CLOEXEC if flags & O_CLOEXEC else F_DUPFD
         if r is None or r.kind == HOST:
             dirs = self.relocate_host_dirs and flags & O_DIRECTORY and not flags & O_PATH
@@ -429,12 +500,17 @@ class Translator:
             return None
         dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
         text = os.fsdecode(raw)
+        checked = None
+        if self.policy is not None:  # a denial first: /proc/1/cwd must not tell where it is
+            checked = self.locate(ctx, dirfd, raw, False)
+            if checked is not None and checked.kind == ERROR:
+                return Return(-checked.errno)
         if raw.startswith(b"/proc/"):
             target = self._proc_link(ctx, text)
             if target is not None:
                 data = os.fsencode(target)[:size]
                 return WriteReturn(args[spec.buf], data, len(data))
-        r = self.locate(ctx, dirfd, raw, False)
+        r = checked if self.policy is not None else self.locate(ctx, dirfd, raw, False)
         if r is None:
             return None
         if r.kind == ERROR:
@@ -464,14 +540,17 @@ class Translator:
             target = os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
         except OSError:
             return None
-        return self.ns.logical(target)
+        if not target.startswith("/"):
+            return None
+        logical = self._logical_of(target)
+        return None if logical is None or logical == target else logical
 
     def _chdir(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         assert spec.path is not None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return None
-        r = self.locate(ctx, AT_FDCWD, raw, True)
+        r = self.locate(ctx, AT_FDCWD, raw, True, X_OK)
         ctx.cwd_changed()  # after locate, which may have cached the old cwd
         if r is None:
             return None
@@ -491,8 +570,9 @@ class Translator:
         return None
 
     def _getcwd(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
-        logical = self.ns.logical(ctx.cwd())
-        if logical is None:
+        real = ctx.cwd()
+        logical = self._logical_of(real)
+        if logical is None or logical == real:
             return None
         data = os.fsencode(logical) + b"\0"
         if len(data) > args[1]:
@@ -511,12 +591,14 @@ class Translator:
         if not raw and flags & AT_EMPTY_PATH:
             return self._modify_fd(ctx, nr, spec, (dirfd,))
         follow = follows_last(spec, flags) and spec.effect is Effect.CHANGE
-        r = self.locate(ctx, dirfd, raw, follow)
+        r = self.locate(ctx, dirfd, raw, follow, W_OK)
         if r is None:
             return None
         if r.kind == HOST:
             return self._path_rewrite(nr, spec, r.host)
         if r.kind == ERROR:
+            if r.touched:  # the policy's answer
+                return Return(-r.errno)
             creating = r.errno == errno.ENOENT and spec.effect is not Effect.CHANGE
             if creating and self._parent_exists(ctx, dirfd, raw):
                 return Return(-errno.EROFS)
@@ -538,17 +620,37 @@ class Translator:
             real = ctx.fd_path(d1)
             r1: Resolved | None = Resolved(ROOT) if real and self.ns.is_ours(real) else None
         else:
-            r1 = self.locate(ctx, d1, raw1, spec.name == "linkat" and follows_last(spec, flags))
-        r2 = self.locate(ctx, d2, raw2, False)
+            r1 = self.locate(ctx, d1, raw1, spec.name == "linkat" and follows_last(spec, flags), W_OK)
+        r2 = self.locate(ctx, d2, raw2, False, W_OK)
+        for r in (r1, r2):
+            if r is not None and r.kind == ERROR and r.touched:  # the policy's answer
+                return Return(-r.errno)
         ours1 = r1 is not None and r1.kind != HOST
         ours2 = r2 is not None and r2.kind != HOST
         if not ours1 and not ours2:
-            return None
+            if not (r1 is not None and r1.touched) and not (r2 is not None and r2.touched):
+                return None
+            return self._rewrite2(nr, spec, r1, r2)
         if r1 is not None and r1.kind == ERROR:
             return Return(-r1.errno)
         if ours1 != ours2:
             return Return(-errno.EXDEV)
         return Return(-errno.EROFS)
+
+    @staticmethod
+    def _rewrite2(nr: int, spec: Spec, r1: Resolved | None, r2: Resolved | None) -> Action:
+        """rename/link between host paths, one or both moved by the mount list."""
+        assert spec.path is not None and spec.path2 is not None
+        rw = Rewrite(nr)
+        paths = [(spec.path, spec.dirfd, r1), (spec.path2, spec.dirfd2, r2)]
+        new = [(arg, dirfd, os.fsencode(r.host)) for arg, dirfd, r in paths if r is not None and r.touched]
+        for _, dirfd, _ in new:
+            if dirfd is not None:
+                rw.args[dirfd] = AT_FDCWD  # the new paths are absolute anyway
+        rw.path_arg, rw.path = new[0][0], new[0][2]
+        if len(new) > 1:
+            rw.path2_arg, rw.path2 = new[1][0], new[1][2]
+        return rw
 
     def _modify_fd(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         real = ctx.fd_path(to_int(args[0]))
@@ -588,7 +690,7 @@ class Translator:
             r: Resolved | None = self.ns.resolve(logical, True)
             shown = f"/dev/fd/{dirfd}".encode()
         else:
-            r = self.locate(ctx, dirfd, raw, not flags & AT_SYMLINK_NOFOLLOW)
+            r = self.locate(ctx, dirfd, raw, not flags & AT_SYMLINK_NOFOLLOW, X_OK)
             shown = raw
         if r is None:
             # A host file: the kernel runs it, unless it is a script whose interpreter is ours.
@@ -644,7 +746,7 @@ class Translator:
         interp, optarg = _parse_shebang(head)
         if interp is None or depth >= MAX_INTERP_DEPTH:
             return (local, None) if r.kind != HOST or r.touched else None
-        ir = self.locate(ctx, AT_FDCWD, interp, True)
+        ir = self.locate(ctx, AT_FDCWD, interp, True, X_OK)
         if ir is None and r.kind == HOST and not r.touched:
             return None  # host script, host interpreter: the kernel's business
         if ir is None:
