@@ -83,7 +83,9 @@ LD_LIBRARY_PATH=/cvmfs/{FQRN}/lib TERM=xterm-256color bin/tput colors 2>/dev/nul
 def _run_job(params: dict[str, str], echo: Callable[[str], object]) -> int:
     """Run ``_JOB`` under the interposer (``cvmfs-client run``) as a real, separate process."""
     env = {**os.environ, **params, "CVMFS_REPOSITORIES": FQRN}
-    cmd = [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "/bin/sh", "-c", _JOB]
+    # In the one-file executable sys.executable is the bundle itself, which takes subcommands.
+    me = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "cvmfs_client.cli"]
+    cmd = [*me, "run", "--", "/bin/sh", "-c", _JOB]
     echo(f"6. $ cvmfs-client run -- sh -c '...'   (an unmodified shell; /cvmfs/{FQRN} without FUSE or root)")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     for line in done.stdout.splitlines():
