@@ -306,6 +306,10 @@ class Catalog:
                 return list(conn.execute(stmt).all())
         except sa.exc.DBAPIError as exc:
             raise CatalogError(self.source, f"SQLite: {exc.orig}") from None
+        except UnicodeError as exc:  # sqlite3 decodes names and error messages strictly
+            raise CatalogError(
+                self.source, f"SQLite: undecodable text in a damaged database: {exc}"
+            ) from None
 
     def _table_columns(self) -> dict[str, set[str]]:
         """Tables and their columns as they are in the file (upgraded catalogs differ)."""
@@ -315,6 +319,10 @@ class Catalog:
                 return {t: {c["name"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
         except sa.exc.DBAPIError as exc:
             raise CatalogError(self.source, f"not a usable SQLite database: {exc.orig}") from None
+        except UnicodeError as exc:
+            raise CatalogError(
+                self.source, f"not a usable SQLite database: undecodable text: {exc}"
+            ) from None
 
     def _read_properties(self) -> dict[str, str]:
         if "properties" not in self._columns:
@@ -430,6 +438,8 @@ class Catalog:
         assert flags is not None and mode is not None and size is not None and mtime is not None
         if size < 0:
             raise self._hostile(what, f"negative size {size}")
+        if not 0 <= mode <= _LOW32:  # mode_t is 32 bits; stat.S_IFMT raises OverflowError beyond
+            raise self._hostile(what, f"mode {mode} is not a 32-bit unsigned value")
         if not self._legacy:
             self._check_type(flags, mode, what)
         if self._legacy:

@@ -41,6 +41,9 @@ FALSE_WORDS = frozenset({"no", "off", "0", "false"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 _RESERVED = frozenset({"if", "then", "elif", "else", "fi"})
+# Shipped and site files nest ``if`` and ``${A:-${B}}`` one or two deep; the bound keeps hostile
+# files from exhausting Python's recursion limit (RecursionError) in the parser and interpreter.
+MAX_NESTING = 32
 _INT_TESTS = {
     "-eq": lambda a, b: a == b,
     "-ne": lambda a, b: a != b,
@@ -144,6 +147,7 @@ class _Lexer:
         self.source = source
         self.i = 0
         self.line = 1
+        self.depth = 0  # open ${NAME:-...} substitutions: lexing and expanding recurse per level
 
     def error(self, reason: str, line: int | None = None) -> ConfigError:
         return ConfigError(f"{self.source}:{line or self.line}: {reason}")
@@ -285,6 +289,15 @@ class _Lexer:
         return _Lit("$", True)  # a lone "$" is literal, as in bash
 
     def braced(self) -> _Var:
+        if self.depth >= MAX_NESTING:
+            raise self.error(f"${{...}} substitutions nested deeper than {MAX_NESTING} levels")
+        self.depth += 1
+        try:
+            return self._braced()
+        finally:
+            self.depth -= 1
+
+    def _braced(self) -> _Var:
         m = _NAME.match(self.text, self.i + 2)
         if not m:
             raise self.error("bad ${...} substitution: expected a variable name")
@@ -379,6 +392,7 @@ class _Parser:
     tokens: list[_Token]
     source: str
     pos: int = 0
+    depth: int = 0  # open ``if`` clauses: parsing and interpreting recurse once per level
 
     def error(self, reason: str, line: int) -> ConfigError:
         return ConfigError(f"{self.source}:{line}: {reason}")
@@ -456,6 +470,15 @@ class _Parser:
         return _Simple(tuple(words), tok.line)
 
     def if_clause(self) -> _If:
+        if self.depth >= MAX_NESTING:
+            raise self.error(f"'if' nested deeper than {MAX_NESTING} levels", self.peek().line)
+        self.depth += 1
+        try:
+            return self._if_clause()
+        finally:
+            self.depth -= 1
+
+    def _if_clause(self) -> _If:
         start = self.take().line
         branches: list[tuple[tuple[_Node, ...], tuple[_Node, ...]]] = []
         otherwise: tuple[_Node, ...] | None = None
@@ -611,11 +634,16 @@ class _Interpreter:
 
     def test(self, args: list[str], line: int) -> bool:
         """``test`` with at most four arguments, the forms configuration files use."""
+        negate = False
+        while len(args) >= 2 and args[0] == "!":  # a loop, not recursion: "! ! ! ..." is unbounded
+            negate = not negate
+            args = args[1:]
+        return self._test(args, line) != negate
+
+    def _test(self, args: list[str], line: int) -> bool:
         n = len(args)
         if n == 0:
             return False
-        if args[0] == "!" and n >= 2:
-            return not self.test(args[1:], line)
         if n == 1:
             return args[0] != ""
         if n == 2:

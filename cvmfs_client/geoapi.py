@@ -79,6 +79,10 @@ def parse_geo_reply(body: bytes, expected: int, source: str) -> list[int]:
     fields = text.replace("\n", "").split(",")
     if any(not f for f in fields):
         raise FormatError(source, f"Geo API reply has an empty field: {text[:80]!r}")
+    # No index can have more digits than ``expected``; checked before int(), which raises
+    # ValueError beyond 4300 digits.
+    if any(len(f.lstrip("0")) > len(str(expected)) for f in fields):
+        raise FormatError(source, f"Geo API reply has an index out of range: {text[:80]!r}")
     values = [int(f) for f in fields]
     if len(values) != expected:
         raise FormatError(source, f"Geo API reply has {len(values)} entries, expected {expected}")

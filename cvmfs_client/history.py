@@ -56,11 +56,17 @@ class History:
                 self._columns = {t: {c["name"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
             if "tags" not in self._columns:
                 raise CatalogError(source, "history database has no tags table")
+            missing = {"name", "hash"} - self._columns["tags"]
+            if missing:
+                raise CatalogError(source, f"tags table lacks column(s) {', '.join(sorted(missing))}")
             self._props = self._read_properties()
             self._check_schema()
         except sa.exc.DBAPIError as exc:
             self._engine.dispose()
             raise CatalogError(source, f"not a usable SQLite database: {exc.orig}") from None
+        except UnicodeError as exc:  # sqlite3 decodes names and error messages strictly
+            self._engine.dispose()
+            raise CatalogError(source, f"not a usable SQLite database: undecodable text: {exc}") from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -73,6 +79,10 @@ class History:
                 return list(conn.execute(stmt).all())
         except sa.exc.DBAPIError as exc:
             raise CatalogError(self.source, f"SQLite: {exc.orig}") from None
+        except UnicodeError as exc:
+            raise CatalogError(
+                self.source, f"SQLite: undecodable text in a damaged database: {exc}"
+            ) from None
 
     def _read_properties(self) -> dict[str, str]:
         if "properties" not in self._columns:
@@ -151,7 +161,10 @@ class History:
 
     def tag(self, name: str) -> Tag:
         """The tag called ``name``; raises :class:`TagNotFound` naming the repository."""
-        rows = self._execute(self._select().where(schema.tags.c.name == name))
+        # Compared as bytes cast to TEXT: a name read with surrogateescape (not valid UTF-8, as
+        # stored by a hostile publisher) cannot be bound as a str (UnicodeEncodeError).
+        raw = sa.cast(sa.literal(name.encode("utf-8", "surrogateescape"), sa.LargeBinary), sa.Text)
+        rows = self._execute(self._select().where(schema.tags.c.name == raw))
         if not rows:
             raise TagNotFound(self.fqrn or self.source, name)
         return self._make_tag(rows[0])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -38,7 +39,7 @@ def load_public_key(path: str | os.PathLike[str]) -> rsa.RSAPublicKey:
         raise ConfigError(f"{path}: cannot read public key: {exc.strerror or exc}") from None
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:  # garbage, or a key type OpenSSL does not know
         raise ConfigError(f"{path}: not a PEM public key: {exc}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ConfigError(f"{path}: {type(key).__name__} is not an RSA key; CernVM-FS master keys are RSA")
@@ -75,7 +76,7 @@ def load_certificate(pem_or_der: bytes, source: str) -> x509.Certificate:
         if pem_or_der.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(pem_or_der)
         return x509.load_der_x509_certificate(pem_or_der)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:  # the last two: not ValueErrors
         raise FormatError(source, f"not an X.509 certificate: {exc}") from None
 
 
@@ -144,7 +145,7 @@ def _load_private_key(path: Path) -> rsa.RSAPrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read private key: {exc.strerror or exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{path}: not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ConfigError(f"{path}: {type(key).__name__} is not an RSA key")

@@ -27,6 +27,7 @@ from .signing import check_letter_hash, make_letter, split_signed
 # MD5("") in hex: the publisher always sets the root path to "" (spec 2.2, key R).
 EMPTY_PATH_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 _UINT64_MAX = 2**64 - 1
+_UINT64_DIGITS = len(str(_UINT64_MAX))  # 20
 _REQUIRED = {"C": "root catalog hash", "R": "root path MD5", "D": "TTL", "S": "revision"}
 
 
@@ -75,9 +76,16 @@ def _hash(value: bytes, source: str, line: int) -> ContentHash:
 def _uint(value: bytes, source: str, line: int) -> int:
     text = _ascii(value, source, line)
     # Only plain decimal digits: no sign, no spaces, no "0x" (the C++ reads an unsigned 64-bit int).
-    if not text or not text.isdigit() or not text.isascii() or int(text) > _UINT64_MAX:
-        raise FormatError(source, f"not an unsigned decimal number: {text!r}", line)
-    return int(text)
+    # Length first (leading zeros aside): int() raises ValueError beyond 4300 digits.
+    significant = text.lstrip("0") or "0"
+    if (
+        not text.isdigit()
+        or not text.isascii()
+        or len(significant) > _UINT64_DIGITS
+        or int(significant) > _UINT64_MAX
+    ):
+        raise FormatError(source, f"not an unsigned decimal number: {text[:60]!r}", line)
+    return int(significant)
 
 
 def _bool(value: bytes, source: str, line: int) -> bool:

@@ -68,6 +68,23 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.?)+\Z")
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
 _STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) (\d{3})(?: (.*))?\Z")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # 16 hex digits: any 64-bit size
+# Saturation value of _decimal: more than any size, offset or age this proxy handles.
+_BIG = 10**18
+# RFC 9111 1.2.2: a delta-seconds too large to represent is taken as 2**31.
+_MAX_DELTA_SECONDS = 2**31
+
+
+def _decimal(text: str) -> int | None:
+    """ASCII decimal digits as an int saturating at ``_BIG``, or None if ``text`` is not one.
+
+    ``str.isdigit()`` alone is true for ``"\u00b2"`` and other digits ``int()`` refuses, and
+    ``int()`` refuses more than 4300 digits; both used to escape from here as ValueError.
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    significant = text.lstrip("0")
+    return _BIG if len(significant) > 18 else int(significant or "0")
 
 
 class ProtocolError(Exception):
@@ -253,9 +270,10 @@ def split_authority(authority: str, default_port: int) -> tuple[str, int]:
         if not host or not _HOST.match(host):
             raise RemoteProtocolError(f"bad host name {host[:100]!r}")
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) <= MAX_PORT:
-            raise RemoteProtocolError(f"bad port in {authority!r}")
-        port = int(port_text)
+        port_number = _decimal(port_text)
+        if port_number is None or not 0 < port_number <= MAX_PORT:
+            raise RemoteProtocolError(f"bad port in {authority[:200]!r}")
+        port = port_number
     else:
         port = default_port
     return host.lower(), port
@@ -426,9 +444,10 @@ def response_framing(request_method: str, response: Response) -> Framing:
         return Framing("chunked")
     lengths = {v.strip() for v in response.headers.get_all("content-length")}
     if lengths:
-        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-            raise RemoteProtocolError(f"invalid Content-Length {sorted(lengths)}", 502)
-        return Framing("length", int(next(iter(lengths))))
+        length = _decimal(next(iter(lengths))) if len(lengths) == 1 else None
+        if length is None or length >= _BIG:
+            raise RemoteProtocolError(f"invalid Content-Length {sorted(v[:30] for v in lengths)}", 502)
+        return Framing("length", length)
     return Framing("close")
 
 
@@ -455,14 +474,15 @@ class ChunkedDecoder:
                     if len(buf) > MAX_CHUNK_LINE:
                         raise RemoteProtocolError("chunk size line too long", 502)
                     break
-                line = bytes(buf[:i]).split(b";", 1)[0].strip()
+                if i > MAX_CHUNK_LINE:
+                    raise RemoteProtocolError("chunk size line too long", 502)
+                line = bytes(buf[:i]).split(b";", 1)[0].strip(b" \t")
                 del buf[: i + 2]
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    raise RemoteProtocolError(f"bad chunk size {line[:20]!r}", 502) from None
-                if size < 0:
-                    raise RemoteProtocolError("negative chunk size", 502)
+                # Hex digits only (RFC 9112 7.1): int(x, 16) would also take "0x10", "+5", "1_0",
+                # spellings another parser on the path may read differently (request smuggling).
+                if not _CHUNK_SIZE.fullmatch(line):
+                    raise RemoteProtocolError(f"bad chunk size {line[:20]!r}", 502)
+                size = int(line, 16)
                 self._remaining = size
                 self._state = "data" if size else "trailer"
             elif self._state == "data":
@@ -508,8 +528,8 @@ def parse_cache_control(headers: Headers) -> dict[str, str | None]:
 def _seconds(value: str | None) -> int | None:
     if value is None:
         return None
-    value = value.strip()
-    return int(value) if value.isdigit() else None
+    seconds = _decimal(value.strip())
+    return None if seconds is None else min(seconds, _MAX_DELTA_SECONDS)
 
 
 def _http_date(value: str | None) -> float | None:
@@ -597,22 +617,21 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     if not dash:
         return None
     first_text, last_text = first_text.strip(), last_text.strip()
+    first, last = _decimal(first_text), _decimal(last_text)
     if not first_text:  # suffix range: the last N bytes
-        if not last_text.isdigit():
+        n = last
+        if n is None:
             return None
-        n = int(last_text)
         if n == 0:
             raise RangeNotSatisfiable(value)
         return (max(0, size - n), size - 1) if size else _unsatisfiable(value)
-    if not first_text.isdigit() or (last_text and not last_text.isdigit()):
+    if first is None or (last_text and last is None):
         return None
-    first = int(first_text)
-    if last_text and int(last_text) < first:
+    if last is not None and last < first:
         return None  # invalid range: ignored (RFC 9110 14.1.1)
     if first >= size:
         raise RangeNotSatisfiable(value)
-    last = int(last_text) if last_text else size - 1
-    return first, min(last, size - 1)
+    return first, min(size - 1 if last is None else last, size - 1)
 
 
 def _unsatisfiable(value: str) -> tuple[int, int]:
