@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import sys
 import time
@@ -487,6 +488,20 @@ def prewarm_cmd(
     metavar="PATH",
     help="Writes only under PATH (repeatable) and the private /tmp; others fail with EACCES.",
 )
+@click.option(
+    "-n",
+    "--name-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every path the job used to FILE at its end, Parrot's 'path|fullcopy|metadatacopy'.",
+)
+@click.option(
+    "-e",
+    "--env-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the job's environment to FILE, NUL-terminated NAME=value entries (see README).",
+)
 @click.option("-v", "--verbose", count=True, help="Log mounts (-v) or every translated call (-vv).")
 @click.option("--debug", is_flag=True, help="Log every translated call.")
 @click.option("--stats", is_flag=True, hidden=True, help="Print stop counters to stderr at exit.")
@@ -502,6 +517,8 @@ def run_cmd(
     deny: tuple[str, ...],
     sandbox: bool,
     allow_write: tuple[str, ...],
+    name_list: Path | None,
+    env_list: Path | None,
     verbose: int,
     debug: bool,
     stats: bool,
@@ -514,7 +531,8 @@ def run_cmd(
     exit status (or killing signal) of COMMAND is passed through. Exit codes of its own: 125
     cannot trace, 126/127 COMMAND not executable/not found, 70 internal error.
 
-    Parrot users: -r/--cvmfs-repos, $PARROT_CVMFS_REPO and -m/-M mount lists are understood.
+    Parrot users: -r/--cvmfs-repos, $PARROT_CVMFS_REPO, -m/-M mount lists and -n/-e name and
+    environment lists are understood.
     --private-tmp, --deny and --sandbox are mount-list entries too (see interposer/README.md).
     """
     import traceback
@@ -539,6 +557,11 @@ def run_cmd(
             sandbox=sandbox,
             allow_write=allow_write,
         )
+        for given in (name_list, env_list):
+            if given is not None and not os.access(given.absolute().parent, os.W_OK | os.X_OK):
+                raise RunError(f"{given}: its directory is missing or not writable")
+        options.name_list = name_list.absolute() if name_list is not None else None
+        options.env_list = env_list.absolute() if env_list is not None else None
         try:
             status = run(list(command), options)
         finally:

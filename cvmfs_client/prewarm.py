@@ -57,7 +57,19 @@ if TYPE_CHECKING:
 # (open, exec, mmap, read, an unknown word, or no word at all) fetches the content: an extra
 # object costs a download, a missing one fails an offline job.
 METADATA_ONLY = frozenset(
-    {"stat", "lstat", "access", "readlink", "lookup", "opendir", "readdir", "getdents", "chdir", "statfs"}
+    {
+        "stat",
+        "lstat",
+        "access",
+        "readlink",
+        "lookup",
+        "opendir",
+        "readdir",
+        "getdents",
+        "chdir",
+        "statfs",
+        "metadatacopy",  # Parrot's -n word (and `cvmfs-client run -n`) for a path only looked at
+    }
 )
 # Jobs per batch handed to a worker thread: amortizes queue traffic (a pickle and a pipe write
 # per batch) without letting one thread sit on many large objects.

@@ -38,6 +38,7 @@ from cvmfs_client.errors import CvmfsError
 from . import ptrace_api as pt
 from . import seccomp
 from .mountlist import Line, MountTable
+from .namelist import FULL, NameList, env_bytes, write_atomic
 from .policy import Policy
 from .tracer import Tracer
 from .translate import Translator
@@ -112,6 +113,8 @@ class RunOptions:
     own_proc: bool = False  # --sandbox: /proc DENY except the job's own /proc/PID
     private_tmp: PrivateTmp | None = None
     allow_write: Sequence[str] | None = None  # --allow-write prefixes (logical); None: anywhere
+    name_list: Path | None = None  # -n: where the paths the job used are written at its end
+    env_list: Path | None = None  # -e: where the job's initial environment is written
 
 
 def _opener(options: RunOptions) -> Callable[[str, str | None], object]:
@@ -163,6 +166,11 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     if options.mount_lines or options.allow_write is not None:
         policy = Policy(MountTable(options.mount_lines), options.own_proc, options.allow_write)
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
+    if options.env_list is not None:
+        try:
+            write_atomic(options.env_list, env_bytes(options.env))
+        except OSError as exc:
+            raise RunError(f"cannot write the environment list {options.env_list}: {exc.strerror}") from None
     pid = _spawn(list(argv), dict(options.env), program, inherited)
 
     forward_to = pid
@@ -180,11 +188,17 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         signal.signal(s, lambda *_: None)
 
     ns = Namespace(options.shadow_dir, _opener(options), options.listed, _allowed(options), options.params)  # type: ignore[arg-type]
+    translator = Translator(ns, ranges, policy=policy)
+    names = None
+    if options.name_list is not None:
+        names = NameList(translator._logical_of)
+        translator.on_content = lambda path: names.note(path, FULL)
     tracer = Tracer(
-        Translator(ns, ranges, policy=policy),
+        translator,
         pid,
         on_main_stop=lambda sig: _suspend(sig, pid),
         debug=options.debug,
+        names=names,
     )
     try:
         status = tracer.run()
@@ -197,6 +211,11 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         options.stats.update(
             stops=dict(tracer.stats.stops), actions=dict(tracer.stats.actions), seconds=tracer.stats.seconds
         )
+        if names is not None and options.name_list is not None:
+            try:
+                names.write(options.name_list)
+            except OSError as exc:
+                log.error("cannot write the name list %s: %s", options.name_list, exc)
     return status
 
 

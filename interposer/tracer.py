@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
+from .namelist import NameList
 from .syscalls import BY_NR
 from .translate import Exec, Return, Rewrite, Translator, WriteReturn
 
@@ -154,8 +155,10 @@ class Tracer:
         main_pid: int,
         on_main_stop: Callable[[int], None] | None = None,
         debug: bool = False,
+        names: NameList | None = None,
     ) -> None:
         self.translator = translator
+        self.names = names  # --name-list: every path argument is recorded (None: no cost)
         self.main_pid = main_pid
         self.on_main_stop = on_main_stop
         self.debug = debug
@@ -305,6 +308,8 @@ class Tracer:
             if slot is not None and addr:
                 depth, ctx.pf_path = pt.read_u64_and_cstring(tid, slot, addr)
                 ctx.pf_addr = addr if depth is not None else 0
+        if self.names is not None:
+            self.names.syscall(ctx, spec, args)
         action = self.translator.decide(ctx, nr, spec, args)
         ctx.pf_addr = 0
         if self.debug and action is not None:

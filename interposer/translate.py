@@ -28,6 +28,7 @@ import errno
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -140,6 +141,7 @@ class Translator:
         self.ns = ns
         self.ranges = ranges
         self.policy = policy
+        self.on_content: Callable[[str], None] | None = None  # --name-list: /cvmfs content used
         # With a policy, host directory fds stay low: calls relative to them must all be checked.
         self.relocate_host_dirs = relocate_host_dirs and ranges is not None and policy is None
         self._warned_32bit: set[str] = set()
@@ -297,12 +299,13 @@ class Translator:
             r.meta_b = found
         return found
 
-    @staticmethod
-    def _content_target(r: Resolved) -> bytes:
+    def _content_target(self, r: Resolved) -> bytes:
         """The ``d/`` path of a regular file, linked into place on first use."""
         found = r.data_b
         if found is None:
             assert r.mount is not None
+            if self.on_content is not None:
+                self.on_content(r.logical)
             found = os.fsencode(r.mount.content(r.inner))
             r.data_b = found
         return found

@@ -3,6 +3,8 @@
 Each test pre-warms with the real command (a separate process, as a site would run it), stops
 nginx, and reads every pre-warmed file with ``python -m tests.integration.reader``: the content
 must be exactly the published bytes, served from the node cache or the alien directory alone.
+The last two record the name list with ``cvmfs-client run --name-list`` and read offline under
+the interposer (``cvmfs-client run -- sha256sum ...``).
 """
 
 from __future__ import annotations
@@ -195,3 +197,83 @@ def test_interrupted_and_killed_prewarm_resumes_with_no_corrupt_object(published
     out = read_all(env, files)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == digests(src, files)
+
+
+# -- the whole workflow with the interposer: record a job's name list, pre-warm, run offline ----
+
+LISTED = ["/current/f003.bin", "/d05/f005.bin", "/d00/large1.bin"]  # a symlinked dir, a chunked file
+
+
+def cvmfs_run_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cvmfs_client.cli", "run", *args]
+
+
+def record_name_list(base: Path, server, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """``cvmfs-client run --name-list`` of a job that reads LISTED and only stats d06/f006.bin."""
+    names = tmp_path / "job-names.txt"
+    env = env_for(base, server, tmp_path / "recording-cache", CVMFS_REPOSITORIES=FQRN)
+    reads = " ".join(f"/cvmfs/{FQRN}{f}" for f in LISTED)
+    job = f"cat {reads} >/dev/null && stat /cvmfs/{FQRN}/d06/f006.bin >/dev/null"
+    out = run(cvmfs_run_cmd("--name-list", str(names), "--", "/bin/sh", "-c", job), env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    recorded = dict(line.rsplit("|", 1) for line in names.read_text().splitlines())
+    for f in LISTED:
+        assert recorded[f"/cvmfs/{FQRN}{f}"] == "fullcopy"
+    assert recorded[f"/cvmfs/{FQRN}/d06/f006.bin"] == "metadatacopy"
+    assert recorded[f"/cvmfs/{FQRN}/d03/f003.bin"] == "fullcopy"  # where the symlink led
+    return names
+
+
+def sha256sum_offline(env: dict[str, str], files: list[str]) -> subprocess.CompletedProcess[str]:
+    paths = [f"/cvmfs/{FQRN}{f}" for f in files]
+    return run(cvmfs_run_cmd("--", "sha256sum", *paths), dict(env, CVMFS_REPOSITORIES=FQRN))
+
+
+def expected_sums(src: Path, files: list[str]) -> str:
+    return "".join(
+        f"{hashlib.sha256((src / f[1:]).read_bytes()).hexdigest()}  /cvmfs/{FQRN}{f}\n" for f in files
+    )
+
+
+def test_recorded_name_list_prewarmed_then_job_runs_under_the_interposer_offline(
+    published, tmp_path, nginx_server
+):
+    base, src, files = published
+    server = nginx_server(base / "s0")
+    names = record_name_list(base, server, tmp_path)
+    env = env_for(base, server, tmp_path / "cache")
+    subtree = [f for f in files if f.startswith("/d01/")]
+    done = run(prewarm_cmd(f"/cvmfs/{FQRN}/d01", "--name-list", str(names)), env)
+    assert done.returncode == 0, done.stderr
+    assert "0 failed" in done.stdout
+
+    server.stop()
+    wanted = subtree + LISTED
+    out = sha256sum_offline(env, wanted)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == expected_sums(src, wanted)
+    stat_only = sha256sum_offline(env, ["/d06/f006.bin"])
+    assert stat_only.returncode != 0, "only stat-ed by the job: its content was not pre-warmed"
+    assert "f006.bin" in stat_only.stderr
+
+
+def test_recorded_name_list_in_the_alien_cache_alone_serves_an_interposed_job_offline(
+    published, tmp_path, nginx_server
+):
+    base, src, files = published
+    server = nginx_server(base / "s0")
+    names = record_name_list(base, server, tmp_path)
+    alien = tmp_path / "shared-fs" / "cvmfs-alien"
+    login = env_for(base, server, tmp_path / "login-cache")
+    subtree = [f for f in files if f.startswith("/d02/")]
+    done = run(
+        prewarm_cmd(f"/cvmfs/{FQRN}/d02", "--name-list", str(names), "--alien-cache", str(alien)), login
+    )
+    assert done.returncode == 0, done.stderr
+
+    server.stop()
+    node = env_for(base, server, tmp_path / "node-cache", CVMFS_ALIEN_CACHE=str(alien))
+    wanted = subtree + LISTED
+    out = sha256sum_offline(node, wanted)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == expected_sums(src, wanted)
