@@ -270,17 +270,8 @@ class Translator:
         rest = m.group(4) or ""
         if not rest and not follow:
             return None  # lstat/readlink of the link itself: the kernel's answer is right
-        who = m.group(1)
-        proc = (
-            f"/proc/{ctx.tgid}"
-            if who == "self"
-            else f"/proc/{ctx.tgid}/task/{ctx.tid}"
-            if who == "thread-self"
-            else f"/proc/{who}"
-        )
-        try:
-            target = os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
-        except OSError:
+        target = _read_magic_link(ctx, m)
+        if target is None:
             return None
         logical = self.ns.logical(target)
         if logical is None:
@@ -531,17 +522,8 @@ class Translator:
         m = _MAGIC.match(path)
         if m is None or m.group(4):
             return None
-        who = m.group(1)
-        proc = (
-            f"/proc/{ctx.tgid}"
-            if who == "self"
-            else f"/proc/{ctx.tgid}/task/{ctx.tid}"
-            if who == "thread-self"
-            else f"/proc/{who}"
-        )
-        try:
-            target = os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
-        except OSError:
+        target = _read_magic_link(ctx, m)
+        if target is None:
             return None
         if not target.startswith("/"):
             return None
@@ -858,3 +840,19 @@ __all__ = [
     "AT_SYMLINK_NOFOLLOW",
     "O_NOFOLLOW",
 ]
+
+
+def _read_magic_link(ctx: Context, m: re.Match[str]) -> str | None:
+    """Where a ``/proc/{self,thread-self,PID}/.../LINK`` magic link of the job points, as the
+    kernel reports it (the tracer reads the job's own ``/proc`` entry, not its own)."""
+    who = m.group(1)
+    if who == "self":
+        proc = f"/proc/{ctx.tgid}"
+    elif who == "thread-self":
+        proc = f"/proc/{ctx.tgid}/task/{ctx.tid}"
+    else:
+        proc = f"/proc/{who}"
+    try:
+        return os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
+    except OSError:
+        return None
