@@ -336,7 +336,7 @@ class Translator:
         else:
             assert spec.flags is not None
             flags = to_int(args[spec.flags])
-        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        dirfd = _dirfd_arg(spec, args)
         if raw.startswith(b"/proc/") and _MAPS.match(raw):
             return self._proc_maps(ctx, nr, spec, raw)
         need = 0
@@ -439,8 +439,8 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return None
-        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
-        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        flags = _flags_arg(spec, args)
+        dirfd = _dirfd_arg(spec, args)
         if not raw and spec.style is FlagStyle.AT and flags & AT_EMPTY_PATH:
             meta = self._fd_meta(ctx, dirfd)
             if meta is None:
@@ -471,8 +471,8 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return None
-        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
-        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        flags = _flags_arg(spec, args)
+        dirfd = _dirfd_arg(spec, args)
         r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
         if r is None:
             return None
@@ -492,7 +492,7 @@ class Translator:
         size = to_int(args[spec.size])
         if size <= 0:
             return None
-        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        dirfd = _dirfd_arg(spec, args)
         text = os.fsdecode(raw)
         checked = None
         if self.policy is not None:  # a denial first: /proc/1/cwd must not tell where it is
@@ -566,8 +566,8 @@ class Translator:
 
     def _modify(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         assert spec.path is not None and spec.effect is not None
-        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
-        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        flags = _flags_arg(spec, args)
+        dirfd = _dirfd_arg(spec, args)
         if not args[spec.path]:  # utimensat(fd, NULL, ...) acts on the fd
             return self._modify_fd(ctx, nr, spec, (dirfd,))
         raw = ctx.read_path(args[spec.path])
@@ -598,8 +598,8 @@ class Translator:
         raw2 = ctx.read_path(args[spec.path2])
         if raw1 is None or raw2 is None:
             return None
-        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
-        d1 = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        flags = _flags_arg(spec, args)
+        d1 = _dirfd_arg(spec, args)
         d2 = to_int(args[spec.dirfd2]) if spec.dirfd2 is not None else AT_FDCWD
         if not raw1 and flags & AT_EMPTY_PATH:
             real = ctx.fd_path(d1)
@@ -664,8 +664,8 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return None
-        flags = to_int(args[spec.flags]) if spec.flags is not None else 0
-        dirfd = to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+        flags = _flags_arg(spec, args)
+        dirfd = _dirfd_arg(spec, args)
         argv_arg = spec.path + 1
         if not raw and flags & AT_EMPTY_PATH:
             real = ctx.fd_path(dirfd)
@@ -856,3 +856,13 @@ def _read_magic_link(ctx: Context, m: re.Match[str]) -> str | None:
         return os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
     except OSError:
         return None
+
+
+def _flags_arg(spec: Spec, args: tuple[int, ...]) -> int:
+    """The call's flags argument, 0 for calls that have none (open vs openat, stat vs fstatat)."""
+    return to_int(args[spec.flags]) if spec.flags is not None else 0
+
+
+def _dirfd_arg(spec: Spec, args: tuple[int, ...]) -> int:
+    """The call's directory fd, AT_FDCWD for calls without one."""
+    return to_int(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
