@@ -268,6 +268,29 @@ def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> bool:
     return n == total
 
 
+FRAME_BUF = (ctypes.c_char * (2 * PAGE))()  # filled in place by the tracer (struct.pack_into)
+_FRAME_ADDR = ctypes.addressof(FRAME_BUF)
+_flocal = _IoVec(_FRAME_ADDR, 0)
+_fremote = _IoVec(0, 0)
+_flocal_ref = ctypes.byref(_flocal)
+_fremote_ref = ctypes.byref(_fremote)
+
+
+def write_frame(tid: int, addr: int, size: int) -> bool:
+    """Write the first ``size`` bytes of :data:`FRAME_BUF` to ``addr``: one region, one call.
+
+    The stub frame (depth counter, header, path) is laid out contiguously by the caller, so
+    the hot path copies no Python bytes into a staging buffer and builds one iovec.
+    """
+    _flocal.len = size
+    _fremote.base = addr
+    _fremote.len = size
+    n = _writev(tid, _flocal_ref, 1, _fremote_ref, 1, 0)
+    if n < 0 and _get_errno() == errno.ESRCH:
+        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+    return n == size
+
+
 def _write_large(tid: int, addr: int, data: bytes) -> bool:
     buf = ctypes.create_string_buffer(data, len(data))
     local = _IoVec(ctypes.addressof(buf), len(data))

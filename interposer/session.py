@@ -18,13 +18,14 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cvmfs_client.errors import ConfigError
 
 from .job import PrivateTmp, RunOptions
-from .mountlist import Line, MountListError, MountTable, parse_file, parse_option
-from .parrot import ParrotConfig
-from .policy import deny_line, sandbox_lines
+
+if TYPE_CHECKING:  # mount lists, policies and Parrot lists: imported when given (start-up time)
+    from .mountlist import Line
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ def prepare(
         params["CVMFS_CACHE_BASE"] = str(Path(cache_dir).absolute())
     base = Path(params.get("CVMFS_CACHE_BASE") or _default_cache_base(env))
     spec = parrot_repos if parrot_repos is not None else env.get(PARROT_ENV)
-    parrot = ParrotConfig(spec, env) if spec else None
+    parrot = None
+    if spec:
+        from .parrot import ParrotConfig
+
+        parrot = ParrotConfig(spec, env)
     for name in repos:
         _check_name(name)
 
@@ -60,13 +65,17 @@ def prepare(
         return list(dict.fromkeys(names))
 
     tmp = _private_tmp(private_tmp, clean_tmp, base) if private_tmp is not None else None
-    try:
-        lines = _mount_lines(mount_lists, mounts, tmp, deny, sandbox)
-        MountTable(lines)  # every error now, before the job starts
-    except MountListError as exc:
-        if tmp is not None and tmp.created:
-            tmp.path.rmdir()
-        raise ConfigError(str(exc)) from None
+    lines: list[Line] = []
+    if mount_lists or mounts or tmp is not None or deny or sandbox:
+        from .mountlist import MountListError, MountTable
+
+        try:
+            lines = _mount_lines(mount_lists, mounts, tmp, deny, sandbox)
+            MountTable(lines)  # every error now, before the job starts
+        except MountListError as exc:
+            if tmp is not None and tmp.created:
+                tmp.path.rmdir()
+            raise ConfigError(str(exc)) from None
     writable: list[str] | None = None
     if allow_write:
         writable = []
@@ -125,6 +134,9 @@ def _mount_lines(
 ) -> list[Line]:
     """All entries in order of precedence, lowest first (the last matching entry wins):
     the --sandbox preset, -m files, -M options, --private-tmp, --deny."""
+    from .mountlist import Line, parse_file, parse_option
+    from .policy import deny_line, sandbox_lines
+
     lines: list[Line] = sandbox_lines() if sandbox else []
     for name in mount_lists:
         lines += parse_file(name)

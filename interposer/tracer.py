@@ -7,7 +7,8 @@ The translator decides; this module carries decisions out with the fewest stops:
   the thread's slot of the stub mapping, skips the original call and points the thread at the
   stub, which makes the call itself, restores the registers and jumps back (one stop, no
   syscall-exit stop). The stub mapping is created in each new address space on its first
-  translated call by injecting ``mmap`` in place of that call and then restarting it;
+  translated call by injecting ``mmap`` in place of that call; from the mmap's syscall-exit
+  stop the call then goes straight to the stub (an ``execve`` is restarted and trapped again);
 - ``execve`` (and the fallback when the stub cannot be mapped) runs the classic way: arguments
   rewritten at the seccomp stop, put back at the syscall-exit stop (x86-64 keeps argument
   registers across a syscall, so a rewritten pointer would otherwise leak back to the program
@@ -31,12 +32,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
-from .namelist import NameList
 from .syscalls import BY_NR
 from .translate import Exec, Return, Rewrite, Translator, WriteReturn
+
+if TYPE_CHECKING:
+    from .namelist import NameList
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,11 @@ _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signa
 _HEADER = struct.Struct("<18Q")
 _U64 = struct.Struct("<Q")
 _MASK = (1 << 64) - 1
+# wait status of a seccomp stop: stopped (0x7f) by SIGTRAP with PTRACE_EVENT_SECCOMP
+_SECCOMP_STOP = (pt.EVENT_SECCOMP << 16) | (signal.SIGTRAP << 8) | 0x7F
+# the first frame of a slot, seen from the slot's start: counter, gap, header, scratch, path
+_FRAME0_PATH = arch.SLOT_FRAMES_OFFSET + arch.F_PATH
+assert len(pt.FRAME_BUF) >= _FRAME0_PATH + arch.FRAME_SIZE - arch.F_PATH
 
 # address-space states
 UNMAPPED, PENDING, STUB, CLASSIC, NOSCRATCH = range(5)
@@ -174,13 +183,18 @@ class Tracer:
 
     def run(self) -> int:
         """Serve stops until every tracee is gone; the main process's wait status."""
+        waitpid, wall, tasks = os.waitpid, pt.WALL, self.tasks
+        on_seccomp, dispatch = self._on_seccomp, self._dispatch
         while True:
             try:
-                pid, status = os.waitpid(-1, pt.WALL)
+                pid, status = waitpid(-1, wall)
             except ChildProcessError:
                 break
             try:
-                self._dispatch(pid, status)
+                if status == _SECCOMP_STOP:  # nearly every stop: straight to the translator
+                    on_seccomp(tasks.get(pid) or self._adopt(pid))
+                else:
+                    dispatch(pid, status)
             except pt.TraceeGone:
                 self._forget(pid)
         return self.main_status if self.main_status is not None else 0
@@ -337,7 +351,7 @@ class Tracer:
         mm = task.mm
         tid = task.tid
         if mm.state in (UNMAPPED, PENDING):
-            self._need_mapping(task, regs)
+            self._need_mapping(task, regs, action)
             return
         if mm.state == STUB:
             slot = mm.slot(tid)
@@ -353,7 +367,7 @@ class Tracer:
                 new = list(orig)
                 for i, v in action.args.items():
                     new[i] = v & _MASK
-                pieces = [(slot, _U64.pack(depth + 1))]
+                blob = b""
                 if action.path is not None:
                     new[action.path_arg] = frame + arch.F_PATH
                     blob = action.path + b"\0"
@@ -363,19 +377,9 @@ class Tracer:
                     if len(blob) > arch.FRAME_SIZE - arch.F_PATH:
                         self._fail(task, regs, errno.ENAMETOOLONG)
                         return
-                    pieces.append((frame + arch.F_PATH, blob))
-                header = _HEADER.pack(
-                    action.nr & _MASK,
-                    *new,
-                    *orig,
-                    regs.rip,
-                    0,
-                    action.reloc_base,
-                    action.reloc_cmd,
-                    slot,
-                )
-                pieces.append((frame, header))
-                if not pt.write_memory(tid, pieces):
+                reloc = (action.reloc_base, action.reloc_cmd)
+                header = (action.nr & _MASK, *new, *orig, regs.rip, 0, *reloc, slot)
+                if not _write_frame(tid, slot, depth, frame, header, blob):
                     self._fail(task, regs, errno.EFAULT)
                     return
                 regs.rip = arch.STUB_ADDR
@@ -485,8 +489,12 @@ class Tracer:
 
     # -- creating the stub mapping ---------------------------------------------------------------
 
-    def _need_mapping(self, task: Task, regs: arch.Regs) -> None:
-        """Map the stub in this address space (then the call restarts and is trapped again)."""
+    def _need_mapping(self, task: Task, regs: arch.Regs, resume: Rewrite | None = None) -> None:
+        """Map the stub in this address space, then run ``resume`` in it at once.
+
+        Without ``resume`` (an ``execve``, another thread mapping it) the call restarts after
+        the mapping and is trapped again.
+        """
         tid = task.tid
         if task.mm.state == PENDING:
             # Another thread is mapping it: make this one execute its syscall again later.
@@ -503,7 +511,7 @@ class Tracer:
             arch.set_arg(regs, i, v)
         pt.setregs(tid, regs)
         pt.syscall(tid)
-        task.pending = ("map", saved)
+        task.pending = ("map", (saved, resume))
 
     def _on_syscall_stop(self, pid: int, task: Task | None) -> None:
         if task is None or task.pending is None:
@@ -533,8 +541,15 @@ class Tracer:
                 return
             mm.big, mm.big_size = result, size
         elif what == "map":
+            saved, resume = saved
             if result == arch.STUB_ADDR and pt.write_memory(pid, [(arch.STUB_ADDR, arch.STUB_CODE)]):
                 mm.state, mm.base = STUB, result
+                if resume is not None and mm.slot(pid) is not None:
+                    # Run the decided rewrite now, from this syscall-exit stop, as if at the
+                    # original call's seccomp stop: the stub returns after that call's
+                    # instruction, so the call is not executed (and trapped) a second time.
+                    self._rewrite(task, arch.Regs.from_buffer_copy(saved), resume, 0)
+                    return
             elif result > 0:
                 # Linux < 4.17 ignores MAP_FIXED_NOREPLACE: the mapping works as scratch only.
                 mm.state, mm.base = CLASSIC, result
@@ -559,6 +574,29 @@ class Tracer:
         _retry(regs_back)
         pt.setregs(pid, regs_back)
         pt.cont(pid)
+
+
+def _write_frame(tid: int, slot: int, depth: int, frame: int, header: tuple[int, ...], blob: bytes) -> bool:
+    """Put a stub frame (and the slot's new depth) into the tracee.
+
+    The first frame lies right after the depth counter, so counter, header and path go out as
+    one region packed in place; a nested frame (a signal handler interrupted the stub) is
+    farther away and written piecewise. The gaps of the region are never written by the tracer,
+    so they carry zeros, not bytes of another tracee.
+    """
+    if depth == 0:
+        buf = pt.FRAME_BUF
+        _U64.pack_into(buf, 0, 1)
+        _HEADER.pack_into(buf, arch.SLOT_FRAMES_OFFSET, *header)
+        if not blob:
+            return pt.write_frame(tid, slot, arch.SLOT_FRAMES_OFFSET + _HEADER.size)
+        end = _FRAME0_PATH + len(blob)
+        buf[_FRAME0_PATH:end] = blob
+        return pt.write_frame(tid, slot, end)
+    pieces = [(slot, _U64.pack(depth + 1)), (frame, _HEADER.pack(*header))]
+    if blob:
+        pieces.append((frame + arch.F_PATH, blob))
+    return pt.write_memory(tid, pieces)
 
 
 def _retry(regs: arch.Regs) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_SYMLINKS = 40  # MAXSYMLINKS in the kernel
 _CACHE_LIMIT = 200_000  # memoised resolutions kept before the memo is dropped and rebuilt
+_MAX_VIA_PARENT = 64  # deeper paths are walked, not resolved parent by parent (recursion depth)
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+")
 
 HOST, ROOT, ENTRY, ERROR = 0, 1, 2, 3
@@ -283,7 +284,8 @@ class Namespace:
         The string must fit where the old one was, so it names a short symlink in a private
         directory ``/tmp/.cvmfs-i-<uid>`` (refused unless owned by us and closed to others: whoever
         can replace the link chooses the code our job runs). Copies live in ``p/``, keyed by
-        program and interpreter, and ``/proc/PID/exe`` of the job shows ``logical``.
+        program (name and identity) and interpreter, and ``/proc/PID/exe`` of the job shows
+        ``logical``.
         """
         link_dir = f"/tmp/.cvmfs-i-{os.getuid()}"
         with contextlib.suppress(FileExistsError):
@@ -302,7 +304,11 @@ class Namespace:
                 os.unlink(tmp)
             os.symlink(target, tmp)
             os.replace(tmp, short)
-        key = hashlib.sha1(program + b"\0" + short.encode()).hexdigest()[:24]
+        # Keyed by the file's identity too: a host program (``package run``) may be replaced
+        # under the same name, where a /cvmfs content path names one content for good.
+        st_p = os.stat(program)
+        ident = f"{st_p.st_dev}:{st_p.st_ino}:{st_p.st_size}:{st_p.st_mtime_ns}".encode()
+        key = hashlib.sha1(program + b"\0" + short.encode() + b"\0" + ident).hexdigest()[:24]
         patched = self.base / "p" / key
         if not patched.exists():
             data = bytearray(Path(os.fsdecode(program)).read_bytes())
@@ -423,7 +429,7 @@ class Namespace:
         if found is not None:
             return found
         try:
-            found = self._walk(path, follow)
+            found = self._via_parent(path, follow) or self._walk(path, follow)
         except LookupFailure as exc:
             found = _error(exc.errno)
         except CvmfsError as exc:
@@ -438,6 +444,39 @@ class Namespace:
             self._cache.clear()
         self._cache[key] = found
         return found
+
+    def _via_parent(self, path: str, follow: bool) -> Resolved | None:
+        """``path`` as one entry of its (memoised) parent directory, or ``None``: walk it all.
+
+        Jobs name many files of the same directories (imports, ``tar``, ``find``): each new name
+        then costs one lookup in its directory instead of a walk from ``/``. The answer is the
+        walk's: the walk reaches exactly ``resolve(parent, follow=True)`` before the last
+        component, which is then looked up the same way. Symlinks to follow, ``.``, ``..``,
+        empty components and anything outside a repository are left to the walk.
+        """
+        head, _, name = path.rpartition("/")
+        if not head or head.endswith("/") or name in ("", ".", ".."):
+            return None
+        parent = self._cache.get((head, True)) or self._cache.get((head, False))
+        if parent is None:
+            # Resolved in turn, inside a repository only: never /cvmfs itself (listing it reads
+            # the configuration; so no ``..`` either), nor host paths, nor deeper than the
+            # recursion should go.
+            if not head.startswith("/cvmfs/") or "/.." in head or not 3 <= head.count("/") <= _MAX_VIA_PARENT:
+                return None
+            parent = self.resolve(head, True)
+        if parent.kind != ENTRY:
+            return None
+        entry, mount = parent.entry, parent.mount
+        assert entry is not None and mount is not None
+        if not entry.is_dir:  # a symlink resolved without following, or ENOTDIR: the walk says
+            return None
+        child = mount.children(parent.inner).get(name)
+        if child is None:
+            return _error(errno.ENOENT)
+        if child.is_symlink and follow:
+            return None
+        return Resolved(ENTRY, mount=mount, inner=f"{parent.inner}/{name}", entry=child)
 
     def _walk(self, path: str, follow: bool) -> Resolved:
         trailing = path.endswith("/")

@@ -4,6 +4,7 @@ path, make -j2 over sources in /cvmfs, threads reading concurrently, execve from
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import subprocess
 import textwrap
@@ -200,6 +201,17 @@ def test_signal_handlers_interrupting_translated_calls(job_env, tmp_path):
     handled = int(r.stdout.split(b"handled=")[1].split()[0])
     assert handled > 100 and b"bad=0" in r.stdout
     assert b"stub-nested" in r.stderr  # the handlers did run inside the stub, and it held
+
+
+def test_first_translated_call_of_a_process_stops_once(job_env):
+    """The stub is mapped at a process's first rewritten call, which then runs in it straight
+    from the mapping's stop: static ``cat`` of a /cvmfs file traps its one ``openat`` once."""
+    r = cvmfs_run([f"{MOUNT}/bin/busybox", "cat", f"{MOUNT}/etc/example.conf"], job_env, options=["--stats"])
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.startswith(b"# example configuration\n")
+    line = next(x for x in r.stderr.decode().splitlines() if x.startswith("cvmfs-client run: stops "))
+    stats = ast.literal_eval(line.split("stops ", 1)[1])
+    assert stats["stops"]["openat"] == 1 and stats["actions"]["stub"] == 1, stats
 
 
 def test_programs_opened_from_relative_paths_and_fds(job_env, tmp_path: Path):
