@@ -31,18 +31,18 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from cvmfs_client.errors import CvmfsError
 
 from . import ptrace_api as pt
 from . import seccomp
-from .mountlist import Line, MountTable
-from .namelist import FULL, NameList, env_bytes, write_atomic
-from .policy import Policy
 from .tracer import Tracer
 from .translate import Translator
 from .vfs import Namespace
+
+if TYPE_CHECKING:  # policies and name lists are imported only by the jobs that ask for them
+    from .mountlist import Line
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class RunOptions:
     allow_write: Sequence[str] | None = None  # --allow-write prefixes (logical); None: anywhere
     name_list: Path | None = None  # -n: where the paths the job used are written at its end
     env_list: Path | None = None  # -e: where the job's initial environment is written
+    cwd: Path | None = None  # the job's first working directory (a host path); None: ours
 
 
 def _opener(options: RunOptions) -> Callable[[str, str | None], object]:
@@ -161,17 +162,23 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         raise RunError("no command given")
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     ranges = seccomp.FdRanges.for_limit(soft)
-    program = seccomp.build_filter(ranges)
     policy = None
     if options.mount_lines or options.allow_write is not None:
+        from .mountlist import MountTable
+        from .policy import Policy
+
         policy = Policy(MountTable(options.mount_lines), options.own_proc, options.allow_write)
+    # Under a policy the filter also refuses the calls that would escape it (seccomp.CONFINED_*).
+    program = seccomp.build_filter(ranges, os.getpid() if policy is not None else None)
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     if options.env_list is not None:
+        from .namelist import env_bytes, write_atomic
+
         try:
             write_atomic(options.env_list, env_bytes(options.env))
         except OSError as exc:
             raise RunError(f"cannot write the environment list {options.env_list}: {exc.strerror}") from None
-    pid = _spawn(list(argv), dict(options.env), program, inherited)
+    pid = _spawn(list(argv), dict(options.env), program, inherited, options.cwd)
 
     forward_to = pid
 
@@ -191,6 +198,8 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     translator = Translator(ns, ranges, policy=policy)
     names = None
     if options.name_list is not None:
+        from .namelist import FULL, NameList
+
         names = NameList(translator._logical_of)
         translator.on_content = lambda path: names.note(path, FULL)
     tracer = Tracer(
@@ -240,11 +249,13 @@ def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
     return f"ptrace is not permitted here ({why}): cannot run jobs under the interposer"
 
 
-def _spawn(argv: list[str], env: dict[str, str], program: bytes, inherited: dict) -> int:
+def _spawn(
+    argv: list[str], env: dict[str, str], program: bytes, inherited: dict, cwd: Path | None = None
+) -> int:
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the job's first process
-        _child(argv, env, program, inherited, ready_r, ready_w)
+        _child(argv, env, program, inherited, ready_r, ready_w, cwd)
     os.close(ready_r)
     try:
         pt.seize(pid, OPTIONS)
@@ -262,11 +273,19 @@ def _spawn(argv: list[str], env: dict[str, str], program: bytes, inherited: dict
 
 
 def _child(
-    argv: list[str], env: dict[str, str], program: bytes, inherited: dict, ready_r: int, ready_w: int
+    argv: list[str],
+    env: dict[str, str],
+    program: bytes,
+    inherited: dict,
+    ready_r: int,
+    ready_w: int,
+    cwd: Path | None = None,
 ) -> NoReturn:
     code = 127
     try:
         os.close(ready_w)
+        if cwd is not None:
+            os.chdir(cwd)
         for s, handler in inherited.items():
             signal.signal(s, signal.SIG_IGN if handler == signal.SIG_IGN else signal.SIG_DFL)
         for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):

@@ -11,8 +11,12 @@ repository namespace.
 
 Costs: matching is a dictionary lookup per component; each component that must be followed is
 ``lstat``-ed once, and the answer is remembered for entries of directories only root can change
-(``/usr/lib/...``), so a warm walk of a system path makes no syscall at all. Without a policy
-none of this runs.
+(``/usr/lib/...``), so a warm walk of a system path makes no syscall at all; a whole walk made
+only of such answers is remembered too (``find -ls`` stats ``/etc/localtime``, a symlink to
+``/usr/share/zoneinfo/...``, once per entry: one dictionary lookup after the first). A job
+running as root can change those directories itself: every write it makes (a walk for writing,
+``fchmod``...) forgets what was remembered. Changes made meanwhile by root *outside* the job
+are not seen, for any user. Without a policy none of this runs.
 
 Denials report EACCES (like Parrot's ``DENY``; the job can still see the name in its parent's
 listing, and "Permission denied" says why it cannot go further); ``ENOENT`` entries report ENOENT.
@@ -29,7 +33,8 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .mountlist import DENY, ENOENT, LOCAL, REDIRECT, W_OK, Line, MountTable, _norm, prefixes
+from .mountlist import DENY, ENOENT, LOCAL, REDIRECT, RWX, W_OK, Line, MountTable, _norm, prefixes
+from .syscalls import MOVE, O_ACCMODE, O_PATH, O_RDONLY, O_RDWR, R_OK
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +86,15 @@ class Policy:
         self.writable = None if writable is None else {_norm(p) for p in (*writable, *WRITABLE_DEVICES)}
         self._write_denied: set[str] = set()
         self.tracer_pid = os.getpid()
+        self._tracer_s = str(self.tracer_pid)
         self.cvmfs_free = table.match("/cvmfs") is None or table.match("/cvmfs").action == LOCAL  # type: ignore[union-attr]
-        self._static_ok = os.geteuid() != 0
+        self.redirects = any(e.action == REDIRECT for e in table.entries)  # host paths renamed
+        self._static_ok = True
+        self._job_is_root = os.geteuid() == 0  # its writes may change "static" directories
         self._cache: dict[str, tuple[bool, str, bool]] = {}  # real path -> see _lstat
+        self._walks: dict[tuple[str, bool, int, bool], Walk] = {}  # whole walks of static paths
         try:
-            st = os.stat("/")
+            st = os.stat(table.real("/", table.match("/")))  # the job's / (a package's root...)
             self._root_static = self._static_ok and st.st_uid == 0 and not st.st_mode & 0o022
         except OSError:
             self._root_static = False
@@ -105,9 +114,17 @@ class Policy:
         return found
 
     def check(self, logical: str, need: int, tgid: int = 0, tid: int = 0) -> int:
-        """0 if ``logical`` may be accessed with the access bits ``need``, else an errno."""
+        """0 if ``logical`` may be accessed with the access bits ``need``, else an errno.
+
+        ``need`` may hold :data:`~.syscalls.MOVE` (a rename): then a directory holding a denied
+        path is refused too, since under its new name the denial would no longer match.
+        """
         entry = self.table.match(logical)
         if need & W_OK and self.writable is not None and not self.may_write(logical, tgid, tid):
+            return errno.EACCES
+        if need & MOVE and self._holds_denial(logical):
+            return errno.EACCES
+        if logical.startswith("/proc/") and self._is_tracer(logical[6:].split("/", 1)[0], tgid, tid):
             return errno.EACCES
         if entry is None:
             return 0
@@ -115,9 +132,29 @@ class Policy:
             if self._own_proc(entry.prefix, logical, tgid, tid):
                 return 0
             return errno.EACCES if entry.action == DENY else errno.ENOENT
-        if need & ~entry.mode:
+        if need & RWX & ~entry.mode:
             return errno.EACCES
         return 0
+
+    def _holds_denial(self, logical: str) -> bool:
+        below = logical.rstrip("/") + "/"
+        return any(e.action in (DENY, ENOENT) and e.prefix.startswith(below) for e in self.table.entries)
+
+    def _is_tracer(self, pid: str, tgid: int, tid: int) -> bool:
+        """Whether ``/proc/<pid>`` is the tracer (or one of its threads), not the caller: never
+        the job's to see, whatever the policy (its ``mem`` would let the job rewrite the tracer)."""
+        if not pid.isdigit() or int(pid) in (tgid, tid):
+            return False
+        if pid == self._tracer_s:
+            return True
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        return int(line.split()[1]) == self.tracer_pid
+        except (OSError, ValueError, IndexError):
+            pass
+        return False
 
     def may_write(self, logical: str, tgid: int = 0, tid: int = 0) -> bool:
         """--allow-write: whether ``logical`` lies under an allowed prefix (logs refusals)."""
@@ -151,6 +188,12 @@ class Policy:
         return False
 
     # -- the walk ---------------------------------------------------------------------------------
+
+    def written(self) -> None:
+        """The job is about to change the file system: under root, forget what was remembered."""
+        if self._job_is_root and (self._cache or self._walks):
+            self._cache.clear()
+            self._walks.clear()
 
     def _lstat(self, real: str, static: bool) -> tuple[bool, str, bool] | None:
         """(is a symlink, its target, is a directory only root can change) for a host path.
@@ -191,6 +234,14 @@ class Policy:
         ``mapped=False``: ``path`` is a host path outside the job's namespace (see
         :meth:`logical`): denials are checked, redirects not applied.
         """
+        key = (path, follow, need, mapped)
+        if need & W_OK:
+            self.written()
+        else:
+            found = self._walks.get(key)
+            if found is not None:
+                return found
+        steady = not need & W_OK  # every answer on the way is one that cannot change: remember
         table = self.table
         real_of = table.real if mapped else _same
         trailing = path.endswith("/") and path != "/"
@@ -221,6 +272,8 @@ class Policy:
             if last and not follow:
                 break
             logical = "/" + "/".join(done)
+            if len(done) == 2 and done[0] == "proc" and self._is_tracer(c, tgid, tid):
+                return Walk(err=errno.EACCES)
             entry = table.match(logical)
             if (
                 entry is not None
@@ -228,13 +281,16 @@ class Policy:
                 and not self._own_proc(entry.prefix, logical, tgid, tid)
                 and (last or not table.passable(entry))
             ):
-                return Walk(err=errno.EACCES if entry.action == DENY else errno.ENOENT)
+                denied = Walk(err=errno.EACCES if entry.action == DENY else errno.ENOENT)
+                return self._remember(key, denied) if steady else denied
             real = real_of(logical, entry)
             if real != logical:
                 changed = True
             static = parent_static and (entry is None or entry.prefix != logical)
+            steady = steady and static and not real.startswith("/proc")
             found = self._lstat(real, static)
             if found is None:
+                steady = False  # missing now, maybe created later
                 rest = "/".join(reversed(todo))  # missing or unreadable: the kernel reports it
                 break
             if not found[0]:
@@ -245,14 +301,22 @@ class Policy:
                 # The last component: the kernel reaches the open object itself (it may have no
                 # name in the job's namespace: pipe:[..], a file opened before the job started).
                 if last or not target.startswith("/") or target.endswith(" (deleted)"):
+                    if last and need and target.startswith("/") and not target.endswith(" (deleted)"):
+                        # Reopening through the link: what the fd does not already allow (writing
+                        # through a read-only fd, anything through an O_PATH fd) is checked on the
+                        # file's own name.
+                        missing = need & ~_fd_grants(real)
+                        name = reverse(target) if reverse is not None else self.logical(target)
+                        err = self.check(name or target, missing, tgid, tid) if missing else 0
+                        if err:
+                            return Walk(err=err)
                     rest = "/".join(reversed(todo))
                     break
                 name = reverse(target) if reverse is not None else self.logical(target)
                 if name is None:  # a directory outside the job's namespace
                     tail = "/".join(reversed(todo)) + ("/" if trailing else "")
                     found_w = self.walk(target + "/" + tail, follow, need, tgid, tid, reverse, False)
-                    found_w.changed = True
-                    return found_w
+                    return Walk(found_w.err, found_w.real, found_w.logical, True, found_w.cvmfs)
                 target = name
                 changed = True
             links += 1
@@ -266,7 +330,7 @@ class Policy:
         logical = "/" + "/".join(done)
         err = self.check(logical, need, tgid, tid)
         if err:
-            return Walk(err=err)
+            return self._remember(key, Walk(err=err)) if steady else Walk(err=err)
         entry = table.match(logical)
         real = real_of(logical, entry)
         if real != logical:
@@ -275,7 +339,16 @@ class Policy:
             real = real.rstrip("/") + "/" + rest
         if trailing:
             real = real.rstrip("/") + "/"
-        return Walk(real=real, logical=logical, changed=changed)
+        done_w = Walk(real=real, logical=logical, changed=changed)
+        return self._remember(key, done_w) if steady else done_w
+
+    def _remember(self, key: tuple[str, bool, int, bool], found: Walk) -> Walk:
+        """Keep a walk that only met answers that cannot change (never for /proc, writes,
+        missing components). Callers must not change a :class:`Walk` they are given."""
+        if len(self._walks) >= _CACHE_LIMIT:
+            self._walks.clear()
+        self._walks[key] = found
+        return found
 
 
 __all__ = ["Policy", "Walk", "sandbox_lines", "deny_line", "REDIRECT"]
@@ -283,3 +356,28 @@ __all__ = ["Policy", "Walk", "sandbox_lines", "deny_line", "REDIRECT"]
 
 def _same(path: str, entry: object) -> str:
     return path
+
+
+def _fd_grants(link: str) -> int:
+    """The access bits an open fd already gives, for the magic link ``/proc/PID/fd/N``.
+
+    Read from ``/proc/PID/fdinfo/N`` (``flags:`` in octal); 0 for other magic links (``exe``,
+    ``cwd``...) and O_PATH fds, which give no access to content.
+    """
+    head, sep, n = link.rpartition("/fd/")
+    if not sep or not n.isdigit():
+        return 0
+    try:
+        with open(f"{head}/fdinfo/{n}", "rb") as f:
+            for line in f:
+                if line.startswith(b"flags:"):
+                    flags = int(line.split()[1], 8)
+                    break
+            else:
+                return 0
+    except (OSError, ValueError, IndexError):
+        return 0
+    if flags & O_PATH:
+        return 0
+    acc = flags & O_ACCMODE
+    return R_OK if acc == O_RDONLY else W_OK if acc != O_RDWR else R_OK | W_OK

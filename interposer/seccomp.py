@@ -20,6 +20,16 @@ Calls made from the stub page (the tracer's own rewritten syscalls) are allowed 
 pointer. Syscalls of another ABI (i386 ``int 0x80``, x32) fail with ENOSYS: their numbers mean
 different calls and the tracer does not translate them. ``io_uring_setup`` fails with ENOSYS
 because io_uring performs file operations without syscalls the filter could see.
+
+With a file-system policy (``--sandbox``, ``--deny``, mount lists, ``--allow-write``: the filter
+is built with the tracer's pid) the calls that would take the job out of the view the tracer
+checks paths in fail with EPERM: new namespaces, mounts and ``chroot`` (a user namespace needs no
+privilege), files by handle, ``ptrace`` (a child made with ``CLONE_UNTRACED``, then traced by the
+job, would run its calls unchecked), a seccomp listener of the job's own (``SECCOMP_RET_USER_NOTIF``
+takes precedence over ``SECCOMP_RET_TRACE``), ``PR_SET_DUMPABLE`` (an unprivileged tracer could no
+longer read the job's memory) and reading or writing the tracer's memory. ``clone3`` fails with
+ENOSYS: its flags are in memory the filter cannot read, and glibc then uses ``clone``, whose flags
+it can. docs/security.md lists each case with its test.
 """
 
 from __future__ import annotations
@@ -86,6 +96,29 @@ FD_OURS = (("fchmod", 0), ("fchown", 0), ("fsetxattr", 0), ("fremovexattr", 0), 
 # (fts duplicates every directory fd it opens to a low number).
 F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
 ENOSYS = ("io_uring_setup",)
+
+# With a policy only (see the module docstring): EPERM always...
+CONFINED_EPERM = (
+    "chroot", "pivot_root", "mount", "umount2", "setns", "open_tree", "open_tree_attr", "move_mount",
+    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",  # another view of the tree
+    "open_by_handle_at",  # a file without a path
+    "ptrace", "pidfd_getfd",  # a second tracer; the tracer's own fds
+    "uselib", "acct", "swapon", "swapoff", "quotactl",  # path calls the filter does not trap
+)  # fmt: skip
+CONFINED_ENOSYS = ("clone3",)
+CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+CLONE_NEWTIME = 0x80  # unshare only (in clone's flags this bit is part of the exit signal)
+CLONE_UNTRACED = 0x00800000
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+PR_SET_DUMPABLE = 4
+# ...EPERM when (argument & mask) != 0...
+CONFINED_BITS = (
+    ("clone", 0, CLONE_NEW | CLONE_UNTRACED),
+    ("unshare", 0, CLONE_NEW | CLONE_NEWTIME),
+    ("seccomp", 1, SECCOMP_FILTER_FLAG_NEW_LISTENER),
+)
+CONFINED_VALUE = (("prctl", 0, PR_SET_DUMPABLE),)  # ...when argument == value...
+CONFINED_TRACER = ("process_vm_readv", "process_vm_writev", "pidfd_open")  # ...when arg 0 is the tracer
 
 
 @dataclass(frozen=True)
@@ -166,8 +199,12 @@ def _in_range(a: _Asm, lo: int, hi: int, yes: str, no: str) -> None:
     a.jump(JGE_K, hi, no, yes)
 
 
-def build_filter(ranges: FdRanges | None) -> bytes:
-    """The filter program as raw ``struct sock_filter`` array bytes."""
+def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> bytes:
+    """The filter program as raw ``struct sock_filter`` array bytes.
+
+    ``tracer_pid``: given when the job runs under a file-system policy, which adds the
+    ``CONFINED_*`` refusals (see the module docstring).
+    """
     nr = arch.NR
     a = _Asm()
     a.ld(OFF_ARCH)
@@ -193,6 +230,17 @@ def build_filter(ranges: FdRanges | None) -> bytes:
         blocks.append((nr[name], "enosys"))
     for name in TRAPPED:
         blocks.append((nr[name], "trace"))
+    if tracer_pid is not None:
+        for name in CONFINED_EPERM:
+            blocks.append((nr[name], "eperm"))
+        for name in CONFINED_ENOSYS:
+            blocks.append((nr[name], "enosys"))
+        for name, _, _ in CONFINED_BITS:
+            blocks.append((nr[name], f"bits_{name}"))
+        for name, _, _ in CONFINED_VALUE:
+            blocks.append((nr[name], f"value_{name}"))
+        for name in CONFINED_TRACER:
+            blocks.append((nr[name], "tracer_pid"))
     for number, target in blocks:
         a.jump(JEQ_K, number, 0, 1)
         a.ja(target)
@@ -200,6 +248,27 @@ def build_filter(ranges: FdRanges | None) -> bytes:
 
     a.label("enosys")
     a.ret(RET_ERRNO | errno.ENOSYS)
+
+    if tracer_pid is not None:
+        a.label("eperm")
+        a.ret(RET_ERRNO | errno.EPERM)
+        for name, arg, mask in CONFINED_BITS:
+            a.label(f"bits_{name}")
+            a.ld(_arg_lo(arg))
+            a.jump(JSET_K, mask, 0, 1)
+            a.ret(RET_ERRNO | errno.EPERM)
+            a.ret(RET_ALLOW)
+        for name, arg, value in CONFINED_VALUE:
+            a.label(f"value_{name}")
+            a.ld(_arg_lo(arg))
+            a.jump(JEQ_K, value, 0, 1)
+            a.ret(RET_ERRNO | errno.EPERM)
+            a.ret(RET_ALLOW)
+        a.label("tracer_pid")
+        a.ld(_arg_lo(0))
+        a.jump(JEQ_K, tracer_pid, 0, 1)
+        a.ret(RET_ERRNO | errno.EPERM)
+        a.ret(RET_ALLOW)
 
     for name, fd_arg, flags_arg in STAT_AT:
         a.label(f"stat_{name}")

@@ -152,6 +152,7 @@ BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 O_ACCMODE = 0o3
 O_RDONLY = 0
 O_WRONLY = 1
+O_RDWR = 2
 O_CREAT = 0o100
 O_EXCL = 0o200
 O_TRUNC = 0o1000
@@ -170,6 +171,8 @@ AT_EMPTY_PATH = 0x1000
 IN_DONT_FOLLOW = 0x02000000
 FAN_MARK_DONT_FOLLOW = 0x04
 R_OK, W_OK, X_OK = 4, 2, 1
+MOVE = 0o10  # with W_OK, for rename: a policy also refuses to move an ancestor of a denied path
+RESOLVE_IN_ROOT = 0x10  # openat2 (linux/openat2.h): dirfd is "/" for the whole lookup
 
 F_DUPFD = 0
 F_DUPFD_CLOEXEC = 1030

@@ -30,13 +30,12 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cvmfs_client.errors import CvmfsError
 
 from . import arch_x86_64 as arch
 from . import elf
-from .policy import Policy
 from .seccomp import FdRanges
 from .shadow import ShadowError
 from .syscalls import (
@@ -45,6 +44,7 @@ from .syscalls import (
     AT_SYMLINK_NOFOLLOW,
     F_DUPFD,
     F_DUPFD_CLOEXEC,
+    MOVE,
     O_ACCMODE,
     O_CLOEXEC,
     O_CREAT,
@@ -57,6 +57,8 @@ from .syscalls import (
     O_TRUNC,
     O_WRONLY,
     R_OK,
+    RESOLVE_IN_ROOT,
+    SPECS,
     W_OK,
     X_OK,
     Effect,
@@ -67,6 +69,9 @@ from .syscalls import (
     to_int,
 )
 from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Namespace, Resolved
+
+if TYPE_CHECKING:  # the policy module is imported only by jobs that have one (see job.run)
+    from .policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +151,10 @@ class Translator:
         self.relocate_host_dirs = relocate_host_dirs and ranges is not None and policy is None
         self._warned_32bit: set[str] = set()
         self._memo: dict[tuple[bytes, bool], Resolved] = {}
+        # First bytes and PT_INTERP of verified content run by the job (content never changes,
+        # so a program started 200 times is read once); host files are read at each execve.
+        self._heads: dict[bytes, bytes | None] = {}
+        self._interps: dict[bytes, elf.Interp | None] = {}
         self._handlers = {
             Kind.OPEN: self._open,
             Kind.STAT: self._stat,
@@ -162,10 +171,12 @@ class Translator:
             Kind.MODIFY_FD: self._modify_fd,
             Kind.DUP: self._dup,
         }
+        # By syscall name: a str hash is cached, an Enum member's is computed in Python per call.
+        self._by_name = {s.name: self._handlers[s.kind] for s in SPECS}
 
     def decide(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         try:
-            return self._handlers[spec.kind](ctx, nr, spec, args)
+            return self._by_name[spec.name](ctx, nr, spec, args)
         except (CvmfsError, ShadowError) as exc:
             log.warning("%s: %s", spec.name, exc)
             return Return(-errno.EIO)
@@ -325,14 +336,16 @@ class Translator:
         assert spec.path is not None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
-            return None
+            return self._unreadable(ctx, args[spec.path])
         if spec.name == "creat":
             flags = O_CREAT | O_WRONLY | O_TRUNC
         elif spec.name == "openat2":
-            how = ctx.read_memory(args[2], 8)
+            how = ctx.read_memory(args[2], 24)  # struct open_how: flags, mode, resolve
             if how is None:
-                return None
-            flags = int.from_bytes(how, "little")
+                return self._unreadable(ctx, 0)
+            flags = int.from_bytes(how[:8], "little")
+            if self.policy is not None and int.from_bytes(how[16:], "little") & RESOLVE_IN_ROOT:
+                return Return(-errno.EPERM)  # the kernel would walk from dirfd as "/", not we
         else:
             assert spec.flags is not None
             flags = to_int(args[spec.flags])
@@ -400,9 +413,15 @@ class Translator:
         return rw
 
     def _proc_maps(self, ctx: Context, nr: int, spec: Spec, raw: bytes) -> Action:
-        """``/proc/PID/maps``: a snapshot with shadow paths shown as ``/cvmfs`` paths."""
+        """``/proc/PID/maps``: a snapshot with shadow paths shown as ``/cvmfs`` paths, and paths
+        moved by the mount table (``package run``, ``--private-tmp``) by the job's names."""
         m = _MAPS.match(raw)
         assert m is not None
+        policy = self.policy
+        if policy is not None:  # another process's maps under --sandbox: denied like the rest
+            checked = self.locate(ctx, AT_FDCWD, raw, True, R_OK)
+            if checked is not None and checked.kind == ERROR:
+                return Return(-checked.errno)
         who = m.group(1).decode()
         pid = str(ctx.tgid) if who in ("self", "thread-self") else who
         task = f"/task/{ctx.tid}" if who == "thread-self" else (m.group(2) or b"").decode()
@@ -411,16 +430,23 @@ class Translator:
                 text = f.read()
         except OSError:
             return None
-        if self.ns.base_prefix.encode() not in text:
+        prefix = self.ns.base_prefix.encode()
+        moved = policy is not None and policy.redirects
+        if prefix not in text and not moved:
             return None
         lines = []
+        changed = False
         for line in text.split(b"\n"):
             cut = line.find(b"/")
-            if cut > 0 and line.startswith(self.ns.base_prefix.encode(), cut):
-                logical = self.ns.logical(os.fsdecode(line[cut:]))
-                if logical is not None:
+            if cut > 0 and (moved or line.startswith(prefix, cut)):
+                real = os.fsdecode(line[cut:])
+                logical = self._logical_of(real)
+                if logical is not None and logical != real:
                     line = line[:cut] + os.fsencode(logical)
+                    changed = True
             lines.append(line)
+        if not changed:
+            return None
         return self._path_rewrite(nr, spec, self.ns.snapshot(b"\n".join(lines)))
 
     def _parent_exists(self, ctx: Context, dirfd: int, raw: bytes) -> bool:
@@ -438,7 +464,7 @@ class Translator:
             return None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
-            return None
+            return self._unreadable(ctx, args[spec.path])
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
         if not raw and spec.style is FlagStyle.AT and flags & AT_EMPTY_PATH:
@@ -470,7 +496,7 @@ class Translator:
         assert spec.path is not None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
-            return None
+            return self._unreadable(ctx, args[spec.path])
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
         r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
@@ -488,7 +514,7 @@ class Translator:
         assert spec.path is not None and spec.buf is not None and spec.size is not None
         raw = ctx.read_path(args[spec.path])
         if not raw:
-            return None
+            return None if raw is not None else self._unreadable(ctx, args[spec.path])
         size = to_int(args[spec.size])
         if size <= 0:
             return None
@@ -534,7 +560,7 @@ class Translator:
         assert spec.path is not None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
-            return None
+            return self._unreadable(ctx, args[spec.path])
         r = self.locate(ctx, AT_FDCWD, raw, True, X_OK)
         ctx.cwd_changed()  # after locate, which may have cached the old cwd
         if r is None:
@@ -572,7 +598,7 @@ class Translator:
             return self._modify_fd(ctx, nr, spec, (dirfd,))
         raw = ctx.read_path(args[spec.path])
         if raw is None:
-            return None
+            return self._unreadable(ctx, args[spec.path])
         if not raw and flags & AT_EMPTY_PATH:
             return self._modify_fd(ctx, nr, spec, (dirfd,))
         follow = follows_last(spec, flags) and spec.effect is Effect.CHANGE
@@ -597,16 +623,21 @@ class Translator:
         raw1 = ctx.read_path(args[spec.path])
         raw2 = ctx.read_path(args[spec.path2])
         if raw1 is None or raw2 is None:
-            return None
+            return self._unreadable(ctx, args[spec.path] if raw1 is None else args[spec.path2])
         flags = _flags_arg(spec, args)
         d1 = _dirfd_arg(spec, args)
         d2 = to_int(args[spec.dirfd2]) if spec.dirfd2 is not None else AT_FDCWD
+        need = W_OK | MOVE if spec.name.startswith("rename") else W_OK
         if not raw1 and flags & AT_EMPTY_PATH:
             real = ctx.fd_path(d1)
             r1: Resolved | None = Resolved(ROOT) if real and self.ns.is_ours(real) else None
+            if r1 is None and self.policy is not None:  # linkat: a new, writable name for the fd's file
+                err = self._fd_check(ctx, d1, W_OK)
+                if err:
+                    return Return(-err)
         else:
-            r1 = self.locate(ctx, d1, raw1, spec.name == "linkat" and follows_last(spec, flags), W_OK)
-        r2 = self.locate(ctx, d2, raw2, False, W_OK)
+            r1 = self.locate(ctx, d1, raw1, spec.name == "linkat" and follows_last(spec, flags), need)
+        r2 = self.locate(ctx, d2, raw2, False, need)
         for r in (r1, r2):
             if r is not None and r.kind == ERROR and r.touched:  # the policy's answer
                 return Return(-r.errno)
@@ -638,6 +669,8 @@ class Translator:
         return rw
 
     def _modify_fd(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        if self.policy is not None:
+            self.policy.written()  # fchmod/fchown of a directory: what the walks remembered may change
         real = ctx.fd_path(to_int(args[0]))
         if real is not None and self.ns.is_ours(real):
             return Return(-errno.EROFS)
@@ -663,7 +696,7 @@ class Translator:
         assert spec.path is not None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
-            return None
+            return self._unreadable(ctx, args[spec.path])
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
         argv_arg = spec.path + 1
@@ -671,7 +704,8 @@ class Translator:
             real = ctx.fd_path(dirfd)
             logical = self.ns.logical(real) if real else None
             if logical is None:
-                return None
+                err = self._fd_check(ctx, dirfd, X_OK) if self.policy is not None else 0
+                return Return(-err) if err else None
             r: Resolved | None = self.ns.resolve(logical, True)
             shown = f"/dev/fd/{dirfd}".encode()
         else:
@@ -699,7 +733,7 @@ class Translator:
             argv = argv + rest
         if spec.name == "execveat":
             # execveat(dirfd, path, argv, envp, flags) -> execve(filename, argv, envp)
-            return Exec(arch.NR["execve"], filename, 0, 1, argv, args={2: args[3]})
+            return Exec(arch.NR["execve"], filename, 0, 1, argv, args={1: args[2], 2: args[3]})
         return Exec(nr, filename, spec.path, argv_arg, argv)
 
     def _exec_target(
@@ -718,7 +752,12 @@ class Translator:
             if not entry.is_regular or not mount.mode(r.inner) & 0o111:
                 return Return(-errno.EACCES)
             local = self._content_target(r)
-        head = _read_head(local)
+        head = self._exec_head(local, r.kind != HOST)
+        if head is None and self.policy is not None and r.kind == HOST and os.path.isfile(local):
+            # An execute-only program runs "not dumpable": an unprivileged tracer could not read
+            # its memory, and so not check its paths.
+            log.warning("%s: not readable, cannot be confined: not run", os.fsdecode(shown))
+            return Return(-errno.EACCES)
         if head is None or not head.startswith(b"#!"):
             kind = elf.elf_class(head) if head is not None else None
             if kind == elf.ELFCLASS32:
@@ -750,25 +789,41 @@ class Translator:
             prefix = inner_argv + prefix[1:]
         return filename, prefix
 
+    def _exec_head(self, local: bytes, content: bool) -> bytes | None:
+        if not content:
+            return _read_head(local)
+        if local not in self._heads:
+            self._heads[local] = _read_head(local)
+        return self._heads[local]
+
+    def _exec_interp(self, local: bytes, content: bool) -> elf.Interp | None:
+        if not content:
+            return elf.read_interp(local)
+        if local not in self._interps:
+            self._interps[local] = elf.read_interp(local)
+        return self._interps[local]
+
     def _own_interpreter(
         self, ctx: Context, local: bytes, r: Resolved
     ) -> tuple[bytes, list[bytes | int] | None] | Return | None:
-        """A program whose PT_INTERP lies in /cvmfs: run a copy that names a local interpreter."""
-        interp = elf.read_interp(local)
-        if interp is None or b"cvmfs" not in interp.path:
+        """A program whose PT_INTERP lies in /cvmfs, or is moved by the mount table (``package
+        run``: the package's loader, not the host's): run a copy that names the job's interpreter."""
+        interp = self._exec_interp(local, r.kind != HOST)
+        if interp is None or (b"cvmfs" not in interp.path and self.policy is None):
             return None
         ir = self.locate(ctx, AT_FDCWD, interp.path, True)
-        if ir is None:
-            return None
+        if ir is None or (ir.kind == HOST and not ir.touched):
+            return None  # the kernel opens the same file
         if ir.kind == ERROR:
             return Return(-ir.errno)
         if ir.kind == ROOT or (ir.kind == ENTRY and (ir.entry is None or not ir.entry.is_regular)):
             return Return(-errno.EACCES)
         target = os.fsencode(ir.host) if ir.kind == HOST else self._content_target(ir)
+        shown = r.logical if r.kind != HOST else (self._logical_of(r.host) or r.host)  # /proc/self/exe
         try:
-            patched = self.ns.with_interpreter(local, interp, target, r.logical)
+            patched = self.ns.with_interpreter(local, interp, target, shown)
         except (OSError, ValueError) as exc:
-            log.warning("%s: cannot run with interpreter %s: %s", r.logical, os.fsdecode(interp.path), exc)
+            log.warning("%s: cannot run with interpreter %s: %s", shown, os.fsdecode(interp.path), exc)
             return Return(-errno.ENOEXEC)
         return os.fsencode(patched), None
 
@@ -794,6 +849,24 @@ class Translator:
                     continue
                 out.append(ptr)
             pos += len(chunk)
+
+    def _unreadable(self, ctx: Context, addr: int) -> Action:
+        """A path (or ``open_how``) argument the tracer could not read.
+
+        Without a policy the call runs and the kernel reports the bad pointer. Under one it is
+        refused: the memory may be mapped again by another thread before the kernel reads it.
+        """
+        if self.policy is None:
+            return None
+        too_long = addr and ctx.read_memory(addr, 1) is not None
+        return Return(-errno.ENAMETOOLONG if too_long else -errno.EFAULT)
+
+    def _fd_check(self, ctx: Context, fd: int, need: int) -> int:
+        """Under a policy: 0 if the file open as ``fd`` may be used with ``need``, else an errno
+        (the ``/proc/self/fd/N`` rule of policy.py: what the fd does not give is checked on
+        the file's name)."""
+        r = self.locate(ctx, AT_FDCWD, b"/proc/self/fd/%d" % fd, True, need)
+        return r.errno if r is not None and r.kind == ERROR else 0
 
     def _warn_32bit(self, shown: bytes) -> None:
         name = os.fsdecode(shown)

@@ -202,3 +202,23 @@ def test_sandbox_preset_and_proc_self():
     assert p.walk("/proc/thread-self/comm", True, R, tgid=me, tid=me).real == f"/proc/{me}/task/{me}/comm"
     assert p.walk("/var/empty-never/x", True).err == errno.EACCES
     assert p.walk("/usr/bin/env", True).err == 0
+
+
+def test_walks_of_paths_only_root_can_change_are_remembered_until_the_job_writes(tree):
+    """``find -ls`` stats /etc/localtime (a symlink) once per entry: after the first, one lookup."""
+    p = Policy(table("/home DENY\n"))
+    system = "/usr/bin/env"  # root's, in directories closed to others
+    first = p.walk(system, True, R)
+    assert not first.err and p.walk(system, True, R) is first
+    assert p.walk("/home/x", True, R) is p.walk("/home/x", True, R)  # denials too
+    mine = f"{tree}/pub/file"  # below /tmp, which anybody can change: walked every time
+    assert p.walk(mine, True, R) is not p.walk(mine, True, R)
+    assert p.walk(f"/proc/{os.getpid()}/status", True, R) is not p.walk(
+        f"/proc/{os.getpid()}/status", True, R
+    )
+    p.walk(f"{tree}/pub/new", False, W)  # a write by the job: under root, it may change anything
+    again = p.walk(system, True, R)
+    if os.geteuid() == 0:
+        assert again is not first and again == first
+    else:
+        assert again is first  # only root changes those directories, and the job is not root

@@ -116,6 +116,8 @@ def test_sandbox_and_deny(job_env, tmp_path):
         "proc1": "cat /proc/1/environ",
         "proc1-cmdline": "cat /proc/1/cmdline",
         "proc1-cwd": "readlink -v /proc/1/cwd",
+        "other-maps": f"cat /proc/{os.getpid()}/maps",  # a process of ours outside the job
+        "other-smaps": f"cat /proc/{os.getpid()}/task/{os.getpid()}/smaps",
         "link": f"cat {scratch}/link/.ssh/id_rsa",
         "link-home": f"ls {scratch}/home/",
         "cd-relative": f"cd / && cat {rel}/x/.ssh/id_rsa",
@@ -144,6 +146,7 @@ def test_sandbox_and_deny(job_env, tmp_path):
         head -c 16 /dev/urandom | wc -c; echo quiet > /dev/null; cat /dev/null; echo to-stderr >&2
         python3 -c 'import sys; print(sys.version_info[0])'
         bash -c 'echo bash-ok'; ls /usr/bin/env; cat /proc/self/status | head -1
+        grep -q libc /proc/self/maps && echo own-maps-ok
         cat {MOUNT}/README.txt | head -c 0; echo cvmfs-ok
     """
     r = cvmfs_run(["bash", "-c", script], job_env, options=["--sandbox", "--deny", str(home)], cwd=tmp_path)
@@ -155,7 +158,7 @@ def test_sandbox_and_deny(job_env, tmp_path):
             continue
         assert f"denied-{name}" in out, out
     assert "16\n" in out and "3\n" in out and "bash-ok" in out and "/usr/bin/env" in out
-    assert "Name:\tcat" in out and "cvmfs-ok" in out
+    assert "Name:\tcat" in out and "cvmfs-ok" in out and "own-maps-ok" in out
     assert "to-stderr" in r.stderr.decode()
     assert not (scratch / "stolen").exists() and (home / "x").exists()
 
