@@ -1,6 +1,6 @@
 """Benchmark of ``cvmfs-client run``: five workloads against native and ``proot -b``.
 
-    python bench/interposer.py [--workdir DIR] [--repeat N] [--only W1,W3]
+    python bench/interposer.py [--workdir DIR] [--repeat N] [--only W1,W3] [--policies] [--pin CPU]
 
 The software tree of the interposer tests (``tests/interposer/trees.py``: example tree, static
 busybox, Debian's CPython 3.11 with its standard library) is published once into ``--workdir``
@@ -15,6 +15,17 @@ Workloads (each one job, start-up of the tracer included):
   W3 find: ten ``find -ls`` walks over the whole tree (~1,500 entries)
   W4 tar: ``tar cf - <tree> | wc -c``
   W5 processes: 200 runs of ``tput`` (dynamic, libtinfo from /cvmfs)
+
+``--policies``: W2 and W3 (or the ``--only`` ones) under the file-system policies instead
+(``--sandbox``, ``--private-tmp``, ``--deny /home``, ``--allow-write /tmp``, all together), each
+timed in the same run as the plain interposer, runs interleaved, printed as the ratio
+policy/plain (target: 1.10; the path walk of ``interposer/policy.py`` is what they add).
+
+``--pin CPU``: every command (native, cvmfs-run, proot, strace) runs on that one CPU. A traced
+job then hands over to its tracer on the same CPU; unpinned, with an idle CPU around, the
+scheduler puts them on different CPUs and every stop pays two cross-CPU wake-ups, which on a VM
+without guest halt-polling cost more than the tracer's own work and vary from run to run. For
+comparing changes to the tracer; the headline numbers are unpinned.
 
 Targets on a warm cache (ratio to native): W1 1.05, W2 1.5, W3 3.0, W4 1.2, W5 2.0. Also
 reported: stops per workload, and the cost of one trapped call (host path: stop and resume; a
@@ -56,6 +67,14 @@ WORKLOADS = {
     ),
 }
 TARGETS = {"W1": 1.05, "W2": 1.5, "W3": 3.0, "W4": 1.2, "W5": 2.0}
+POLICIES = {
+    "sandbox": ["--sandbox"],
+    "private-tmp": ["--private-tmp", "--clean-tmp"],
+    "deny": ["--deny", "/home"],
+    "allow-write": ["--allow-write", "/tmp"],
+    "all": ["--sandbox", "--private-tmp", "--clean-tmp", "--deny", "/home", "--allow-write", "/tmp"],
+}
+POLICY_TARGET = 1.10
 
 
 def prepare(workdir: Path) -> tuple[Path, dict[str, str]]:
@@ -93,8 +112,37 @@ def best_time(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float,
     return min(t for t, _ in runs), runs[-1][1]
 
 
-def interposer_cmd(script: str) -> list[str]:
-    return [sys.executable, "-m", "cvmfs_client.cli", "run", "--stats", "--", "/bin/sh", "-c", script]
+def interposer_cmd(script: str, options: list[str] | None = None) -> list[str]:
+    run = [sys.executable, "-m", "cvmfs_client.cli", "run", "--stats", *(options or [])]
+    return [*run, "--", "/bin/sh", "-c", script]
+
+
+def policy_overhead(keys: list[str], env: dict[str, str], repeat: int) -> dict[str, dict[str, float]]:
+    """Seconds per workload: the plain interposer and each policy, best of ``repeat`` rounds.
+
+    A round runs every variant once, in turn, so that the neighbours' load falls on all alike.
+    """
+    variants = {"plain": [], **POLICIES}
+    results: dict[str, dict[str, float]] = {}
+    print(
+        f"{'':4} {'workload':16} "
+        + " ".join(f"{v:>11}" for v in variants)
+        + f"   (ratio to plain; target {POLICY_TARGET})"
+    )
+    for key in keys:
+        label, template = WORKLOADS[key]
+        script = template.format(root=MOUNT)
+        for options in variants.values():
+            timed(interposer_cmd(script, options), env)  # warm the cache and the shadow tree
+        best = {name: float("inf") for name in variants}
+        for _ in range(repeat):
+            for name, options in variants.items():
+                best[name] = min(best[name], timed(interposer_cmd(script, options), env)[0])
+        results[key] = best
+        plain = best["plain"]
+        cells = [f"{plain:10.3f}s"] + [f"{best[v] / plain:11.3f}" for v in POLICIES]
+        print(f"{key:4} {label:16} " + " ".join(cells), flush=True)
+    return results
 
 
 def parse_stops(stderr: str) -> int:
@@ -145,15 +193,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cvmfs-client-bench"))
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", default=",".join(WORKLOADS))
+    ap.add_argument(
+        "--only", default=None, help="comma-separated workloads (default: all; W2,W3 with --policies)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--policies", action="store_true", help="policy overhead on W2, W3 (see above)")
+    ap.add_argument("--pin", type=int, default=None, metavar="CPU", help="run everything on one CPU")
     args = ap.parse_args(argv)
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})  # inherited by every command started from here
     src, env = prepare(args.workdir)
+    keys = args.only.split(",") if args.only else ["W2", "W3"] if args.policies else list(WORKLOADS)
+    if args.policies:
+        found = policy_overhead(keys, env, args.repeat)
+        if args.json:
+            args.json.write_text(json.dumps({"policies": found}, indent=2))
+        return 0
     proot = shutil.which("proot")
     results = {}
     print(f"{'':4} {'workload':16} {'native':>8} {'cvmfs-run':>10} {'ratio':>6} {'target':>6} "
           f"{'proot':>8} {'vs proot':>8} {'stops':>7} {'us/stop':>8}")  # fmt: skip
-    for key in args.only.split(","):
+    for key in keys:
         label, template = WORKLOADS[key]
         local = template.format(root=src)
         mounted = template.format(root=MOUNT)

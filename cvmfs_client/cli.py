@@ -585,6 +585,143 @@ def run_cmd(
     exit_like(status)
 
 
+@main.group("package")
+def package_group() -> None:
+    """Portable applications: pack what a job used, run it anywhere without the host's files.
+
+    \b
+    1. cvmfs-client run -n names -e env -- COMMAND...   record what the job uses
+    2. cvmfs-client package create -n names -e env -o DIR
+    3. cvmfs-client package run DIR -- COMMAND...       on any node, the package as /
+
+    Parrot's parrot_package_create/parrot_package_run, with this interposer (interposer/README.md).
+    """
+
+
+@package_group.command("create")
+@click.option(
+    "-n",
+    "--name-list",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Paths the job used ('path|fullcopy|metadatacopy', from cvmfs-client run -n or Parrot).",
+)
+@click.option(
+    "-e",
+    "--env-list",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The job's environment (NUL-terminated NAME=value, from cvmfs-client run -e or Parrot).",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The package directory to create (missing or empty).",
+)
+@click.option(
+    "--cwd", default=None, metavar="PATH", help="The job's working directory (default: PWD of the env list)."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache base directory for /cvmfs paths (CVMFS_CACHE_BASE), as for run.",
+)
+@click.option(
+    "-r", "--cvmfs-repos", "parrot_repos", default=None, help="Repository list in Parrot's -r syntax."
+)
+@_fail_cleanly
+def package_create_cmd(
+    name_list: Path,
+    env_list: Path,
+    out: Path,
+    cwd: str | None,
+    cache_dir: Path | None,
+    parrot_repos: str | None,
+) -> None:
+    """Copy every file, directory and symlink of a name list into DIR/root, with modes and times:
+    content for 'fullcopy' entries, size and metadata only for 'metadatacopy' ones (as Parrot).
+
+    /cvmfs paths are read through the client (configured as for run), others from this host.
+    ELF and #! interpreters of packaged programs are added. Exit codes: 0 ok, 1 a listed file
+    vanished or cannot be read, 2 bad input, 3 integrity failure, 4 network failure.
+    """
+    from interposer import packer
+
+    err = click.get_text_stream("stderr")
+    progress = packer.ProgressPrinter(err, err.isatty())
+    try:
+        manifest = packer.create(
+            name_list, env_list, out, packer.opener(cache_dir, parrot_repos), cwd, progress
+        )
+    finally:
+        progress.finish()
+    for line in packer.summary_lines(manifest, out.absolute()):
+        click.echo(line)
+
+
+@package_group.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("package_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--allow-host",
+    multiple=True,
+    metavar="PATH",
+    help="Show the host's PATH (and below) inside the package (repeatable).",
+)
+@click.option(
+    "--cwd", default=None, metavar="PATH", help="Start in PATH of the package (default: as recorded)."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache base directory (CVMFS_CACHE_BASE): where patched program copies go.",
+)
+@click.option("-v", "--verbose", count=True, help="Log (-v) or log every translated call (-vv).")
+@click.option("--debug", is_flag=True, help="Log every translated call.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def package_run_cmd(
+    package_dir: Path,
+    allow_host: tuple[str, ...],
+    cwd: str | None,
+    cache_dir: Path | None,
+    verbose: int,
+    debug: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND under the interposer with the package DIR as /: DIR -- COMMAND [ARGS...].
+
+    Only the recorded environment is set (as env -i). Host paths are invisible except /proc,
+    /dev, /sys and --allow-host PATHs; writes land in DIR/root. The exit status of COMMAND is
+    passed through; own exit codes as for run (2 not a package, 125 cannot trace, 127 not found).
+    """
+    import traceback
+
+    from interposer.job import EX_SOFTWARE, RunError, exit_like, run
+    from interposer.package import Package, run_options
+
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else None
+    if level is not None:
+        logging.getLogger().setLevel(level)
+    try:
+        package = Package.open(package_dir)
+        status = run(list(command), run_options(package, allow_host, cwd, cache_dir, debug or verbose > 1))
+    except RunError as exc:
+        click.echo(f"cvmfs-client package run: {exc}", err=True)
+        sys.exit(125)
+    except CvmfsError as exc:
+        click.echo(f"cvmfs-client package run: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - a tracer bug: say so, never hang or hide it
+        click.echo(f"cvmfs-client package run: internal error: {exc!r} (the job was killed)", err=True)
+        if level == logging.DEBUG:
+            traceback.print_exc()
+        sys.exit(EX_SOFTWARE)
+    exit_like(status)
+
+
 @main.command(
     "proxy",
     add_help_option=False,
