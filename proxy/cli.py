@@ -99,7 +99,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     type=float,
     default=UPSTREAM_READ_TIMEOUT,
     show_default=True,
-    help="Seconds of upstream silence before 504.",
+    help="Seconds of upstream silence (or of a body slower than 1 KiB/s) before 504.",
 )
 @click.option(
     "--name",

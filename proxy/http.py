@@ -434,13 +434,20 @@ class Framing:
 
 
 def response_framing(request_method: str, response: Response) -> Framing:
-    """RFC 9112 6.3, in order: bodiless cases, chunked, Content-Length, read-until-close."""
+    """RFC 9112 6.3, in order: bodiless cases, chunked, Content-Length, read-until-close.
+
+    A Transfer-Encoding other than one ``chunked`` (another coding, ``chunked`` twice or not
+    last, ``xchunked``), or one together with Content-Length, is refused rather than resolved by
+    the RFC's precedence rules: two parsers on the path disagreeing about where a body ends is
+    how responses get smuggled (RFC 9112 6.1, 6.3 point 3: "ought to be handled as an error").
+    """
     if request_method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200:
         return Framing("length", 0)
-    te = response.headers.tokens("transfer-encoding")
-    if te:
-        if "chunked" not in te:
-            return Framing("close")
+    codings = [t.strip().lower() for v in response.headers.get_all("transfer-encoding") for t in v.split(",")]
+    if codings:
+        if codings != ["chunked"] or "content-length" in response.headers:
+            shown = ", ".join(codings)[:60]
+            raise RemoteProtocolError(f"Transfer-Encoding {shown!r} (with Content-Length?) refused", 502)
         return Framing("chunked")
     lengths = {v.strip() for v in response.headers.get_all("content-length")}
     if lengths:
@@ -462,8 +469,14 @@ class ChunkedDecoder:
         self._state = "size"  # size -> data -> data_crlf -> size ... -> trailer -> done
         self.done = False
 
+    @property
+    def surplus(self) -> int:
+        """Bytes received after the end of the body: the sender's framing is not ours."""
+        return len(self._buf) if self.done else 0
+
     def feed(self, data: bytes) -> list[bytes]:
-        """Return the body pieces contained in ``data``; ``done`` turns True at the end."""
+        """Return the body pieces contained in ``data``; ``done`` turns True at the end (bytes
+        after it are kept, see :attr:`surplus`)."""
         self._buf += data
         out: list[bytes] = []
         buf = self._buf

@@ -10,8 +10,8 @@ How a request flows:
   Squid's despite Python.
 * **Disk hit**: a task sends the head, then the body with ``loop.sendfile`` (``os.sendfile``:
   the bytes never enter Python).
-* **Miss**: one :class:`Download` per cache key fetches from the upstream (or the parent proxy)
-  into a temp file of the cache; every client asking for that key meanwhile (collapsed
+* **Miss**: one :class:`Download` per URL fetches from the upstream (or the parent proxy)
+  into a temp file of the cache; every client asking for that URL meanwhile (collapsed
   forwarding) streams from that file with ``sendfile`` as it grows, so memory stays bounded
   whatever the object size and however many clients wait. The download is independent of its
   clients: the first one hanging up does not cancel it for the others.
@@ -83,6 +83,9 @@ Route = tuple[Target, ImmutableObject | None, str, str | None]
 
 STATS_PATH = "/cvmfs-proxy/stats"
 UPSTREAM_READ_SIZE = 256 * 1024  # asyncio's own max recv size; larger reads gain nothing
+# An upstream body arriving slower than this (bytes/s, averaged over --upstream-timeout) is dropped:
+# the CVMFS client's own CVMFS_LOW_SPEED_LIMIT default, so the proxy gives up where its clients do.
+UPSTREAM_LOW_SPEED = 1024
 SMALL_BODY = 64 * 1024  # below this, head and body are joined into one send
 PIPELINE_BACKLOG = 64 * 1024  # unparsed pipelined bytes held while busy before reading pauses
 SENDFILE_PIECE = 8 << 20  # each piece must finish within the client write timeout
@@ -248,7 +251,8 @@ class ClientConnection(asyncio.Protocol):
 
 
 class Download:
-    """One upstream fetch of one cache key, shared by every client that asks meanwhile.
+    """One upstream fetch of one URL (stored under its cache key), shared by every client that
+    asks for that URL meanwhile.
 
     Body bytes go to a temp file of the cache (``temp``); clients read them from there at their
     own pace with sendfile. ``refs`` counts clients still reading: the file descriptor is closed
@@ -335,8 +339,8 @@ class Download:
             log.exception("download of %s failed", self.target.url)
             self._fail(500, "proxy_internal_error", f"internal error: {exc}")
         finally:
-            if server.inflight.get(self.key) is self:
-                del server.inflight[self.key]
+            if server.inflight.get(self.target.url) is self:
+                del server.inflight[self.target.url]
             if self.temp is not None and not self.stored:
                 server.cache.discard(self.temp)
             self.finished = True
@@ -382,6 +386,12 @@ class Download:
                     if not data:
                         raise ConnectionResetError("connection closed before a response")
                     response = parser.feed(data)
+                    # Interim 1xx answers come before the real one (RFC 9110 15.2): skip them, or
+                    # the real answer would be left in the connection for the next request.
+                    while response is not None and 100 <= response.status < 200:
+                        if response.status == 101:
+                            raise RemoteProtocolError("switching protocols, never asked for", 502)
+                        response = parser.feed(b"")
             except TimeoutError:
                 writer.close()
                 return self._upstream_error(504, "http_response_timeout", f"no response from {upstream}")
@@ -475,9 +485,11 @@ class Download:
         stats = server.stats
         data = first
         overrun = False
+        window_start, window_bytes = time.monotonic(), 0
         try:
             while True:
                 if data:
+                    window_bytes += len(data)
                     stats.bytes_from_upstream += len(data)
                     pieces = chunked.feed(data) if chunked is not None else [data]
                     for piece in pieces:
@@ -492,9 +504,23 @@ class Download:
                             hasher.update(piece)
                     self._notify()
                 if remaining == 0 or (chunked is not None and chunked.done):
+                    overrun = overrun or (chunked is not None and chunked.surplus > 0)
                     break
                 if not self.cacheable and self.refs == 0 and self.response is not None and self.written:
                     return False  # nobody wants these bytes any more and they will not be kept
+                now = time.monotonic()
+                if now - window_start >= config.upstream_read_timeout:
+                    # Silence alone is not enough: an upstream trickling a few bytes at a time
+                    # would hold this download (and its clients) for hours.
+                    if window_bytes < UPSTREAM_LOW_SPEED * (now - window_start):
+                        rate = window_bytes / (now - window_start)
+                        self._upstream_error(
+                            504,
+                            "http_response_timeout",
+                            f"{upstream} too slow ({rate:.0f} B/s) after {self.written} bytes",
+                        )
+                        return False
+                    window_start, window_bytes = now, 0
                 async with asyncio.timeout(config.upstream_read_timeout):
                     data = await reader.read(UPSTREAM_READ_SIZE)
                 if not data:
@@ -516,6 +542,14 @@ class Download:
                 self._upstream_error(502, "connection_terminated", f"{upstream}: {exc}")
             return False
 
+        if overrun:
+            # More body than the declared Content-Length (or bytes after the last chunk): the
+            # upstream's framing is broken, so the body (likely cut short) is neither stored nor
+            # completed for clients, who see it aborted, as for a hash mismatch; a CVMFS client
+            # then retries or fails over. The surplus is never read as the next response.
+            what = "bytes after the last chunk" if chunked is not None else f"Content-Length {self.length}"
+            self._upstream_error(502, "http_protocol_error", f"{upstream}: more body bytes than {what}")
+            return False
         if hasher is not None and obj is not None:
             actual = hasher.digest()
             if actual != obj.expected.digest:
@@ -556,10 +590,17 @@ class UpstreamPool:
 
     async def get(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         idle = self._idle.get((host, port))
+        if idle:
+            await asyncio.sleep(0)  # one loop pass: bytes already in the sockets reach the readers
         now = time.monotonic()
         while idle:
             reader, writer, since = idle.pop()
-            if now - since < UPSTREAM_IDLE_MAX_AGE and not reader.at_eof() and not writer.is_closing():
+            if (
+                now - since < UPSTREAM_IDLE_MAX_AGE
+                and not reader.at_eof()
+                and not writer.is_closing()
+                and not _unsolicited(reader)
+            ):
                 return reader, writer, True
             writer.close()
         reader, writer = await asyncio.open_connection(host, port, limit=UPSTREAM_READ_SIZE)
@@ -577,6 +618,17 @@ class UpstreamPool:
             for _, writer, _ in idle:
                 writer.close()
         self._idle.clear()
+
+
+def _unsolicited(reader: asyncio.StreamReader) -> bool:
+    """Whether an idle upstream connection received bytes nobody asked for.
+
+    A server sends nothing between responses; bytes there (a body longer than its framing that
+    arrived late, a body after a 304) would be read as the answer to the next request on that
+    connection: such a connection is dropped. ``StreamReader`` has no public way to look at what
+    it holds without waiting; its ``_buffer`` (CPython 3.7 to 3.13) is read, if present.
+    """
+    return bool(getattr(reader, "_buffer", b""))
 
 
 class AccessLog:
@@ -773,10 +825,13 @@ class ProxyServer:
         if code != "TCP_MISS":
             stats.revalidations += 1
         stats.misses += 1
-        dl = self.inflight.get(key)
+        # Collapsed per URL, stored per cache key: a request for the same object from another
+        # Stratum 1 is a client failing over, and must not wait for (or share the failure of)
+        # the download from the server it is leaving.
+        dl = self.inflight.get(target.url)
         if dl is None:
             dl = Download(self, key, target, obj, req, conn.peer, revalidate)
-            self.inflight[key] = dl
+            self.inflight[target.url] = dl
             dl.start()
             leader = True
         else:

@@ -13,7 +13,7 @@ import pytest
 
 from cvmfs_client.cache import NodeCache
 from cvmfs_client.client import open_repository
-from tests.integration.badserver import BadStratum
+from tests.faultorigin import Fault, FaultOrigin
 from tests.integration.nginx import free_port
 from tests.proxy.procs import start_squid
 from tests.truth import compare_with_truth, load_truth
@@ -90,22 +90,19 @@ def test_server_with_corrupted_objects_behind_squid(real_fixtures, tmp_path, str
 
 
 def test_truncating_server(real_fixtures, tmp_path, stratum1s):
-    bad = BadStratum(real_fixtures, "truncate")
-    try:
-        servers = [bad.server_url, stratum1s[0].server_url]
+    with FaultOrigin(real_fixtures) as bad:
+        bad.inject("/data/", Fault.TRUNCATE)
+        servers = [bad.url, stratum1s[0].server_url]
         read_all_and_check(real_fixtures, params(real_fixtures, tmp_path / "cache", servers))
-        assert bad.requests > 0
-    finally:
-        bad.stop()
+        assert bad.stats.faults["truncate"] > 0
 
 
 def test_hanging_server(real_fixtures, tmp_path, stratum1s):
-    bad = BadStratum(real_fixtures, "hang")
-    try:
-        servers = [bad.server_url, stratum1s[0].server_url]
+    with FaultOrigin(real_fixtures) as bad:
+        bad.inject("", Fault.STALL)
+        servers = [bad.url, stratum1s[0].server_url]
         read_all_and_check(real_fixtures, params(real_fixtures, tmp_path / "cache", servers))
-    finally:
-        bad.stop()
+        assert bad.stats.faults["stall"] > 0
 
 
 def test_dead_proxy_in_first_group(real_fixtures, tmp_path, stratum1s, squid):
