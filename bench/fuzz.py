@@ -39,6 +39,7 @@ MODULES = [
     "proxy_http",
     "geoapi",
     "chunking",
+    "http1",
 ]
 
 

@@ -6,24 +6,37 @@ use at once, with no daemon. What it relies on, and why:
 
 Layout (the real client's POSIX cache, spec 7.9): ``<dir>/XX/rest`` named by the hex id without
 the type char, content **decompressed** and verified before it gets that name; ``txn/`` downloads
-in flight; ``quarantaine/`` (the real spelling) objects that failed :meth:`NodeCache.fsck`;
-``assembled/XX/rest`` files built by :meth:`NodeCache.get_derived` (chunked files); ``locks/``
-lock files; ``index/`` the diskcache index.
+in flight; ``quarantaine/`` (the real spelling) objects that failed a check; ``assembled/XX/rest``
+files built by :meth:`NodeCache.get_derived` (chunked files); ``locks/`` the lock files;
+``index/`` the diskcache index.
 
-Crash safety: a file reaches a final name only by ``rename`` after verification and ``fsync``, so
-``kill -9`` at any moment leaves at worst a stray ``txn/`` file, or a final file the index does not
-know yet (adopted on the next hit or by a rescan). Every ``txn/`` file is ``flock``-ed by its writer
-for its whole life; the kernel drops that lock when the writer dies, so "unlocked and (owner pid
-dead or older than TXN_GRACE_SECONDS)" identifies garbage without trusting pids alone (pids are
-recycled and differ across pid namespaces of containers).
+Crash safety: a file gets its final name only after it was written completely and verified: it
+is written as an anonymous file (``O_TMPFILE``, which the kernel frees if its writer dies) and
+linked into place, or, where the file system lacks that, written under a ``txn/`` name and
+renamed. So ``kill -9`` at any moment leaves at worst a final file the index does not know yet
+(adopted on the next hit or by a rescan), or a stray ``txn/`` file: every named ``txn/`` file is
+``flock``-ed by its writer for its whole life; the kernel drops that lock when the writer dies,
+so "unlocked and (owner pid dead or older than TXN_GRACE_SECONDS)" identifies garbage without
+trusting pids alone (pids are recycled and differ across pid namespaces of containers).
 
-One download per object across threads and processes: an exclusive ``flock`` on
-``locks/XX/rest.lock`` (locks on separately opened descriptors exclude threads of one process
-too); after acquiring it the file is checked again, so waiters end as hits. Hits take the same lock
-shared for the few microseconds of the index update, which is what lets eviction (exclusive,
-non-blocking) and hits never interleave. Lock files are removed with their object by the holder of
-the exclusive lock; every locker re-checks after ``flock`` that the path still names the inode it
-locked, so removing lock files is safe.
+Durability: objects are not ``fsync``-ed, as in the real client (``PosixCacheManager::CommitTxn``
+writes, closes and renames). A process crash cannot expose partial data (the page cache outlives
+the process); what a power cut or kernel crash can do is bring a recently linked file back empty
+or short (ext4 with delayed allocation, XFS and btrfs commit a file's size with or after its
+data, never garbage under the right size). So every use checks the size, for free (the ``stat``
+is needed anyway): against the catalog's size when the caller knows it and against the index
+record; a file without a record and without an expected size is verified by its name before it
+is adopted. A failed check quarantines the file and fetches it again. The cost that was avoided:
+an ``fsync`` per object is a disk flush (a journal commit) that dominates writing a small object;
+even one ``syncfs`` per batch of 32 made pre-warming wait on the disk. File systems that do not
+order data before size (ext4 ``data=writeback`` or without a journal) need ``cache fsck`` after a
+crash, as they need ``e2fsck``.
+
+One download per object across threads and processes: an exclusive lock per object (see
+:class:`_ObjectLocks`: byte-range locks in one lock file, so no lock file per object); after
+acquiring it the file is checked again, so waiters end as hits. Hits take the same lock shared for
+the few microseconds of the index update, which is what lets eviction (exclusive, non-blocking)
+and hits never interleave.
 
 The index (diskcache, node-local disk only: SQLite locking is unreliable on NFS/GPFS/Lustre, so a
 cache directory on such a file system is refused) is advisory: it holds size, kind, LRU sequence
@@ -38,7 +51,14 @@ last descriptor closes.
 Lock order: object locks may be held while waiting for the cache-wide lock (a chunk fetched
 inside ``get_derived`` may trigger eviction), but the cache-wide lock's holder only try-locks
 objects (busy ones are skipped), so there is no cycle. Multi-user nodes need a shared group and
-umask 002 on the cache directory; lock files are opened read-only so any reader can lock them.
+umask 002 on the cache directory (downloaders take exclusive locks, which need write access to
+the lock file); readers only take shared locks, which need read access.
+
+Index records of objects fetched one by one (:meth:`NodeCache.get`, the cold-read path) are
+written in batches (:class:`_Pending`), as the real client's quota manager commits its
+commands in bunches: until then another process that finds such an object adopts it after the
+size check, and a process killed with records pending leaves objects that are adopted when next
+used (or by ``cache fsck``), so the quota total can lag by that many objects meanwhile.
 
 Alien tier (``CVMFS_ALIEN_CACHE``): see :class:`AlienCache`. Unlike the real client (where an
 alien cache replaces the local one and requires an unmanaged quota), it is a second tier behind
@@ -48,13 +68,15 @@ of a large software stack instead of filling small node-local disks (often RAM-b
 HPC nodes), cluster file systems are built for many concurrent readers, and the real client reads
 alien-cache objects in place as well. Such a path is not quota-accounted and is not re-verified on
 each use (the alien tier stores decoded content, which cannot be checked against the content hash
-without re-compressing); it was verified by whichever node published it.
+without re-compressing); it was verified by whichever node published it. Only its size is
+checked against the catalog's: a crash of the publishing node can leave a short file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import enum
+import errno
 import fcntl
 import functools
 import hashlib
@@ -66,11 +88,12 @@ import shutil
 import socket
 import sqlite3
 import stat as stat_mode
+import struct
 import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
@@ -102,6 +125,10 @@ LRU_SLACK_FRACTION = 8
 # Hit/miss counters are batched in memory and written every this many events or seconds.
 _COUNTS_FLUSH_EVENTS = 256
 _COUNTS_FLUSH_SECONDS = 2.0
+# Index records of objects fetched by ``get`` are written in batches of this many, or after this
+# long (the real client's quota manager commits its commands in bunches of 32).
+_RECORDS_BATCH = 32
+_RECORDS_FLUSH_SECONDS = 1.0
 _READ_PIECE = 1 << 20
 # NodeCache.open: a file evicted between download and open this often means the cache thrashes.
 _OPEN_ATTEMPTS = 3
@@ -137,19 +164,25 @@ _DERIVED_KIND = "derived"
 _UNKNOWN_KIND = "?"
 
 # Index keys. Text keys are stored natively by diskcache and SQLite sorts them, so iterkeys()
-# walks "a:<seq>:<name>" in LRU order without loading every record.
+# walks "a:<seq>" in LRU order without loading every record. One "a:<seq>" entry lists the
+# names that got that access sequence number: a batch of inserts shares one (a key per object
+# was half the cost of recording it). Entries are not rewritten when a name moves on (a touch,
+# a removal): readers check the record's own seq, and eviction drops entries left stale.
 _LRU = "a:"
 _OBJ = "o:"
 _SEQ = "c:seq"
 _TOTAL = "c:total"
 _COUNT = "c:count"
 _BUILT = "c:built"
+_FORMAT = "c:format"
+_FORMAT_VERSION = 2  # 1 (no key): one "a:<seq>:<name>" key per object
 _PINS = "p:pins"
 _COUNTERS = ("hits", "misses", "alien_hits")
 _INDEX_SETTINGS = {
     "eviction_policy": "none",  # the cache evicts object files itself; diskcache must never cull
     "statistics": 0,
     "sqlite_synchronous": 1,  # NORMAL with WAL: crash-safe, no fsync per commit (index is advisory)
+    "cull_limit": 0,  # no expiry query on every set (nothing here expires)
 }
 _INDEX_TIMEOUT = 60.0
 _INDEX_ERRORS = (sqlite3.Error, diskcache.Timeout, OSError)
@@ -264,26 +297,131 @@ class Wanted:
     expected_size: int | None = None
 
 
-def _make_durable(fds: Sequence[int]) -> None:
-    """Flush the files behind ``fds`` to stable storage: one ``syncfs(2)`` of their file system.
+# ``struct flock`` on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (int).
+_FLOCK = struct.Struct("hhqqi4x")
+# Linux's values, for Pythons built against a C library too old to name them (glibc < 2.20).
+_F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+_F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 
-    Why not one ``fsync`` per file: on ext4/XFS each one is a journal commit and a disk cache
-    flush (~0.3 ms here, and a round trip to the server on NFS/GPFS/Lustre), which dominates
-    writing a small object. ``syncfs`` commits once for the whole batch. It also flushes other
-    processes' dirty data on that file system, which can make it slower on a busy disk, but
-    never less safe. Falls back to ``fsync`` per file where ``syncfs`` is unavailable.
+
+class _ObjectLocks:
+    """One lock per object without a file per object: byte-range locks in one lock file.
+
+    Each name locks one byte of ``locks/objects.lock`` at an offset taken from a hash of the
+    name. The locks are Linux "open file description" locks (``F_OFD_SETLK``, Linux 3.15): like
+    ``flock``, they belong to the descriptor, so separately opened descriptors exclude each other
+    (threads of one process included), and they vanish when the descriptor is closed or its
+    process dies. Unlike per-object lock files, taking a lock creates no inode (creating a file
+    costs as much as writing a small object, and there were two per object) and nothing has to
+    be removed on eviction. Two names share a lock with probability 2**-62: harmless (one waits
+    for the other), except that a thread holding one and taking the other would wait for itself.
+
+    Each ``hold`` opens its own descriptor: shared locks only need read access (jobs of users
+    who cannot write the cache take those), exclusive ones need write access. Kernels without
+    OFD locks (before 3.15) get :class:`_LockFiles` instead (see :meth:`usable`).
     """
-    if not fds:
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fds[0]) == 0:
-            return
-        log.debug("syncfs failed (%s); falling back to fsync", os.strerror(ctypes.get_errno()))
-    except (OSError, AttributeError):
-        pass
-    for fd in fds:
-        os.fsync(fd)
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        with contextlib.suppress(PermissionError):  # a read-only user: created by a writer
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666))
+
+    def usable(self) -> bool:
+        """Whether this kernel has OFD locks (64-bit offsets assumed: 64-bit Linux)."""
+        if struct.calcsize("l") != 8:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 1, 0))
+        except OSError:  # EINVAL: an older kernel
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    def discard(self, name: str) -> None:
+        """Nothing to remove with an object (see :class:`_LockFiles`)."""
+
+    @staticmethod
+    def offset(name: str) -> int:
+        return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 2
+
+    @contextlib.contextmanager
+    def hold(self, name: str, shared: bool = False, blocking: bool = True) -> Iterator[bool]:
+        """Hold ``name``'s lock; yields False (and holds nothing) if non-blocking and busy."""
+        fd = os.open(self.path, (os.O_RDONLY if shared else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            request = _FLOCK.pack(
+                fcntl.F_RDLCK if shared else fcntl.F_WRLCK, os.SEEK_SET, self.offset(name), 1, 0
+            )
+            try:
+                fcntl.fcntl(fd, _F_OFD_SETLKW if blocking else _F_OFD_SETLK, request)
+            except OSError as exc:
+                if blocking or exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing the descriptor releases its locks
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Callable[[str], bool]]:
+        """Try-lock names exclusively through one descriptor, all released together at the end.
+
+        One descriptor for a batch saves an ``open`` and a ``close`` per object. Locks of one
+        descriptor never conflict with each other: a name tried twice is simply held.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+
+        def try_lock(name: str) -> bool:
+            request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, self.offset(name), 1, 0)
+            try:
+                fcntl.fcntl(fd, _F_OFD_SETLK, request)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return False
+                raise
+            return True
+
+        try:
+            yield try_lock
+        finally:
+            os.close(fd)
+
+
+class _LockFiles:
+    """:class:`_ObjectLocks` for kernels without OFD locks: a ``flock``-ed file per object.
+
+    ``locks/XX/rest.lock``, created on first use and removed with its object by the holder of
+    the exclusive lock (:meth:`discard`); every locker re-checks after ``flock`` that the path
+    still names the inode it locked (:func:`_flocked`), so removing lock files is safe. Opened
+    read-only: ``flock`` needs no write access.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.lock"
+
+    def hold(
+        self, name: str, shared: bool = False, blocking: bool = True
+    ) -> contextlib.AbstractContextManager[bool]:
+        return _flocked(self._path(name), shared, blocking)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Callable[[str], bool]]:
+        with contextlib.ExitStack() as held:
+            yield lambda name: held.enter_context(_flocked(self._path(name), blocking=False))
+
+    def discard(self, name: str) -> None:
+        """Remove the lock file of an object just removed; the caller holds it exclusively."""
+        self._path(name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -326,6 +464,14 @@ def _flocked(path: Path, shared: bool = False, blocking: bool = True) -> Iterato
 # -- the advisory index -------------------------------------------------------------------------
 
 
+class _Seen(enum.Enum):
+    """What the index says about a file found under a final name."""
+
+    OK = "recorded with this size (or adopted)"
+    WRONG_SIZE = "its size differs from the recorded one"
+    UNRECORDED = "no record"
+
+
 class _Record(NamedTuple):
     size: int
     kind: str
@@ -333,8 +479,8 @@ class _Record(NamedTuple):
     seq: int
 
 
-def _lru_key(seq: int, name: str) -> str:
-    return f"{_LRU}{seq:020d}:{name}"
+def _lru_key(seq: int) -> str:
+    return f"{_LRU}{seq:020d}"
 
 
 def _advisory(default: R) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -364,6 +510,8 @@ class _Index:
     def __init__(self, directory: Path, recovery_lock: Path) -> None:
         self.directory = directory
         self._db = self._open(recovery_lock)
+        if self.built() and self._db.get(_FORMAT) != _FORMAT_VERSION:
+            self.recount()  # an index written by an earlier version: LRU entries rewritten
 
     def _open(self, recovery_lock: Path) -> diskcache.Cache:
         try:
@@ -392,8 +540,7 @@ class _Index:
     def _drop(self, name: str) -> _Record | None:
         """Delete ``name``'s record inside the caller's transaction."""
         rec = self._get(name)
-        if rec is not None:
-            self._db.delete(_lru_key(rec.seq, name))
+        if rec is not None:  # its LRU entry goes stale (see _LRU)
             self._db.delete(_OBJ + name)
             self._db.incr(_TOTAL, -rec.size)
             self._db.incr(_COUNT, -1)
@@ -402,7 +549,7 @@ class _Index:
     def _put(self, name: str, size: int, kind: str, sha256: str | None) -> None:
         seq = self._db.incr(_SEQ)
         self._db.set(_OBJ + name, (size, kind, sha256, seq))
-        self._db.set(_lru_key(seq, name), 0)
+        self._db.set(_lru_key(seq), (name,))
         self._db.incr(_TOTAL, size)
         self._db.incr(_COUNT, 1)
 
@@ -422,37 +569,52 @@ class _Index:
         if not records:
             return
         with self._db.transact():
-            for name, _, _, _ in records:
-                self._drop(name)
             # _put per record would be five counter updates each; one of each for the batch.
-            first = self._db.incr(_SEQ, len(records)) - len(records) + 1
-            for seq, (name, size, kind, sha256) in enumerate(records, first):
-                self._db.set(_OBJ + name, (size, kind, sha256, seq))
-                self._db.set(_lru_key(seq, name), 0)
-            self._db.incr(_TOTAL, sum(r[1] for r in records))
-            self._db.incr(_COUNT, len(records))
+            # The batch shares one seq (and one LRU entry), but the counter still advances by
+            # its size, so seq distances count objects (as the LRU slack rule in touch() wants).
+            seq = self._db.incr(_SEQ, len(records)) - len(records) + 1
+            total, count = 0, 0
+            for name, size, kind, sha256 in records:
+                value = (size, kind, sha256, seq)
+                # add() is one SELECT and one INSERT; a get() first would be another SELECT for
+                # every object, when only those adopted or replaced meanwhile have a record.
+                if not self._db.add(_OBJ + name, value):
+                    self._drop(name)  # its counters included
+                    self._db.set(_OBJ + name, value)
+                total += size
+                count += 1
+            self._db.set(_lru_key(seq), tuple(r[0] for r in records))
+            self._db.incr(_TOTAL, total)
+            self._db.incr(_COUNT, count)
 
-    @_advisory(None)
-    def touch(self, name: str, size_on_disk: int) -> None:
-        """Move ``name`` to the most recently used end; adopt it if it has no record.
+    @_advisory(_Seen.OK)
+    def touch(self, name: str, size_on_disk: int, adopt: bool = True) -> _Seen:
+        """Move ``name`` to the most recently used end, if its record agrees with ``size_on_disk``.
 
-        Skipped (reads only, no write lock) while the object is still among the newest
-        1/LRU_SLACK_FRACTION of the cache.
+        Without a record it is adopted when ``adopt`` (linked into place by a process killed
+        before its insert, or the index was lost). Skipped (reads only, no write lock) while the
+        object is still among the newest 1/LRU_SLACK_FRACTION of the cache.
         """
         rec = self._get(name)
         if rec is not None:
+            if rec.size != size_on_disk:
+                return _Seen.WRONG_SIZE
             newest = int(self._db.get(_SEQ, 0))
             if newest - rec.seq <= int(self._db.get(_COUNT, 0)) // LRU_SLACK_FRACTION:
-                return
+                return _Seen.OK
+        elif not adopt:
+            return _Seen.UNRECORDED
         with self._db.transact():
             rec = self._get(name)
-            if rec is None:  # renamed into place by a process killed before its insert, or index lost
+            if rec is None:
                 self._put(name, size_on_disk, _UNKNOWN_KIND, None)
-                return
+                return _Seen.OK
+            if rec.size != size_on_disk:  # replaced meanwhile (we only hold a shared lock)
+                return _Seen.WRONG_SIZE
             seq = self._db.incr(_SEQ)
-            self._db.delete(_lru_key(rec.seq, name))
             self._db.set(_OBJ + name, tuple(rec._replace(seq=seq)))
-            self._db.set(_lru_key(seq, name), 0)
+            self._db.set(_lru_key(seq), (name,))  # the old entry goes stale (see _LRU)
+        return _Seen.OK
 
     @_advisory(False)
     def adopt(self, name: str, size: int, sha256: str | None = None) -> bool:
@@ -484,13 +646,31 @@ class _Index:
                 return
 
     def lru(self) -> Iterator[tuple[int, str]]:
-        """(seq, name) from least to most recently used; stops quietly if the index fails."""
+        """(seq, name) from least to most recently used; stops quietly if the index fails.
+
+        A name may come with a seq its record has moved on from (stale, see ``_LRU``): callers
+        act through :meth:`remove` with that seq, which then does nothing.
+        """
         try:
             for key in self._keys(_LRU):
-                seq, name = key[len(_LRU) :].split(":", 1)
-                yield int(seq), name
+                seq, _, name = key[len(_LRU) :].partition(":")  # "a:<seq>:<name>": format 1
+                for each in (name,) if name else self._db.get(key, ()):
+                    yield int(seq), each
         except _INDEX_ERRORS as exc:
             log.warning("cache index: listing failed (%s)", exc)
+
+    @_advisory(None)
+    def prune(self, seqs: Iterable[int]) -> None:
+        """Drop the LRU entries of ``seqs`` that no record has that seq any more.
+
+        No transaction needed: a seq is given out once, so a stale entry stays stale.
+        """
+        for seq in seqs:
+            names = self._db.get(_lru_key(seq))
+            if names is None:
+                continue
+            if not any((rec := self._get(n)) is not None and rec.seq == seq for n in names):
+                self._db.delete(_lru_key(seq))
 
     @_advisory(0)
     def total(self) -> int:
@@ -502,9 +682,11 @@ class _Index:
 
     @_advisory(None)
     def recount(self) -> None:
-        """Make total, count and LRU keys agree with the records (after crashes or rebuilds)."""
+        """Make total, count and LRU entries agree with the records (after crashes, rebuilds,
+        or an index of an earlier format): the LRU entries are written anew."""
         with self._db.transact():
             total = count = 0
+            by_seq: dict[int, list[str]] = {}
             for key in list(self._keys(_OBJ)):
                 name = key[len(_OBJ) :]
                 rec = self._get(name)
@@ -512,15 +694,14 @@ class _Index:
                     continue
                 total += rec.size
                 count += 1
-                if _lru_key(rec.seq, name) not in self._db:
-                    self._db.set(_lru_key(rec.seq, name), 0)
+                by_seq.setdefault(rec.seq, []).append(name)
             for key in list(self._keys(_LRU)):
-                seq, name = key[len(_LRU) :].split(":", 1)
-                rec = self._get(name)
-                if rec is None or rec.seq != int(seq):
-                    self._db.delete(key)
+                self._db.delete(key)
+            for seq, names in by_seq.items():
+                self._db.set(_lru_key(seq), tuple(names))
             self._db.set(_TOTAL, total)
             self._db.set(_COUNT, count)
+            self._db.set(_FORMAT, _FORMAT_VERSION)
 
     @_advisory(True)
     def built(self) -> bool:
@@ -610,25 +791,86 @@ class _Tally:
             return out
 
 
-def _decode_into_new_file(pieces: Iterator[bytes], url: str, w: Wanted, tmp: Path) -> tuple[int, Path]:
-    """Verify and decode into the new file ``tmp``; return (open descriptor, tmp), not yet durable.
+_IndexRecord = tuple[str, int, str, str | None]  # name, size, kind, sha256
 
-    On any error the file is removed. The caller makes it durable, renames it and closes it.
+
+class _Pending:
+    """Index records of objects already in place, written in batches (thread-safe).
+
+    One index transaction per object was the largest part of the CPU cost of a cold read. Until
+    its record is written, another process that finds such an object adopts it after checking
+    its size (:meth:`_Index.insert_many` then replaces that record with the full one); a process
+    killed with records pending leaves objects that are adopted like that when next used, or by
+    ``cache fsck``. Only objects whose size the caller knows are deferred (adopting the others
+    means verifying them).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, _IndexRecord] = {}
+        self._first = 0.0
+        self.nbytes = 0
+
+    def add(self, record: _IndexRecord) -> bool:
+        """Remember one record; True when it is time to write them."""
+        with self._lock:
+            if not self._records:
+                self._first = time.monotonic()
+            self._records[record[0]] = record
+            self.nbytes += record[1]
+            return (
+                len(self._records) >= _RECORDS_BATCH
+                or time.monotonic() - self._first >= _RECORDS_FLUSH_SECONDS
+            )
+
+    def due(self) -> bool:
+        """Records have waited long enough (checked on every cache use, not by a timer)."""
+        return bool(self._records) and time.monotonic() - self._first >= _RECORDS_FLUSH_SECONDS
+
+    def size_of(self, name: str) -> int | None:
+        record = self._records.get(name)
+        return record[1] if record is not None else None
+
+    def take(self) -> list[_IndexRecord]:
+        with self._lock:
+            out = list(self._records.values())
+            self._records = {}
+            self.nbytes = 0
+            return out
+
+
+def _store_new_file(pieces: Iterator[bytes], url: str, w: Wanted, tmp: Path, final: Path) -> Path:
+    """Verify and decode into the new file ``tmp``, then rename it to ``final``; return ``final``.
+
+    On any error the file is removed, so nothing unverified ever has a final name.
     """
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     try:
-        dec = ObjectDecoder(
-            w.content_hash, w.compression, functools.partial(_write_all, fd), url, w.expected_size
-        )
-        for piece in pieces:
-            dec.feed(piece)
-        dec.finish()
+        try:
+            dec = ObjectDecoder(
+                w.content_hash, w.compression, functools.partial(_write_all, fd), url, w.expected_size
+            )
+            for piece in pieces:
+                dec.feed(piece)
+            dec.finish()
+        finally:
+            os.close(fd)
+        _replace_making_parent(tmp, final)
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return fd, tmp
+    return final
+
+
+def _replace_making_parent(src: Path | str, final: Path) -> None:
+    """``rename`` into ``final``, creating its fan-out directory only the first time it is missing
+    (a ``mkdir`` per object would cost a system call each)."""
+    try:
+        os.replace(src, final)
+    except FileNotFoundError:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, final)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -702,48 +944,32 @@ class AlienCache:
         return self.txn / f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(8)}"
 
     def fill_many(self, wanted: Sequence[Wanted], source: ObjectFetcher) -> list[Path | CvmfsError | OSError]:
-        """:meth:`fill` for a batch, made durable by one flush (see :func:`_make_durable`).
+        """Fetch each object not present (or of the wrong size) into the tier.
 
-        Returns, per item, its path or the error that stopped it (other items go on).
+        Returns, per item, its path or the error that stopped it (other items go on). Not synced
+        to stable storage (see the module docstring, "Durability"): a crash of this node can
+        leave a short file, which :meth:`lookup` rejects by its size and the next fill replaces.
         """
         if not self.writable:
             raise ConfigError(f"{self.directory}: alien cache is read-only (CVMFS_ALIEN_CACHE_WRITABLE=no)")
         results: list[Path | CvmfsError | OSError] = []
-        staged: list[tuple[int, int, Path, Path]] = []  # (result index, fd, tmp, final)
-        try:
-            for w in wanted:
-                found = self.lookup(w.content_hash, w.expected_size)
-                if found is not None:
-                    results.append(found)
-                    continue
-                final = self.path_for(w.content_hash)
-                try:
-                    fd, tmp = source.fetch(
+        for w in wanted:
+            found = self.lookup(w.content_hash, w.expected_size)
+            if found is not None:
+                results.append(found)
+                continue
+            final = self.path_for(w.content_hash)
+            try:
+                results.append(
+                    source.fetch(
                         w.content_hash.object_path(w.kind),
-                        lambda pieces, url, w=w: _decode_into_new_file(pieces, url, w, self._txn_name()),
+                        lambda pieces, url, w=w, final=final: _store_new_file(
+                            pieces, url, w, self._txn_name(), final
+                        ),
                     )
-                except (CvmfsError, OSError) as exc:
-                    results.append(exc)
-                    continue
-                staged.append((len(results), fd, tmp, final))
-                results.append(final)
-            _make_durable([fd for _, fd, _, _ in staged])
-            while staged:
-                index, fd, tmp, final = staged[0]
-                try:
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, final)
-                except OSError as exc:
-                    results[index] = exc
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
-                os.close(fd)
-                staged.pop(0)
-        finally:
-            for _, fd, tmp, _ in staged:  # an exception above: nothing half-done keeps a name
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+                )
+            except (CvmfsError, OSError) as exc:
+                results.append(exc)
         return results
 
     def clean_stale_txn(self, max_age: float = ALIEN_TXN_GRACE_SECONDS) -> int:
@@ -786,11 +1012,17 @@ class NodeCache:
         if fstype in NETWORK_FILESYSTEMS:
             raise ConfigError(
                 f"{self.directory}: the node cache must be on node-local disk, not {fstype} "
-                "(its index uses SQLite and flock); use CVMFS_ALIEN_CACHE for a shared tier"
+                "(its index uses SQLite and file locks); use CVMFS_ALIEN_CACHE for a shared tier"
             )
         # Cache-wide lock: eviction, wipe and index rebuilds exclude each other through it.
         self._evict_lock = self.locks / "evict.lock"
+        ranges = _ObjectLocks(self.locks / "objects.lock")
+        self._locks: _ObjectLocks | _LockFiles = ranges if ranges.usable() else _LockFiles(self.locks)
+        # Anonymous files need O_TMPFILE (file system) and /proc/self/fd (to link them).
+        self._anonymous = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._dir_fd: int | None = None
         self._tally = _Tally()
+        self._pending = _Pending()
         self._pid = os.getpid()
         self._index = _Index(self.directory / "index", self._evict_lock)
         if not self._index.built():  # a new cache, or the index was lost or corrupt
@@ -824,13 +1056,14 @@ class NodeCache:
 
         Order: node cache, alien tier (returned in place), network. Raises what the source
         raises (``HashMismatch``, ``CorruptObject``, ``FetchError``); nothing unverified is kept.
+        ``expected_size`` (decoded bytes, the catalog's) is checked on every hit as well.
         Open the path promptly: the object is at the most recently used end now, but a later
         eviction removes the name (an open descriptor keeps working).
         """
         self._check_fork()
         name = content_hash.cache_name()
         final = self.directory / name
-        if self._hit(name, final):
+        if self._hit(name, final, expected_size):
             return final
         if self.alien is not None:
             found = self.alien.lookup(content_hash, expected_size)
@@ -838,25 +1071,33 @@ class NodeCache:
                 self._count("alien_hits")
                 return found
         # Exclusive per-object lock: one download per object on the node; others wait here.
-        with _flocked(self._lock_path(name)):
-            if final.exists():  # fetched by whoever held the lock before us: a hit
-                self._touch(name, final.stat().st_size)
+        with self._locks.hold(name):
+            if self._claim(name, final, expected_size):  # fetched by whoever held the lock before us
                 self._count("hits")
                 return final
             self._count("misses")
             size, digest = source.fetch(
                 content_hash.object_path(kind),
-                lambda pieces, url: self._write_verified(
-                    pieces, url, content_hash, compression, expected_size, final
+                lambda pieces, url: self._write_object(
+                    pieces, url, content_hash, compression, expected_size, name
                 ),
             )
-            self._index.insert(name, size, kind.value, digest)
-        # Outside the object lock, so hits of the new object do not wait for publishing or an
-        # eviction pass. (Waiting for the cache-wide lock while holding object locks would still
-        # be deadlock-free: its holder only ever try-locks objects.)
+            if expected_size is None:  # catalogs and the like: other processes want the record now
+                self._index.insert(name, size, kind.value, digest)
+                flush = False
+            else:
+                flush = self._pending.add((name, size, kind.value, digest)) or (
+                    self.quota_bytes is not None and self._pending.nbytes > self.quota_bytes // 16
+                )
+        # Outside the object lock, so hits of the new object do not wait for the index,
+        # publishing or an eviction pass. (Waiting for the cache-wide lock while holding object
+        # locks would still be deadlock-free: its holder only ever try-locks objects.)
+        if flush:
+            self._flush_records()
         if self.alien is not None and self.alien.writable:
             self.alien.publish(content_hash, final)
-        self._maybe_evict(protect=name)
+        if flush or expected_size is None:  # the total only grew if records were written
+            self._maybe_evict(protect=name)
         return final
 
     def open(
@@ -887,69 +1128,49 @@ class NodeCache:
     def get_many(self, wanted: Sequence[Wanted], source: ObjectFetcher) -> list[Path | CvmfsError | OSError]:
         """:meth:`get` for a batch of objects (pre-warming); per item its path or its error.
 
-        The same guarantees at a lower cost per object: downloads of the batch are verified into
-        ``txn/`` files, made durable together by one flush (:func:`_make_durable`) instead of an
-        ``fsync`` each, renamed, and recorded in one index transaction instead of one each.
-        Locks: each object's lock is only *tried*; an object another process is downloading
-        right now is fetched afterwards with :meth:`get`, once this batch holds no lock, so a
-        batch never waits for a lock while holding others (two batches cannot deadlock).
+        The same guarantees at a lower cost per object: the batch is recorded in one index
+        transaction instead of one each. Locks: each object's lock is only *tried* (first:
+        pre-warming asks for objects that were missing a moment ago, so the usual shared-lock
+        hit check would be a wasted step) and held until its record is in; an object another
+        process is using right now is handled afterwards with :meth:`get`, once this batch holds
+        no lock, so a batch never waits for a lock while holding others (no deadlock).
         """
         self._check_fork()
         results: list[Path | CvmfsError | OSError | None] = [None] * len(wanted)
         later: list[int] = []
-        staged: list[tuple[int, str, int, str, int, str]] = []  # (index, name, fd, tmp, size, sha256)
-        with contextlib.ExitStack() as held_locks:
-            try:
-                for i, w in enumerate(wanted):
-                    name = w.content_hash.cache_name()
-                    final = self.directory / name
-                    if self._hit(name, final):
-                        results[i] = final
+        records: list[tuple[str, int, str, str | None]] = []
+        with self._locks.batch() as try_lock:
+            for i, w in enumerate(wanted):
+                name = w.content_hash.cache_name()
+                if not try_lock(name):
+                    later.append(i)
+                    continue
+                final = self.directory / name
+                if self._claim(name, final, w.expected_size):  # fetched already
+                    self._count("hits")
+                    results[i] = final
+                    continue
+                if self.alien is not None:
+                    found = self.alien.lookup(w.content_hash, w.expected_size)
+                    if found is not None:
+                        self._count("alien_hits")
+                        results[i] = found
                         continue
-                    if self.alien is not None:
-                        found = self.alien.lookup(w.content_hash, w.expected_size)
-                        if found is not None:
-                            self._count("alien_hits")
-                            results[i] = found
-                            continue
-                    if not held_locks.enter_context(_flocked(self._lock_path(name), blocking=False)):
-                        later.append(i)
-                        continue
-                    if final.exists():  # fetched by whoever held the lock just before us
-                        self._touch(name, final.stat().st_size)
-                        self._count("hits")
-                        results[i] = final
-                        continue
-                    self._count("misses")
-                    try:
-                        fd, tmp, size, digest = source.fetch(
-                            w.content_hash.object_path(w.kind),
-                            lambda pieces, url, w=w: self._write_unsynced(pieces, url, w),
-                        )
-                    except (CvmfsError, OSError) as exc:
-                        results[i] = exc
-                        continue
-                    staged.append((i, name, fd, tmp, size, digest))
-                _make_durable([fd for _, _, fd, _, _, _ in staged])
-                records = []
-                while staged:
-                    i, name, fd, tmp, size, digest = staged[0]
-                    final = self.directory / name
-                    try:
-                        final.parent.mkdir(exist_ok=True)
-                        os.replace(tmp, final)  # still holding the txn and object locks
-                        results[i] = final
-                        records.append((name, size, wanted[i].kind.value, digest))
-                    except OSError as exc:
-                        results[i] = exc
-                        Path(tmp).unlink(missing_ok=True)
-                    os.close(fd)
-                    staged.pop(0)
-                self._index.insert_many(records)
-            finally:
-                for _, _, fd, tmp, _, _ in staged:  # an exception above: no half-done object keeps a name
-                    os.close(fd)
-                    Path(tmp).unlink(missing_ok=True)
+                self._count("misses")
+                try:
+                    size, digest = source.fetch(
+                        w.content_hash.object_path(w.kind),
+                        lambda pieces, url, w=w, name=name: self._write_object(
+                            pieces, url, w.content_hash, w.compression, w.expected_size, name
+                        ),
+                    )
+                except (CvmfsError, OSError) as exc:
+                    results[i] = exc
+                    continue
+                results[i] = final
+                records.append((name, size, w.kind.value, digest))
+            # Still holding the object locks: nobody sees these objects without their records.
+            self._index.insert_many(records)
         for i in later:
             w = wanted[i]
             try:
@@ -965,13 +1186,21 @@ class NodeCache:
         assert len(done) == len(wanted)  # every item got a path or an error above
         return done
 
-    def _write_unsynced(self, pieces: Iterator[bytes], url: str, w: Wanted) -> tuple[int, str, int, str]:
-        """Verify and decode into a new ``txn/`` file; return (fd, tmp, size, sha256), fd still open.
+    def _write_object(
+        self,
+        pieces: Iterator[bytes],
+        url: str,
+        content_hash: ContentHash,
+        compression: Compression,
+        expected_size: int | None,
+        name: str,
+    ) -> tuple[int, str]:
+        """Verify and decode into a new file, then give it the name ``name``; return (size, sha256).
 
-        The open descriptor keeps the txn flock (the cleaner's "writer alive" sign) until the
-        caller has made the file durable and renamed it; on any error the file is removed.
+        Called once per attempt by the source (a rejected attempt leaves nothing behind). The
+        caller holds the object's lock exclusively.
         """
-        fd, tmp = self.temporary(w.content_hash.hex[:12] + ".")
+        fd, tmp = self._new_file(content_hash.hex[:12] + ".")
         sha = hashlib.sha256()
         try:
 
@@ -979,16 +1208,61 @@ class NodeCache:
                 sha.update(data)
                 _write_all(fd, data)
 
-            dec = ObjectDecoder(w.content_hash, w.compression, sink, url, w.expected_size)
+            dec = ObjectDecoder(content_hash, compression, sink, url, expected_size)
             for piece in pieces:
                 dec.feed(piece)
             size = dec.finish()
-            os.fchmod(fd, 0o444)
+            self._publish(fd, tmp, name)
         except BaseException:
-            os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise
-        return fd, tmp, size, sha.hexdigest()
+        finally:
+            os.close(fd)
+        return size, sha.hexdigest()
+
+    def _new_file(self, prefix: str) -> tuple[int, str | None]:
+        """A new read-write file for an object being written: (descriptor, its txn name or None).
+
+        Anonymous where possible (``O_TMPFILE``): it has no name until :meth:`_publish` links it,
+        and the kernel frees it if this process dies, so nothing is ever left to clean up (and
+        there is no name to make up, no ``flock``, no ``chmod``). Otherwise a named, flock-ed
+        ``txn/`` file (:meth:`temporary`), renamed by :meth:`_publish`.
+        """
+        if self._anonymous:
+            try:
+                return os.open(self.txn, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o444), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                log.debug("%s: no O_TMPFILE here (%s); using named temporary files", self.txn, exc)
+                self._anonymous = False
+        fd, tmp = self.temporary(prefix)
+        os.fchmod(fd, 0o444)
+        return fd, tmp
+
+    def _publish(self, fd: int, tmp: str | None, name: str) -> None:
+        """Give the complete, verified file ``fd`` (txn name ``tmp``, or None if anonymous) the
+        final name ``name`` (relative to the cache directory). The caller holds the object's lock
+        exclusively, so a file already there is a stale one it decided to replace."""
+        if tmp is not None:
+            _replace_making_parent(tmp, self.directory / name)  # our txn flock still held
+            return
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for _ in range(3):
+            try:
+                # A directory fd makes os.link use linkat(AT_SYMLINK_FOLLOW): the magic link is
+                # followed to the anonymous inode rather than linked itself.
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=self._dir_fd)
+                return
+            except FileNotFoundError:
+                (self.directory / name).parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                (self.directory / name).unlink(missing_ok=True)
+        raise FetchError(
+            str(self.directory / name), ["cannot link the verified file into place (it keeps reappearing)"]
+        )
 
     # -- derived files ------------------------------------------------------------------
 
@@ -996,8 +1270,8 @@ class NodeCache:
         """``assembled/XX/rest`` for ``key``, built once by ``build(file)`` and quota-accounted.
 
         ``key`` must identify the content (e.g. a hash of the chunk list); ``build`` writes the
-        whole content into the given file. Built under the key's lock, renamed atomically; if
-        ``build`` raises, nothing is kept.
+        whole content into the given file. Built under the key's lock, linked or renamed into
+        place when complete; if ``build`` raises, nothing is kept.
         """
         self._check_fork()
         if not _DERIVED_KEY.fullmatch(key):
@@ -1006,30 +1280,29 @@ class NodeCache:
         final = self.directory / name
         if self._hit(name, final):
             return final
-        with _flocked(self._lock_path(name)):
-            if final.exists():
-                self._touch(name, final.stat().st_size)
+        with self._locks.hold(name):
+            if self._claim(name, final, None):
                 self._count("hits")
                 return final
             self._count("misses")
-            fd, tmp = self.temporary("derived.")
+            fd, tmp = self._new_file("derived.")
             try:
-                with os.fdopen(fd, "w+b") as out:
+                with os.fdopen(fd, "w+b", closefd=False) as out:
                     build(out)
                     out.flush()
-                    os.fsync(out.fileno())
                     out.seek(0)
                     sha = hashlib.sha256()
                     size = 0
                     while block := out.read(_READ_PIECE):  # in the page cache: cheap next to building
                         sha.update(block)
                         size += len(block)
-                    os.fchmod(out.fileno(), 0o444)
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, final)  # still holding the txn lock
+                self._publish(fd, tmp, name)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
                 raise
+            finally:
+                os.close(fd)
             self._index.insert(name, size, _DERIVED_KIND, sha.hexdigest())
         self._maybe_evict(protect=name)
         return final
@@ -1062,6 +1335,7 @@ class NodeCache:
         """
         self._check_fork()
         self._flush_counts()
+        self._flush_records()
         counts = self._index.counts()
         return CacheStats(
             size_bytes=self._index.total(),
@@ -1086,6 +1360,7 @@ class NodeCache:
         serves bad data. Derived files without a record cannot be checked and are removed too.
         """
         self._check_fork()
+        self._flush_records()
         report = FsckReport(stray_txn_removed=self._clean_txn())
         names = list(self._scan())
         for i, name in enumerate(names, 1):
@@ -1099,6 +1374,7 @@ class NodeCache:
 
     def rebuild_index(self) -> None:
         """Make the index match the files: adopt unknown files, drop records without a file."""
+        self._flush_records()
         self._rebuild(only_if_needed=False)
 
     def _rebuild(self, only_if_needed: bool) -> None:
@@ -1106,11 +1382,18 @@ class NodeCache:
             if only_if_needed and self._index.built():  # another process rebuilt while we waited
                 return
             for name in self._scan():
+                size = None
                 # Shared try-lock: skip objects being removed right now (their owner updates the index).
-                with _flocked(self._lock_path(name), shared=True, blocking=False) as held:
+                with self._locks.hold(name, shared=True, blocking=False) as held:
                     if held:
                         with contextlib.suppress(FileNotFoundError):
-                            self._index.adopt(name, (self.directory / name).stat().st_size)
+                            size = (self.directory / name).stat().st_size
+                if size == 0 and not name.startswith("assembled/"):
+                    # What a power cut leaves of a file linked just before (see "Durability");
+                    # removed, as the real client's cache database rebuild does.
+                    self._remove_object(name)
+                elif size is not None:
+                    self._index.adopt(name, size)
             self._drop_orphan_records()
             self._index.recount()
             self._index.mark_built()
@@ -1123,6 +1406,7 @@ class NodeCache:
         right now is skipped (its download completes normally). Open descriptors keep working.
         """
         self._check_fork()
+        self._flush_records()
         removed = 0
         with _flocked(self._evict_lock):
             for name in list(self._scan()):
@@ -1140,7 +1424,12 @@ class NodeCache:
     def close(self) -> None:
         self._check_fork()
         self._flush_counts()
+        if self._flush_records():
+            self._maybe_evict(protect="")
         self._index.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def __enter__(self) -> NodeCache:
         return self
@@ -1150,30 +1439,72 @@ class NodeCache:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _lock_path(self, name: str) -> Path:
-        return self.locks / f"{name}.lock"
-
     def _check_fork(self) -> None:
-        """A forked child must not flush the parent's pending counts (diskcache reconnects itself)."""
+        """A forked child must not flush the parent's pending counts or records (diskcache
+        reconnects itself)."""
         if os.getpid() != self._pid:
             self._pid = os.getpid()
             self._tally = _Tally()
+            self._pending = _Pending()
 
-    def _hit(self, name: str, final: Path) -> bool:
-        if not final.exists():  # plain stat first: a miss takes no lock here
+    def _hit(self, name: str, final: Path, expected_size: int | None = None) -> bool:
+        """True if a good copy is under ``final`` (counted as a hit); False if it is absent or
+        failed its check (the caller then takes the exclusive lock, see :meth:`_claim`)."""
+        if self._pending.due():
+            self._flush_records()
+        if not os.path.exists(final):  # plain stat first: a miss takes no lock here
             return False
         # Shared lock: excludes an evictor/fsck removing it while we record the hit.
-        with _flocked(self._lock_path(name), shared=True):
-            try:
-                size = final.stat().st_size
-            except FileNotFoundError:  # evicted between the stat and the lock
+        with self._locks.hold(name, shared=True):
+            if not self._good(name, final, expected_size):
                 return False
-            self._touch(name, size)
         self._count("hits")
         return True
 
-    def _touch(self, name: str, size: int) -> None:
-        self._index.touch(name, size)
+    def _claim(self, name: str, final: Path, expected_size: int | None) -> bool:
+        """Under the exclusive lock: True if a good copy is there; else False, with any bad copy
+        moved to the quarantine, so the caller downloads it."""
+        good = self._good(name, final, expected_size)
+        if good is False:
+            self._quarantine(name, final, "it failed the size check (cut short by a crash?)")
+        return bool(good)
+
+    def _good(self, name: str, final: Path, expected_size: int | None) -> bool | None:
+        """Is the file under ``final`` usable (None: there is none)? Its use is recorded if so.
+        The caller holds the object's lock.
+
+        The checks cost nothing but the ``stat``: the size against the catalog's and against
+        the index record (see "Durability" in the module docstring). A file with neither a
+        record nor an expected size (a catalog linked by a process killed before its insert, or
+        after a power cut) is verified by its name before it is adopted.
+        """
+        try:
+            size = os.stat(final).st_size
+        except FileNotFoundError:  # absent, or evicted between the caller's stat and the lock
+            return None
+        if expected_size is not None and size != expected_size:
+            return False
+        if self._pending.size_of(name) == size:  # fetched by this process, its record comes soon
+            return True
+        seen = self._index.touch(name, size, adopt=expected_size is not None)
+        if seen is _Seen.WRONG_SIZE:
+            return False
+        if seen is _Seen.UNRECORDED:
+            problem, digest = self._verify(name, final, None, size)
+            if problem is not None:
+                log.warning("cache %s: %s has no record and %s", self.directory, name, problem)
+                return False
+            self._index.adopt(name, size, digest)
+        return True
+
+    def _quarantine(self, name: str, path: Path, reason: str) -> None:
+        """Move a bad file out of the way (kept for inspection) and drop its record. Caller
+        holds the object's lock exclusively."""
+        dest = self.quarantine / f"{name.replace('/', '_')}.{time.time_ns()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, dest)
+        self._index.remove(name)
+        log.warning("cache %s: %s quarantined: %s", self.directory, name, reason)
 
     def _count(self, which: str) -> None:
         if self._tally.add(which):
@@ -1184,48 +1515,17 @@ class NodeCache:
         if any(counts.values()):
             self._index.add_counts(counts)
 
-    def _write_verified(
-        self,
-        pieces: Iterator[bytes],
-        url: str,
-        content_hash: ContentHash,
-        compression: Compression,
-        expected_size: int | None,
-        final: Path,
-    ) -> tuple[int, str]:
-        """Verify and decode into ``txn/``, then rename to ``final``; return (size, sha256).
-
-        Called once per attempt by the source (a rejected attempt leaves nothing behind).
-        """
-        fd, tmp = self.temporary(content_hash.hex[:12] + ".")
-        sha = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out:
-
-                def sink(data: bytes) -> None:
-                    sha.update(data)
-                    out.write(data)
-
-                dec = ObjectDecoder(content_hash, compression, sink, url, expected_size)
-                for piece in pieces:
-                    dec.feed(piece)
-                size = dec.finish()
-                out.flush()
-                # Durable before visible: otherwise a power cut can leave an empty or short file
-                # under a final name, which every later reader would trust.
-                os.fsync(out.fileno())
-                os.fchmod(out.fileno(), 0o444)
-                final.parent.mkdir(exist_ok=True)
-                # Renamed while our txn flock is still held: the cleaner never sees it unlocked.
-                os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return size, sha.hexdigest()
+    def _flush_records(self) -> bool:
+        """Write the records of this process's new objects; True if there were any."""
+        records = self._pending.take()
+        if records:
+            self._index.insert_many(records)
+        return bool(records)
 
     def _maybe_evict(self, protect: str) -> None:
-        if self.quota_bytes is None or self._index.total() <= self.quota_bytes:
+        if self.quota_bytes is None or self._index.total() + self._pending.nbytes <= self.quota_bytes:
             return
+        self._flush_records()
         self._evict(self.quota_bytes, self.quota_bytes // 2, protect)
 
     def _evict(self, threshold: int, target: int, protect: str) -> None:
@@ -1235,14 +1535,17 @@ class NodeCache:
             if total <= threshold:  # someone evicted while we waited for the lock
                 return
             pinned = self._index.pinned()
+            walked: set[int] = set()
             for seq, name in self._index.lru():
                 if total <= target:
                     break
+                walked.add(seq)
                 if name in pinned or name == protect:
                     continue
                 removed = self._remove_object(name, seq)
                 if removed:
                     total -= removed
+            self._index.prune(walked)  # entries whose names are all gone or moved on
             if total > threshold:
                 log.warning(
                     "cache %s stays over its quota (%d > %d bytes): the rest is pinned or in use",
@@ -1257,8 +1560,7 @@ class NodeCache:
         Returns the recorded size (0 if it had no record). Try-lock only: the caller may hold the
         cache-wide lock, and object-lock holders may be waiting for it.
         """
-        lock = self._lock_path(name)
-        with _flocked(lock, blocking=False) as held:
+        with self._locks.hold(name, blocking=False) as held:
             if not held:
                 return None
             rec = self._index.remove(name, seq)
@@ -1266,7 +1568,7 @@ class NodeCache:
                 return None  # touched after we listed it: recently used after all
             # Unlink is safe for jobs that have it open: the inode lives until they close it.
             (self.directory / name).unlink(missing_ok=True)
-            lock.unlink(missing_ok=True)  # while held: lockers re-check the inode and retry
+            self._locks.discard(name)
             return rec.size if rec is not None else 0
 
     def _drop_orphan_records(self) -> int:
@@ -1275,7 +1577,7 @@ class NodeCache:
         for _seq, name in list(self._index.lru()):
             if (self.directory / name).exists():
                 continue
-            with _flocked(self._lock_path(name), blocking=False) as held:
+            with self._locks.hold(name, blocking=False) as held:
                 if held and not (self.directory / name).exists() and self._index.remove(name):
                     dropped += 1
         return dropped
@@ -1299,9 +1601,8 @@ class NodeCache:
 
     def _fsck_one(self, name: str, report: FsckReport) -> None:
         path = self.directory / name
-        lock = self._lock_path(name)
         # Shared: concurrent hits continue; removal and replacement wait until we have looked.
-        with _flocked(lock, shared=True):
+        with self._locks.hold(name, shared=True):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -1313,20 +1614,17 @@ class NodeCache:
             if (rec is None or rec.sha256 is None) and self._index.adopt(name, st.st_size, digest):
                 report.adopted += 1
             return
-        # flock cannot be upgraded atomically: take it exclusively and make sure the file we
+        # The lock cannot be upgraded atomically: take it exclusively and make sure the file we
         # judged is still the one under that name.
-        with _flocked(lock):
+        with self._locks.hold(name):
             try:
                 now = path.stat()
             except FileNotFoundError:
                 return
             if (now.st_ino, now.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
                 return
-            dest = self.quarantine / f"{name.replace('/', '_')}.{time.time_ns()}"
-            os.replace(path, dest)
-            self._index.remove(name)
-            lock.unlink(missing_ok=True)
-        log.warning("cache fsck: %s quarantined: %s", name, problem)
+            self._quarantine(name, path, f"fsck: {problem}")
+            self._locks.discard(name)  # no download follows (a _claim keeps its lock file)
         report.removed.append((name, problem))
 
     def _verify(self, name: str, path: Path, rec: _Record | None, size: int) -> tuple[str | None, str]:

@@ -199,16 +199,30 @@ def readonly_engine(db_path: Path) -> sa.Engine:
     because SQLite URIs give ``?``, ``#`` and ``%`` a meaning. Text is decoded with
     ``surrogateescape`` so non-UTF-8 names survive and hash back to the same md5path.
     """
-    uri_path = urllib.parse.quote(str(db_path.resolve()))
     url = sa.URL.create(
         "sqlite+pysqlite",
-        database=f"file:{uri_path}",
+        database=f"file:{_uri_path(db_path)}",
         query={"mode": "ro", "immutable": "1", "uri": "true"},
     )
     # Pooled connections may be handed to another thread; each is used by one thread at a time.
     engine = sa.create_engine(url, connect_args={"check_same_thread": False})
     sa.event.listen(engine, "connect", _set_text_factory)
     return engine
+
+
+def readonly_connection(db_path: Path) -> sqlite3.Connection:
+    """A bare DB-API connection opened as :func:`readonly_engine`'s are (read-only, immutable,
+    ``surrogateescape`` text), for a query run so often that the engine's overhead matters.
+    It may be closed by another thread than the one that used it."""
+    conn = sqlite3.connect(
+        f"file:{_uri_path(db_path)}?mode=ro&immutable=1", uri=True, check_same_thread=False
+    )
+    conn.text_factory = _decode_text
+    return conn
+
+
+def _uri_path(db_path: Path) -> str:
+    return urllib.parse.quote(str(db_path.resolve()))
 
 
 def _set_text_factory(dbapi_connection: sqlite3.Connection, _record: object) -> None:

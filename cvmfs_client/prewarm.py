@@ -14,10 +14,10 @@ so that the first is unit-tested without a server:
    *processes* (one per core), each with its own :class:`~.fetcher.Fetcher` (keep-alive
    sessions, the configured proxies and failover) and a few threads to hide latency.
 
-Crash safety comes from the caches: an object gets its final name only by an atomic rename
-after verification, so an interrupted run (Ctrl-C, ``kill -9``) leaves no corrupt object, and a
-second run skips what is present (present = verified when it was written; ``cache fsck``
-re-hashes).
+Crash safety comes from the caches: an object gets its final name only by an atomic link or
+rename after verification, so an interrupted run (Ctrl-C, ``kill -9``) leaves no corrupt object,
+and a second run skips what is present (present = of the catalog's size: verified when it was
+written, and not cut short by a crash of the machine since; ``cache fsck`` re-hashes).
 
 Name lists use Parrot's format, one ``path|how`` per line (``how`` is how the job touched the
 path: ``open``, ``stat``...) or a bare path. Content is fetched for every regular file unless
@@ -325,7 +325,12 @@ class NodeDestination:
         self.cache = cache
 
     def present(self, obj: PlannedObject) -> bool:
-        if self.cache.path_for(obj.content_hash).exists():
+        try:
+            size = self.cache.path_for(obj.content_hash).stat().st_size
+        except FileNotFoundError:
+            size = None
+        # A file of another size was cut short by a crash: missing (the fetch replaces it).
+        if size is not None and (obj.size is None or size == obj.size):
             return True
         alien = self.cache.alien
         return alien is not None and alien.lookup(obj.content_hash, obj.size) is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import cvmfs_client.cache as cache_mod
-from cvmfs_client.cache import AlienCache, NodeCache, quota_bytes_from_limit
+from cvmfs_client.cache import AlienCache, NodeCache, Wanted, quota_bytes_from_limit
 from cvmfs_client.errors import ConfigError, FetchError, FormatError, HashMismatch
 from cvmfs_client.hashing import ContentHash, HashAlgorithm, ObjectType
 from cvmfs_client.objects import Compression, encode
@@ -85,6 +85,14 @@ def make_objects(
     return content, stored
 
 
+@pytest.fixture(params=["ranges", "files"])
+def locks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both per-object locks: OFD byte ranges, and the lock files used without OFD locks."""
+    if request.param == "files":
+        monkeypatch.setattr(cache_mod._ObjectLocks, "usable", lambda self: False)
+    return request.param
+
+
 def files_under_final_names(directory: Path) -> dict[str, Path]:
     out = {}
     for sub in directory.iterdir():
@@ -124,13 +132,14 @@ def test_corrupted_download_raises_and_leaves_nothing(tmp_path: Path) -> None:
         assert cache.stat().objects == 0 and cache.stat().size_bytes == 0
 
 
-def test_eight_threads_asking_for_one_object_cause_one_download(tmp_path: Path) -> None:
+def test_eight_threads_asking_for_one_object_cause_one_download(tmp_path: Path, locks: str) -> None:
     content, stored = make_objects(1, 40_000)
     h, data = next(iter(content.items()))
     src = FakeSource(stored, delay=0.002)
     barrier = threading.Barrier(8)
     results: list[Path] = []
     with NodeCache(tmp_path, None) as cache:
+        assert isinstance(cache._locks, cache_mod._ObjectLocks if locks == "ranges" else cache_mod._LockFiles)
 
         def worker() -> None:
             barrier.wait()
@@ -167,7 +176,7 @@ def _process_worker(
     cache.close()
 
 
-def test_eight_processes_fetch_each_object_once(tmp_path: Path) -> None:
+def test_eight_processes_fetch_each_object_once(tmp_path: Path, locks: str) -> None:
     content, stored = make_objects(50, 8_000, seed=1)
     counter = tmp_path / "fetches"
     barrier = FORK.Barrier(8)
@@ -202,7 +211,7 @@ def _quota_worker(
                     os._exit(3)
 
 
-def test_quota_holds_with_concurrent_processes(tmp_path: Path) -> None:
+def test_quota_holds_with_concurrent_processes(tmp_path: Path, locks: str) -> None:
     content, stored = make_objects(40, 8_000, seed=14)
     procs = [FORK.Process(target=_quota_worker, args=(tmp_path, content, stored, i)) for i in range(4)]
     for p in procs:
@@ -317,7 +326,7 @@ def test_kill_9_during_downloads_leaves_cache_consistent(tmp_path: Path) -> None
             assert cache.get(h, src).read_bytes() == data
 
 
-def test_fsck_quarantines_a_file_modified_on_disk(tmp_path: Path) -> None:
+def test_fsck_quarantines_a_file_modified_on_disk(tmp_path: Path, locks: str) -> None:
     content, stored = make_objects(3, 20_000, seed=7)
     src = FakeSource(stored)
     h = next(iter(content))
@@ -469,3 +478,104 @@ def test_node_cache_on_a_network_file_system_is_refused(tmp_path: Path, monkeypa
     monkeypatch.setattr(cache_mod, "_filesystem_type", lambda path: "nfs4")
     with pytest.raises(ConfigError, match="node-local"):
         NodeCache(tmp_path, None)
+
+
+def _cut_short(path: Path, size: int) -> None:
+    """What a power cut can leave of a file linked shortly before it: the name, not all the data."""
+    os.chmod(path, 0o644)
+    os.truncate(path, size)
+    os.chmod(path, 0o444)
+
+
+def test_files_cut_short_by_a_crash_are_quarantined_and_fetched_again(tmp_path: Path) -> None:
+    content, stored = make_objects(5, 20_000, seed=15)
+    a, b, c, d, e = content
+    src = FakeSource(stored)
+    with NodeCache(tmp_path, None) as cache:
+        cache.get(a, src, expected_size=20_000)  # a file: the catalog gives its size
+        for h in (b, c, d):  # catalogs and the like: no size known in advance
+            cache.get(h, src)
+        cache.get_many([Wanted(e, expected_size=20_000)], src)
+        cache.stat()  # writes the records this process deferred
+        _cut_short(cache.path_for(a), 0)  # checked against the catalog's size (and the record)
+        _cut_short(cache.path_for(b), 7_000)  # checked against the record
+        _cut_short(cache.path_for(c), 7_000)  # no record, no size: checked against its name
+        cache._index.remove(c.cache_name())
+        cache._index.remove(d.cache_name())  # intact, but unrecorded: verified, then adopted
+        _cut_short(cache.path_for(e), 100)  # pre-warming again replaces it as well
+        assert cache.get(a, src, expected_size=20_000).read_bytes() == content[a]
+        for h in (b, c, d):
+            assert cache.get(h, src).read_bytes() == content[h]
+        assert isinstance(cache.get_many([Wanted(e, expected_size=20_000)], src)[0], Path)
+        assert cache.path_for(e).read_bytes() == content[e]
+        assert {h: src.calls[h.object_path()] for h in content} == {a: 2, b: 2, c: 2, d: 1, e: 2}
+        assert len(list(cache.quarantine.iterdir())) == 4
+        assert cache._index.get(d.cache_name()).sha256 is not None
+        assert cache.stat().size_bytes == 5 * 20_000 and cache.fsck().clean
+
+
+def test_rebuilding_a_lost_index_drops_empty_objects(tmp_path: Path) -> None:
+    content, stored = make_objects(3, 10_000, seed=16)
+    src = FakeSource(stored)
+    with NodeCache(tmp_path, None) as cache:
+        for h in content:
+            cache.get(h, src)
+    empty = next(iter(content))
+    _cut_short(tmp_path / empty.cache_name(), 0)
+    shutil.rmtree(tmp_path / "index")
+    with NodeCache(tmp_path, None) as cache:  # the real client's rebuild does the same
+        assert not cache.path_for(empty).exists()
+        assert (cache.stat().objects, cache.stat().size_bytes) == (2, 20_000)
+        assert cache.get(empty, src).read_bytes() == content[empty]
+
+
+def test_records_deferred_by_one_process_are_counted_once(tmp_path: Path) -> None:
+    content, stored = make_objects(3, 10_000, seed=17)
+    src = FakeSource(stored)
+    first, second = NodeCache(tmp_path, None), NodeCache(tmp_path, None)
+    for h in content:
+        first.get(h, src, expected_size=10_000)  # records deferred (written in batches)
+    for h in content:  # another job finds them unrecorded: adopted after the size check
+        assert second.get(h, src, expected_size=10_000).read_bytes() == content[h]
+    assert sum(src.calls.values()) == 3
+    first.close()  # the deferred records replace the adopted ones
+    assert (second.stat().objects, second.stat().size_bytes) == (3, 30_000)
+    assert all(second._index.get(h.cache_name()).sha256 for h in content)
+    second.close()
+
+
+def test_alien_lookup_rejects_a_file_cut_short_and_filling_replaces_it(tmp_path: Path) -> None:
+    content, stored = make_objects(1, 10_000, seed=18)
+    h, data = next(iter(content.items()))
+    alien = AlienCache(tmp_path, writable=True)
+    src = FakeSource(stored)
+    assert alien.fill_many([Wanted(h, expected_size=10_000)], src) == [alien.path_for(h)]
+    _cut_short(alien.path_for(h), 3_000)
+    assert alien.lookup(h, 10_000) is None
+    assert alien.fill_many([Wanted(h, expected_size=10_000)], src) == [alien.path_for(h)]
+    assert alien.path_for(h).read_bytes() == data and src.calls[h.object_path()] == 2
+    assert list(alien.txn.iterdir()) == []
+
+
+def test_an_index_of_the_earlier_format_is_converted_and_keeps_its_lru_order(tmp_path: Path) -> None:
+    content, stored = make_objects(6, 10_000, seed=19)
+    src = FakeSource(stored)
+    order = list(content)
+    with NodeCache(tmp_path, None) as cache:
+        for h in order:
+            cache.get(h, src)
+        db = cache._index._db
+        for seq, name in list(cache._index.lru()):  # format 1: one "a:<seq>:<name>" key per object
+            db.delete(cache_mod._lru_key(seq))
+            db.set(f"a:{seq:020d}:{name}", 0)
+        db.delete("c:format")
+    with NodeCache(tmp_path, 45_000) as cache:
+        lru_keys = [k for k in cache._index._db.iterkeys() if isinstance(k, str) and k.startswith("a:")]
+        assert len(lru_keys) == 6 and all(k.count(":") == 1 for k in lru_keys)
+        assert [name for _, name in cache._index.lru()] == [h.cache_name() for h in order]
+        cache.get(order[0], src)  # a hit: the oldest becomes the newest
+        extra, extra_stored = make_objects(1, 10_000, seed=20)
+        src.stored.update(extra_stored)
+        cache.get(next(iter(extra)), src)  # over the quota: evicted down to half of it (2 objects)
+        assert [cache.path_for(h).exists() for h in order] == [True, False, False, False, False, False]
+        assert cache.stat().size_bytes == 20_000 and cache.fsck().clean

@@ -4,7 +4,6 @@ against a locally published repository read through ``file://`` (no server neede
 from __future__ import annotations
 
 import io
-import os
 import random
 from pathlib import Path
 
@@ -398,18 +397,30 @@ def test_node_batch_stores_verified_objects_with_an_exact_index_and_isolates_fai
 
 
 def test_node_batch_leaves_an_object_being_downloaded_elsewhere_to_a_plain_get(tmp_path):
-    import fcntl
     import threading
+    import time
 
     wanted, source = _stored(3)
     with NodeCache(tmp_path / "c", None) as cache:
-        busy = cache._lock_path(wanted[1].content_hash.cache_name())
-        busy.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(busy, os.O_RDONLY | os.O_CREAT, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # "another process" is downloading it
-        threading.Timer(0.3, os.close, (fd,)).start()
+        # "Another process" is downloading it: holds the object's lock (through a descriptor of
+        # its own, which excludes this thread as another process would be excluded).
+        held, release = threading.Event(), threading.Event()
+
+        def downloader() -> None:
+            with cache._locks.hold(wanted[1].content_hash.cache_name()):
+                held.set()
+                release.wait(5)
+
+        threading.Thread(target=downloader).start()
+        held.wait(5)
+        threading.Timer(0.3, release.set).start()
+        start = time.monotonic()
         results = cache.get_many(wanted, source)
+        assert time.monotonic() - start >= 0.25, "the busy object was waited for, not fetched twice"
         assert all(isinstance(r, Path) for r in results)
+        assert [r.read_bytes() for r in results] == [  # type: ignore[union-attr]
+            f"object {i}\n".encode() * (i + 1) for i in range(3)
+        ]
         assert cache.fsck().clean
 
 
