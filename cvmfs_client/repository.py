@@ -16,7 +16,7 @@ import platform
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,7 +41,7 @@ from .hashing import ContentHash, ObjectType
 from .history import History
 from .manifest import Manifest
 from .symlinks import expand_symlink
-from .trust import Breadcrumbs, TrustedManifest, load_manifest
+from .trust import Breadcrumbs, TrustedManifest, check_signed_file, load_manifest
 from .whitelist import Whitelist, certificate_fingerprint
 
 log = logging.getLogger(__name__)
@@ -112,11 +112,20 @@ class Repository:
             assert m.certificate is not None
             return store.get(m.certificate, source, ObjectType.CERTIFICATE).read_bytes()
 
+        keys = [k for _, k in master_keys]
+
+        def fetch_signed(name: str) -> bytes:
+            # Each answer is checked on arrival, so that a damaged or stale copy fails over.
+            def check(raw: bytes, url: str) -> None:
+                check_signed_file(fqrn, name, raw, cert_bytes, keys, now or datetime.now(UTC), url)
+
+            return source.fetch_bytes(name, check=check)
+
         self.trusted: TrustedManifest = load_manifest(
             fqrn,
-            lambda name: source.fetch_bytes(name),
+            fetch_signed,
             cert_bytes,
-            [k for _, k in master_keys],
+            keys,
             # A pre-warmed alien tier may hold the only copy of the manifest a node has.
             Breadcrumbs(store.directory, [store.alien.directory] if store.alien else [])
             if use_breadcrumbs

@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from .errors import FetchError, FormatError, IntegrityError
+from .errors import CorruptObject, FetchError, FormatError, IntegrityError
 from .keys import load_certificate
 from .manifest import Manifest, check_manifest, parse_manifest, verify_manifest_signature
 from .signing import check_letter_hash, split_signed
@@ -74,6 +74,43 @@ def verify_chain(
     whitelist = verify_whitelist(raw_whitelist, master_keys, fqrn, now, wl_src)
     check_certificate(whitelist, certificate, wl_src)
     return manifest, certificate, whitelist
+
+
+def check_signed_file(
+    fqrn: str,
+    name: str,
+    raw: bytes,
+    cert_bytes: Callable[[Manifest], bytes],
+    master_keys: list[RSAPublicKey],
+    now: datetime,
+    source: str,
+) -> None:
+    """Reject one downloaded ``.cvmfspublished`` / ``.cvmfswhitelist`` that does not verify alone.
+
+    Run by the fetcher on each answer (``fetch_bytes(check=...)``), so that a server or proxy
+    sending a damaged or stale signed file is treated like one sending a bad object: retried
+    without caches, then the next server, instead of failing the mount after the download. The
+    manifest's letter hash and signature (its certificate, content-addressed, is fetched and
+    hash-checked through ``cert_bytes``) and the whitelist's signature and expiry are checked;
+    the link between them is left to :func:`verify_chain`. A file too malformed to check is a
+    :class:`CorruptObject` here, an integrity error, so that it also fails over.
+    """
+    try:
+        if name == ".cvmfswhitelist":
+            verify_whitelist(raw, master_keys, fqrn, now, source)
+        elif name == ".cvmfspublished":
+            check_letter_hash(split_signed(raw, source), source)
+            manifest = parse_manifest(raw, source)
+            check_manifest(manifest, fqrn, source)
+            if manifest.certificate is None:
+                raise FormatError(source, "manifest names no certificate (X)")
+            cert_source = f"{fqrn} certificate {manifest.certificate.hex}"
+            certificate = load_certificate(cert_bytes(manifest), cert_source)
+            verify_manifest_signature(raw, certificate, source)
+    except FormatError as exc:
+        if exc.source != source:  # the certificate: hash-checked, the same from every server
+            raise
+        raise CorruptObject(source, exc.reason) from exc
 
 
 def effective_ttl(manifest: Manifest, max_ttl_minutes: int = 0) -> int:
