@@ -706,8 +706,8 @@ class Fetcher:
             error = classify_status(resp.status, resp.headers, via_proxy=via_proxy)
             if error is not None:
                 raise _AttemptFailed(error, _status_reason_of(resp.status, resp.headers))
-            declared = str(resp.framing) if resp.framing >= 0 else None
-            body = self._checked(resp.body(), declared, timeout, via_proxy)
+            expected = resp.framing if resp.framing >= 0 else None
+            body = self._checked(resp.body(), expected, timeout, via_proxy)
             result = consume(body, url)
             reusable = True
             return result
@@ -741,10 +741,13 @@ class Fetcher:
         return key, host_field, url if route.proxy != DIRECT else path_prefix + url[len(route.host) :]
 
     def _stream(self, resp: requests.Response, timeout: float, via_proxy: bool) -> Iterator[bytes]:
-        return self._checked(_raw_pieces(resp.raw), resp.headers.get("Content-Length"), timeout, via_proxy)
+        declared = resp.headers.get("Content-Length")
+        # isascii: str.isdigit() also accepts "²", which int() refuses
+        expected = int(declared) if declared and declared.isascii() and declared.isdigit() else None
+        return self._checked(_raw_pieces(resp.raw), expected, timeout, via_proxy)
 
     def _checked(
-        self, pieces: Iterator[bytes], declared: str | None, timeout: float, via_proxy: bool
+        self, pieces: Iterator[bytes], expected: int | None, timeout: float, via_proxy: bool
     ) -> Iterator[bytes]:
         """The body as stored (no content decoding), checked for stalls, slowness and truncation.
 
@@ -753,7 +756,6 @@ class Fetcher:
         per received piece, so a proxy trickling a few bytes at a time cannot hold a request
         forever.
         """
-        expected = int(declared) if declared and declared.isdigit() else None
         limit = self.settings.low_speed_limit
         got = 0
         window_start = time.monotonic()

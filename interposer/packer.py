@@ -328,8 +328,6 @@ class Packer:
         if how == FULL:
             n = self.src.copy(path, dest)
             self.counts["bytes"] += n
-            self.stats.files += 1
-            self.stats.nbytes += n
         else:
             os.close(_new_file(dest))
             os.truncate(dest, node.size)  # a hole: the size without the content
@@ -457,6 +455,7 @@ class Packer:
             self.place(path, how)
             self.stats.done += 1
             if self.progress is not None:
+                self.stats.files, self.stats.nbytes = self.counts["fullcopy"], self.counts["bytes"]
                 self.progress(self.stats)
         while self._extra:
             interp = self._extra.pop()

@@ -147,14 +147,7 @@ class Policy:
             return False
         if pid == self._tracer_s:
             return True
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Tgid:"):
-                        return int(line.split()[1]) == self.tracer_pid
-        except (OSError, ValueError, IndexError):
-            pass
-        return False
+        return _status_field(pid, b"Tgid:") == self.tracer_pid
 
     def may_write(self, logical: str, tgid: int = 0, tid: int = 0) -> bool:
         """--allow-write: whether ``logical`` lies under an allowed prefix (logs refusals)."""
@@ -178,14 +171,7 @@ class Policy:
             return False
         if int(pid) in (tgid, tid):
             return True
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"TracerPid:"):
-                        return int(line.split()[1]) == self.tracer_pid
-        except (OSError, ValueError, IndexError):
-            pass
-        return False
+        return _status_field(pid, b"TracerPid:") == self.tracer_pid
 
     # -- the walk ---------------------------------------------------------------------------------
 
@@ -356,6 +342,18 @@ __all__ = ["Policy", "Walk", "sandbox_lines", "deny_line", "REDIRECT"]
 
 def _same(path: str, entry: object) -> str:
     return path
+
+
+def _status_field(pid: str, name: bytes) -> int | None:
+    """A numeric field (``Tgid:``, ``TracerPid:``) of ``/proc/PID/status``; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _fd_grants(link: str) -> int:

@@ -155,7 +155,7 @@ class Translator:
         # so a program started 200 times is read once); host files are read at each execve.
         self._heads: dict[bytes, bytes | None] = {}
         self._interps: dict[bytes, elf.Interp | None] = {}
-        self._handlers = {
+        handlers = {
             Kind.OPEN: self._open,
             Kind.STAT: self._stat,
             Kind.META: self._stat,
@@ -172,7 +172,7 @@ class Translator:
             Kind.DUP: self._dup,
         }
         # By syscall name: a str hash is cached, an Enum member's is computed in Python per call.
-        self._by_name = {s.name: self._handlers[s.kind] for s in SPECS}
+        self._by_name = {s.name: handlers[s.kind] for s in SPECS}
 
     def decide(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         try:
