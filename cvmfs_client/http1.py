@@ -22,12 +22,14 @@ import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from cvmfs_client import http_framing
+from cvmfs_client.http_framing import CHUNKED, UNTIL_CLOSE
+
 # Limits against hostile peers (a CVMFS response head is a few hundred bytes): as Squid's
-# reply_header_max_size (64 KB), Apache's LimitRequestFields (100), and real chunk-size lines
-# being < 20 bytes.
+# reply_header_max_size (64 KB) and Apache's LimitRequestFields (100); the chunk-size line limit
+# is http_framing.MAX_CHUNK_LINE.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
-MAX_CHUNK_LINE = 1024
 RECV_PIECE = 1 << 16
 # A Content-Length body is received in pieces of up to this: fewer, larger pieces cost less per
 # byte in the layers above (hashing, inflating, writing), and the size is known, so no large
@@ -35,9 +37,7 @@ RECV_PIECE = 1 << 16
 BODY_PIECE = 1 << 18
 
 _STATUS_LINE = re.compile(r"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: (.*))?\Z")
-_DECIMAL = re.compile(r"[0-9]{1,18}\Z")  # ASCII only: str.isdigit() also accepts "²"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -106,32 +106,23 @@ def parse_head(block: bytes) -> Head:
     return Head((int(m.group(1)), int(m.group(2))), int(m.group(3)), m.group(4) or "", Headers(fields))
 
 
-CHUNKED = -1
-UNTIL_CLOSE = -2
-
-
 def body_framing(head: Head) -> int:
     """Body length of a response to a GET: bytes, :data:`CHUNKED` or :data:`UNTIL_CLOSE` (RFC 9112 6.3).
 
-    Framing that two parsers could read differently is refused, as the proxy does (see
-    docs/security.md): ``Transfer-Encoding`` other than a lone ``chunked``, or together with
-    ``Content-Length``. No server or proxy of a CVMFS deployment sends those.
+    Framing that two parsers could read differently is refused, by the rule the proxy shares
+    (:func:`cvmfs_client.http_framing.body_length`, docs/security.md): ``Transfer-Encoding``
+    other than a lone ``chunked``, or together with ``Content-Length``. No server or proxy of a
+    CVMFS deployment sends those.
     """
-    if head.status in (204, 304) or 100 <= head.status < 200:
-        return 0
-    if "transfer-encoding" in head.headers:
-        if head.headers.tokens("transfer-encoding") != ["chunked"] or "content-length" in head.headers:
-            raise ProtocolError(
-                f"ambiguous framing: Transfer-Encoding {head.headers['transfer-encoding'][:60]!r}"
-                + (" with Content-Length" if "content-length" in head.headers else "")
-            )
-        return CHUNKED
-    length = head.headers.get("content-length")
-    if length is None:
-        return UNTIL_CLOSE
-    if not _DECIMAL.match(length):
-        raise ProtocolError(f"invalid Content-Length {length[:30]!r}")
-    return int(length)
+    fields = head.headers
+    encoding = fields.get("transfer-encoding")
+    length = fields.get("content-length")  # parse_head refused differing repeated values
+    return http_framing.body_length(
+        head.status,
+        () if encoding is None else (encoding,),
+        () if length is None else (length,),
+        ProtocolError,
+    )
 
 
 def keeps_alive(head: Head, framing: int) -> bool:
@@ -146,57 +137,13 @@ def keeps_alive(head: Head, framing: int) -> bool:
     return True
 
 
-class ChunkedDecoder:
-    """Incremental decoder of a chunked body (RFC 9112 7.1); trailer fields are read and dropped."""
+class ChunkedDecoder(http_framing.ChunkedDecoder):
+    """The shared chunked decoder raising :class:`ProtocolError`; see :attr:`leftover`."""
 
-    __slots__ = ("_buf", "_left", "_state", "done", "leftover")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._left = 0
-        self._state = "size"  # size -> data -> crlf -> size ... -> trailer -> done
-        self.done = False
-        self.leftover = b""  # bytes after the end of the body
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Body bytes contained in ``data`` (``done`` turns True at the end)."""
-        if self.done:
-            self.leftover += data
-            return []
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        while buf and not self.done:
-            if self._state == "data":
-                take = min(self._left, len(buf))
-                out.append(bytes(buf[:take]))
-                del buf[:take]
-                self._left -= take
-                if self._left == 0:
-                    self._state = "crlf"
-                continue
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > MAX_CHUNK_LINE:
-                    raise ProtocolError(f"chunk line longer than {MAX_CHUNK_LINE} bytes")
-                break
-            line = bytes(buf[:end])
-            del buf[: end + 2]
-            if self._state == "crlf":
-                if line:
-                    raise ProtocolError("chunk data longer than its declared size")
-                self._state = "size"
-            elif self._state == "size":
-                size = line.split(b";", 1)[0].strip(b" \t")
-                if not _CHUNK_SIZE.match(size):
-                    raise ProtocolError(f"malformed chunk size {line[:40]!r}")
-                self._left = int(size, 16)
-                self._state = "data" if self._left else "trailer"
-            elif not line:  # the empty line that ends the trailer section
-                self.done = True
-                self.leftover = bytes(buf)
-                buf.clear()
-        return out
+        super().__init__(ProtocolError)
 
 
 class Response:

@@ -16,12 +16,14 @@ import re
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+from cvmfs_client import http_framing
+from cvmfs_client.http_framing import MAX_CHUNK_LINE
+
 # Limits. CVMFS requests are tiny: a request line is a few hundred bytes and carries a handful of
 # headers, so these guard memory and parsing time against hostile peers, not real clients.
 MAX_REQUEST_LINE = 8 * 1024  # nginx's large_client_header_buffers default (8k); Squid allows 64k
 MAX_HEAD_BYTES = 64 * 1024  # Squid's request_header_max_size / reply_header_max_size default (64 KB)
 MAX_HEADER_COUNT = 100  # as Apache's LimitRequestFields default
-MAX_CHUNK_LINE = 1024  # chunk-size line incl. extensions; real servers send < 20 bytes
 MAX_PORT = 65535
 
 SUPPORTED_METHODS = frozenset({"GET", "HEAD"})  # CVMFS clients only ever GET (HEAD for probes)
@@ -68,7 +70,6 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.?)+\Z")
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
 _STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) (\d{3})(?: (.*))?\Z")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # 16 hex digits: any 64-bit size
 # Saturation value of _decimal: more than any size, offset or age this proxy handles.
 _BIG = 10**18
 # RFC 9111 1.2.2: a delta-seconds too large to represent is taken as 2**31.
@@ -434,94 +435,43 @@ class Framing:
 
 
 def response_framing(request_method: str, response: Response) -> Framing:
-    """RFC 9112 6.3, in order: bodiless cases, chunked, Content-Length, read-until-close.
+    """RFC 9112 6.3, by the rule shared with the client (:func:`cvmfs_client.http_framing.body_length`).
 
-    A Transfer-Encoding other than one ``chunked`` (another coding, ``chunked`` twice or not
-    last, ``xchunked``), or one together with Content-Length, is refused rather than resolved by
-    the RFC's precedence rules: two parsers on the path disagreeing about where a body ends is
-    how responses get smuggled (RFC 9112 6.1, 6.3 point 3: "ought to be handled as an error").
+    A Transfer-Encoding other than one ``chunked``, or one together with Content-Length, is
+    refused rather than resolved by the RFC's precedence rules: two parsers on the path
+    disagreeing about where a body ends is how responses get smuggled.
     """
-    if request_method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200:
+    if request_method == "HEAD":
         return Framing("length", 0)
-    codings = [t.strip().lower() for v in response.headers.get_all("transfer-encoding") for t in v.split(",")]
-    if codings:
-        if codings != ["chunked"] or "content-length" in response.headers:
-            shown = ", ".join(codings)[:60]
-            raise RemoteProtocolError(f"Transfer-Encoding {shown!r} (with Content-Length?) refused", 502)
+    fields = response.headers
+    length = http_framing.body_length(
+        response.status,
+        fields.get_all("transfer-encoding"),
+        fields.get_all("content-length"),
+        _upstream_error,
+    )
+    if length == http_framing.CHUNKED:
         return Framing("chunked")
-    lengths = {v.strip() for v in response.headers.get_all("content-length")}
-    if lengths:
-        length = _decimal(next(iter(lengths))) if len(lengths) == 1 else None
-        if length is None or length >= _BIG:
-            raise RemoteProtocolError(f"invalid Content-Length {sorted(v[:30] for v in lengths)}", 502)
-        return Framing("length", length)
-    return Framing("close")
+    if length == http_framing.UNTIL_CLOSE:
+        return Framing("close")
+    return Framing("length", length)
 
 
-class ChunkedDecoder:
-    """Decode a chunked body incrementally; trailers are read and dropped."""
+def _upstream_error(reason: str) -> RemoteProtocolError:
+    """The upstream's response is unusable: the proxy answers its client with 502."""
+    return RemoteProtocolError(reason, 502)
 
-    __slots__ = ("_buf", "_remaining", "_state", "done")
+
+class ChunkedDecoder(http_framing.ChunkedDecoder):
+    """The shared chunked decoder raising ``RemoteProtocolError(..., 502)``; see :attr:`surplus`.
+
+    A trailer line may be as long as a response head (MAX_HEAD_BYTES).
+    """
+
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._remaining = 0
-        self._state = "size"  # size -> data -> data_crlf -> size ... -> trailer -> done
-        self.done = False
-
-    @property
-    def surplus(self) -> int:
-        """Bytes received after the end of the body: the sender's framing is not ours."""
-        return len(self._buf) if self.done else 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return the body pieces contained in ``data``; ``done`` turns True at the end (bytes
-        after it are kept, see :attr:`surplus`)."""
-        self._buf += data
-        out: list[bytes] = []
-        buf = self._buf
-        while buf and not self.done:
-            if self._state == "size":
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    if len(buf) > MAX_CHUNK_LINE:
-                        raise RemoteProtocolError("chunk size line too long", 502)
-                    break
-                if i > MAX_CHUNK_LINE:
-                    raise RemoteProtocolError("chunk size line too long", 502)
-                line = bytes(buf[:i]).split(b";", 1)[0].strip(b" \t")
-                del buf[: i + 2]
-                # Hex digits only (RFC 9112 7.1): int(x, 16) would also take "0x10", "+5", "1_0",
-                # spellings another parser on the path may read differently (request smuggling).
-                if not _CHUNK_SIZE.fullmatch(line):
-                    raise RemoteProtocolError(f"bad chunk size {line[:20]!r}", 502)
-                size = int(line, 16)
-                self._remaining = size
-                self._state = "data" if size else "trailer"
-            elif self._state == "data":
-                n = min(self._remaining, len(buf))
-                out.append(bytes(buf[:n]))
-                del buf[:n]
-                self._remaining -= n
-                if not self._remaining:
-                    self._state = "data_crlf"
-            elif self._state == "data_crlf":
-                if len(buf) < 2:
-                    break
-                if buf[:2] != b"\r\n":
-                    raise RemoteProtocolError("missing CRLF after chunk data", 502)
-                del buf[:2]
-                self._state = "size"
-            else:  # trailer section: lines until an empty one
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise RemoteProtocolError("chunked trailer too long", 502)
-                    break
-                del buf[: i + 2]
-                if i == 0:
-                    self.done = True
-        return out
+        super().__init__(_upstream_error, MAX_CHUNK_LINE, MAX_HEAD_BYTES)
 
 
 # ---- caching semantics -----------------------------------------------------------------------
