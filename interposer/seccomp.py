@@ -199,6 +199,27 @@ def _in_range(a: _Asm, lo: int, hi: int, yes: str, no: str) -> None:
     a.jump(JGE_K, hi, no, yes)
 
 
+def _fd_rule(
+    a: _Asm, label: str, fd_arg: int, bounds: tuple[int, int] | None, inside_stops: bool, unranged_allow: bool
+) -> None:
+    """At ``label``: a call whose fd argument is in ``bounds`` stops (``inside_stops``) or runs,
+    one outside does the other; without reserved ranges it runs or stops (``unranged_allow``)."""
+    a.label(label)
+    if bounds is None:
+        if unranged_allow:
+            a.ret(RET_ALLOW)
+        else:
+            a.ja("trace")
+        return
+    stop, run = f"{label}_trace", f"{label}_allow"
+    a.ld(_arg_lo(fd_arg))
+    _in_range(a, *bounds, *((stop, run) if inside_stops else (run, stop)))
+    a.label(run)
+    a.ret(RET_ALLOW)
+    a.label(stop)
+    a.ja("trace")
+
+
 def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> bytes:
     """The filter program as raw ``struct sock_filter`` array bytes.
 
@@ -295,41 +316,16 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> byte
         a.label("trace_" + name)
         a.ja("trace")
 
-    for name, fd_arg in FD_CONTENT:
-        a.label(f"fdc_{name}")
-        if ranges is None:
-            a.ret(RET_ALLOW)
-            continue
-        a.ld(_arg_lo(fd_arg))
-        _in_range(a, ranges.content, ranges.dirs, "fdc_trace_" + name, "fdc_allow_" + name)
-        a.label("fdc_allow_" + name)
-        a.ret(RET_ALLOW)
-        a.label("fdc_trace_" + name)
-        a.ja("trace")
-
-    for name, fd_arg in DIRFD_ALLOWED:
-        a.label(f"dirfd_{name}")
-        if ranges is None:
-            a.ja("trace")
-            continue
-        a.ld(_arg_lo(fd_arg))
-        _in_range(a, ranges.dirs, ranges.top, "dirfd_allow_" + name, "dirfd_trace_" + name)
-        a.label("dirfd_allow_" + name)
-        a.ret(RET_ALLOW)
-        a.label("dirfd_trace_" + name)
-        a.ja("trace")
-
-    for name, fd_arg in FD_OURS:
-        a.label(f"fdours_{name}")
-        if ranges is None:
-            a.ja("trace")
-            continue
-        a.ld(_arg_lo(fd_arg))
-        _in_range(a, ranges.content, ranges.top, "fdours_trace_" + name, "fdours_allow_" + name)
-        a.label("fdours_allow_" + name)
-        a.ret(RET_ALLOW)
-        a.label("fdours_trace_" + name)
-        a.ja("trace")
+    # Calls on one fd: inside a reserved range they run or stop, outside the other way round.
+    for name, fd_arg in FD_CONTENT:  # content fds stop (fstat shows the catalog's metadata)
+        bounds = None if ranges is None else (ranges.content, ranges.dirs)
+        _fd_rule(a, f"fdc_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=True)
+    for name, fd_arg in DIRFD_ALLOWED:  # our m/ directory fds run (fstatat on the shadow tree)
+        bounds = None if ranges is None else (ranges.dirs, ranges.top)
+        _fd_rule(a, f"dirfd_{name}", fd_arg, bounds, inside_stops=False, unranged_allow=False)
+    for name, fd_arg in FD_OURS:  # any of our fds stops
+        bounds = None if ranges is None else (ranges.content, ranges.top)
+        _fd_rule(a, f"fdours_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=False)
 
     a.label("fcntl")
     if ranges is None:
