@@ -9,11 +9,18 @@ directory before the interpreter starts). No repository is touched: this is the 
 job. Uses hyperfine when it is on PATH, else a timing loop (median and min of ``--runs`` runs
 after one warm-up run each). The configuration directory is an empty temporary one, so
 /etc/cvmfs on the machine does not matter.
+
+The project's modules are byte-compiled first, as ``pip install`` does for an installed package:
+in a checkout with PYTHONDONTWRITEBYTECODE set, a module edited since its ``.pyc`` was written is
+otherwise compiled again at every start (translate.py alone takes ~9 ms), which measures the
+editing, not the client.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def _installed_command() -> list[str]:
     script = shutil.which("cvmfs-client")
     return [script] if script else [sys.executable, "-m", "cvmfs_client.cli"]
+
+
+def _compile_packages() -> None:
+    """Write current bytecode for the packages ``cvmfs-client run`` imports, wherever installed."""
+    for package in ("cvmfs_client", "interposer"):
+        spec = importlib.util.find_spec(package)
+        for directory in (spec.submodule_search_locations or []) if spec else []:
+            compileall.compile_dir(directory, quiet=1)
 
 
 def _loop(cmd: list[str], runs: int, env: dict[str, str]) -> tuple[float, float]:
@@ -74,6 +89,7 @@ def main() -> int:
     if not args.executable.is_file():
         print(f"{args.executable} is missing: python -m cvmfs_client.build_executable", file=sys.stderr)
         return 2
+    _compile_packages()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CVMFS_CLIENT_CONFIG_DIR": tmp, "CVMFS_CACHE_BASE": f"{tmp}/cache"}
         rows = [

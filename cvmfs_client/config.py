@@ -34,7 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .config_parser import interpret, parse_bool
+from .config_basics import check_fqrn, default_cache_base, repository_domain
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ SUPPORTED = "supported"  # read and honoured by this client
 IGNORED = "ignored"  # only meaningful for a FUSE mount; accepted and has no effect here
 UNSUPPORTED = "unsupported"  # would change behaviour, not implemented: accepted but has no effect
 
-_FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+")
 _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
 
@@ -199,27 +198,6 @@ def expand_templates(value: str, fqrn: str) -> str:
     return value.replace("@fqrn@", fqrn).replace("@org@", fqrn.split(".", 1)[0])
 
 
-def default_cache_base(environ: Mapping[str, str] | None = None) -> Path:
-    """Unprivileged default: the real client's ``/var/lib/cvmfs`` is root's; use XDG instead."""
-    env = os.environ if environ is None else environ
-    xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(xdg) / "cvmfs-client"
-
-
-def check_fqrn(fqrn: str) -> str:
-    """A fully qualified repository name (the domain is everything after the first label)."""
-    if not _FQRN.fullmatch(fqrn or ""):
-        raise ConfigError(
-            f"invalid repository name {fqrn!r}: expected a fully qualified name such as atlas.cern.ch"
-        )
-    return fqrn
-
-
-def repository_domain(fqrn: str) -> str:
-    """``atlas.cern.ch`` -> ``cern.ch`` (the fqrn without its first label, as the real client)."""
-    return check_fqrn(fqrn).split(".", 1)[1]
-
-
 def parse_repository_list(value: str | None, default_domain: str | None = None) -> list[str]:
     """``CVMFS_REPOSITORIES``: ``,``-separated; names without a dot get ``.default_domain``.
 
@@ -272,6 +250,8 @@ class Configuration:
 
     def get_bool(self, key: str, default: bool = False) -> bool:
         """Spec 8.2 boolean words; anything else is an error naming the value and its source."""
+        from .config_parser import parse_bool  # start-up time: see load_configuration
+
         value = self.get(key)
         if value is None:
             return default
@@ -387,6 +367,10 @@ def load_configuration(
     With ``fqrn`` and ``require_server``, a repository no layer gives a ``CVMFS_SERVER_URL`` is
     refused here, with a hint, rather than failing later with a vaguer network error.
     """
+    # Imported here, not at the top: its AST dataclasses cost ~5 ms of start-up, to be paid only
+    # when a file is read (importers such as the fetcher only need helpers of this module).
+    from .config_parser import interpret
+
     env = os.environ if environ is None else environ
     if fqrn is not None:
         check_fqrn(fqrn)

@@ -25,6 +25,8 @@ _MAX_INTERP = 4096
 
 @dataclass(frozen=True)
 class Interp:
+    """A program's PT_INTERP string and its room in the file (a patched path must fit there)."""
+
     offset: int  # file offset of the string
     size: int  # bytes available, NUL included
     path: bytes

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvmfs_client.config_basics import check_fqrn, default_cache_base
 from cvmfs_client.errors import ConfigError
 
 from .job import PrivateTmp, RunOptions
@@ -50,7 +51,7 @@ def prepare(
     params = dict(env)
     if cache_dir is not None:
         params["CVMFS_CACHE_BASE"] = str(Path(cache_dir).absolute())
-    base = Path(params.get("CVMFS_CACHE_BASE") or _default_cache_base(env))
+    base = Path(params.get("CVMFS_CACHE_BASE") or default_cache_base(env))
     spec = parrot_repos if parrot_repos is not None else env.get(PARROT_ENV)
     parrot = None
     if spec:
@@ -58,7 +59,7 @@ def prepare(
 
         parrot = ParrotConfig(spec, env)
     for name in repos:
-        _check_name(name)
+        check_fqrn(name)
 
     def listed() -> list[str]:
         names = list(repos) if repos else _configured(params) + (parrot.names() if parrot else [])
@@ -100,22 +101,10 @@ def prepare(
     )
 
 
-def _check_name(name: str) -> None:
-    from cvmfs_client.config import check_fqrn  # configuration code is imported only when needed
-
-    check_fqrn(name)
-
-
-def _default_cache_base(env: Mapping[str, str]) -> Path:
-    from cvmfs_client.config import default_cache_base
-
-    return default_cache_base(env)
-
-
 def _configured(params: Mapping[str, str]) -> list[str]:
     """CVMFS_REPOSITORIES from the configuration files and environment (empty if unreadable)."""
     try:
-        from cvmfs_client.config import load_configuration
+        from cvmfs_client.config import load_configuration  # only when `ls /cvmfs` asks
 
         return load_configuration(None, environ=params).repositories()
     except ConfigError as exc:

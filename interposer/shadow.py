@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import stat
@@ -89,6 +88,8 @@ class ShadowTree:
         _set_meta(self.meta, root_entry)
 
     def _marker(self, inner: str) -> str:
+        import hashlib  # start-up time: OpenSSL loads only once a repository is used
+
         return f"{self._markers}/{hashlib.md5(inner.encode('utf-8', 'surrogateescape')).hexdigest()}"
 
     def is_populated(self, inner: str) -> bool:

@@ -1,0 +1,78 @@
+"""What ``cvmfs-client run`` imports: every job pays for it before its command starts.
+
+A warm job is answered by the shadow trees and the mount state file, so the fetch stack
+(catalogs in SQLite, the fetcher, the node cache, signatures) and the configuration model are
+imported only on a cache miss; OpenSSL (hashlib) and json only once a job touches /cvmfs. An
+eager import re-added anywhere on the way (cli, session, job, tracer, vfs...) fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.interposer.conftest import JOB_TIMEOUT, sh
+from tests.interposer.trees import FQRN
+
+# Tens of milliseconds of imports together (bench/startup.py measures the whole start).
+FETCH_STACK = frozenset(
+    {
+        "sqlite3",
+        "sqlalchemy",
+        "diskcache",
+        "cryptography",
+        "requests",
+        "urllib3",
+        "ssl",
+        "http.client",
+        "cvmfs_client.client",
+        "cvmfs_client.repository",
+        "cvmfs_client.catalog",
+        "cvmfs_client.fetcher",
+        "cvmfs_client.cache",
+        "cvmfs_client.config",
+        "cvmfs_client.config_parser",
+    }
+)
+# Needed by the mount state file and the shadow trees' markers, not before.
+FOR_CVMFS_ONLY = frozenset({"hashlib", "json"})
+
+
+def _modules(args: Sequence[str], env: dict[str, str]) -> set[str]:
+    """Every module ``python -X importtime ARGS`` imports."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], env=env, capture_output=True, timeout=JOB_TIMEOUT
+    )
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    lines = r.stderr.decode(errors="replace").splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+
+
+def _imported_by_run(command: Sequence[str], env: dict[str, str], options: Sequence[str] = ()) -> set[str]:
+    """Modules ``cvmfs-client run`` imports beyond the interpreter's own start (site, .pth files)."""
+    run = _modules(["-m", "cvmfs_client.cli", "run", *options, "--", *command], env)
+    return run - _modules(["-c", "pass"], env)
+
+
+def test_a_job_off_cvmfs_starts_without_fetch_stack_configuration_or_openssl(tmp_path: Path) -> None:
+    config = tmp_path / "etc-cvmfs"
+    config.mkdir()
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),  # no CVMFS_CACHE_BASE: the default cache base
+        "CVMFS_CLIENT_CONFIG_DIR": str(config),
+    }
+    imported = _imported_by_run(["/bin/true"], env, options=["--repo", FQRN])
+    assert "interposer.tracer" in imported  # the job really ran under the tracer
+    assert imported & (FETCH_STACK | FOR_CVMFS_ONLY) == set()
+
+
+def test_a_warm_job_on_cvmfs_needs_no_fetch_stack(job_env: dict[str, str]) -> None:
+    script = f"cat /cvmfs/{FQRN}/README.txt >/dev/null && ls -l /cvmfs/{FQRN}/bin >/dev/null"
+    sh(script, job_env)  # mounts, populates the shadow trees, links README's content
+    imported = _imported_by_run(["/bin/sh", "-c", script], job_env)
+    assert "interposer.vfs" in imported
+    assert imported & FETCH_STACK == set()
