@@ -39,7 +39,7 @@ def _installed_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "cvmfs_client.cli"]
 
 
-def _compile_packages() -> None:
+def compile_packages() -> None:
     """Write current bytecode for the packages ``cvmfs-client run`` imports, wherever installed."""
     for package in ("cvmfs_client", "interposer"):
         spec = importlib.util.find_spec(package)
@@ -89,7 +89,7 @@ def main() -> int:
     if not args.executable.is_file():
         print(f"{args.executable} is missing: python -m cvmfs_client.build_executable", file=sys.stderr)
         return 2
-    _compile_packages()
+    compile_packages()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CVMFS_CLIENT_CONFIG_DIR": tmp, "CVMFS_CACHE_BASE": f"{tmp}/cache"}
         rows = [
