@@ -15,6 +15,8 @@ Facts relied on (arch/x86/entry/syscalls/syscall_64.tbl, arch/x86/include/uapi/a
 from __future__ import annotations
 
 import ctypes
+import os
+import struct
 
 AUDIT_ARCH = 0xC000003E  # AUDIT_ARCH_X86_64 = EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
 X32_SYSCALL_BIT = 0x40000000  # x32 ABI syscalls share the arch value: refuse them like i386 ones
@@ -186,6 +188,22 @@ def skip_syscall(regs: Regs, result: int) -> None:
     """At a seccomp stop: do not run the call, return ``result`` to the program instead."""
     regs.orig_rax = _MASK64  # -1
     regs.rax = result & _MASK64
+
+
+# struct stat (arch/x86/include/uapi/asm/stat.h), what stat/lstat/fstat/newfstatat write:
+# dev, ino, nlink, mode, uid, gid, pad, rdev, size, blksize, blocks, then a/m/ctime as
+# (seconds, nanoseconds), then three unused longs.
+_STAT = struct.Struct("<QQQIII4xQqqqqqqqqq24x")
+STAT_SIZE = _STAT.size  # 144
+
+
+def pack_stat(st: os.stat_result) -> bytes:
+    """``st`` as the kernel writes it for ``newfstatat`` (nanoseconds from the ``*_ns`` fields)."""
+    a, m, c = divmod(st.st_atime_ns, 10**9), divmod(st.st_mtime_ns, 10**9), divmod(st.st_ctime_ns, 10**9)
+    return _STAT.pack(
+        st.st_dev, st.st_ino, st.st_nlink, st.st_mode, st.st_uid, st.st_gid, st.st_rdev, st.st_size,
+        st.st_blksize, st.st_blocks, *a, *m, *c,
+    )  # fmt: skip
 
 
 def set_syscall(regs: Regs, nr: int) -> None:

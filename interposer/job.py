@@ -218,7 +218,10 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         ns.close()
         _reclaim_terminal()
         options.stats.update(
-            stops=dict(tracer.stats.stops), actions=dict(tracer.stats.actions), seconds=tracer.stats.seconds
+            stops=dict(tracer.stats.stops),
+            actions=dict(tracer.stats.actions),
+            events=dict(tracer.stats.events),
+            seconds=tracer.stats.seconds,
         )
         if names is not None and options.name_list is not None:
             try:

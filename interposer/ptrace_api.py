@@ -268,6 +268,26 @@ def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> bool:
     return n == total
 
 
+_wlocal0 = _wlocal[0]
+_wremote0 = _wremote[0]
+
+
+def write_bytes(tid: int, addr: int, data: bytes) -> bool:
+    """:func:`write_memory` of one piece (an emulated call's answer), without the generality."""
+    size = len(data)
+    if size > len(_WRITE_BUF):
+        return _write_large(tid, addr, data)
+    _memmove(_WRITE_ADDR, data, size)
+    _wlocal0.base = _WRITE_ADDR
+    _wlocal0.len = size
+    _wremote0.base = addr
+    _wremote0.len = size
+    n = _writev(tid, _wlocal, 1, _wremote, 1, 0)
+    if n < 0 and _get_errno() == errno.ESRCH:
+        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+    return n == size
+
+
 FRAME_BUF = (ctypes.c_char * (2 * PAGE))()  # filled in place by the tracer (struct.pack_into)
 _FRAME_ADDR = ctypes.addressof(FRAME_BUF)
 _flocal = _IoVec(_FRAME_ADDR, 0)

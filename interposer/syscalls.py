@@ -52,6 +52,8 @@ class FlagStyle(enum.Enum):
 
 @dataclass(frozen=True)
 class Spec:
+    """Where one trapped call keeps its fd, path and flag arguments, and what it does to paths."""
+
     name: str
     kind: Kind
     path: int | None  # argument index of the path
@@ -62,7 +64,7 @@ class Spec:
     effect: Effect | None = None
     path2: int | None = None  # MODIFY2: second path and its dirfd
     dirfd2: int | None = None
-    buf: int | None = None  # READLINK/GETCWD: output buffer; FSTAT: struct stat
+    buf: int | None = None  # READLINK/GETCWD: output buffer; FSTAT, STAT: struct stat (not statx)
     size: int | None = None  # READLINK/GETCWD: buffer size
     fd: int | None = None  # FSTAT/FCHDIR/MODIFY_FD: the fd argument
 
@@ -78,9 +80,9 @@ SPECS: tuple[Spec, ...] = (
     _s("openat", K.OPEN, 1, dirfd=0, flags=2, style=F.OPEN),
     _s("openat2", K.OPEN, 1, dirfd=0, flags=2, style=F.OPEN),  # flags: pointer to struct open_how
     _s("creat", K.OPEN, 0, style=F.OPEN),
-    _s("stat", K.STAT, 0),
-    _s("lstat", K.STAT, 0, nofollow=True),
-    _s("newfstatat", K.STAT, 1, dirfd=0, flags=3, style=F.AT),
+    _s("stat", K.STAT, 0, buf=1),
+    _s("lstat", K.STAT, 0, nofollow=True, buf=1),
+    _s("newfstatat", K.STAT, 1, dirfd=0, flags=3, style=F.AT, buf=2),
     _s("statx", K.STAT, 1, dirfd=0, flags=2, style=F.AT),
     _s("statfs", K.STAT, 0),
     _s("fstat", K.FSTAT, None, fd=0, buf=1),
@@ -167,6 +169,7 @@ AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
+AT_NO_AUTOMOUNT = 0x800
 AT_EMPTY_PATH = 0x1000
 IN_DONT_FOLLOW = 0x02000000
 FAN_MARK_DONT_FOLLOW = 0x04

@@ -8,11 +8,18 @@ The translator decides; this module carries decisions out with the fewest stops:
   stub, which makes the call itself, restores the registers and jumps back (one stop, no
   syscall-exit stop). The stub mapping is created in each new address space on its first
   translated call by injecting ``mmap`` in place of that call; from the mmap's syscall-exit
-  stop the call then goes straight to the stub (an ``execve`` is restarted and trapped again);
-- ``execve`` (and the fallback when the stub cannot be mapped) runs the classic way: arguments
-  rewritten at the seccomp stop, put back at the syscall-exit stop (x86-64 keeps argument
-  registers across a syscall, so a rewritten pointer would otherwise leak back to the program
-  and into a restarted call).
+  stop the call then goes straight to the stub;
+- a call answered by the translator (an errno, a ``readlink`` target, a ``struct stat``) is
+  skipped with its result written into the tracee (one stop, no stub);
+- ``execve`` runs in the stub too, its file name and argv in the slot's scratch area, so that
+  it can run straight from the stop of the ``mmap`` that maps the stub (a fork child of a
+  shell that never touched /cvmfs: one stop less per program it starts) and a failed one
+  returns without a syscall-exit stop. In a vfork child the address space outlives the exec,
+  so the slot's depth counter, which only the stub lowers, is put back at the exec event;
+- the fallback when the stub cannot be mapped (or is nested too deep) is the classic way:
+  arguments rewritten at the seccomp stop, put back at the syscall-exit stop (x86-64 keeps
+  argument registers across a syscall, so a rewritten pointer would otherwise leak back to the
+  program and into a restarted call).
 
 Process semantics: new threads and processes are followed (TRACECLONE/FORK/VFORK) and a child
 reported before its parent's event is held until the event tells which address space and
@@ -55,6 +62,23 @@ _SECCOMP_STOP = (pt.EVENT_SECCOMP << 16) | (signal.SIGTRAP << 8) | 0x7F
 # the first frame of a slot, seen from the slot's start: counter, gap, header, scratch, path
 _FRAME0_PATH = arch.SLOT_FRAMES_OFFSET + arch.F_PATH
 assert len(pt.FRAME_BUF) >= _FRAME0_PATH + arch.FRAME_SIZE - arch.F_PATH
+# where the first frame's path is copied to: memmove, not a slice of the ctypes array (which
+# copies byte by byte in Python: 3 us for a 130-byte path, a tenth of a translated call)
+_FRAME0_PATH_ADDR = ctypes.addressof(pt.FRAME_BUF) + _FRAME0_PATH
+_memmove = ctypes.memmove
+# depth counter (1), gap, then the header of the first frame: one pack_into for both
+_FRAME0 = struct.Struct(f"<Q{arch.SLOT_FRAMES_OFFSET - 8}x18Q")
+_FRAME_BUF = pt.FRAME_BUF
+assert _FRAME0.size == arch.SLOT_FRAMES_OFFSET + _HEADER.size
+
+_EVENT_NAMES = {
+    pt.EVENT_SECCOMP: "seccomp",
+    pt.EVENT_STOP: "stop",
+    pt.EVENT_FORK: "fork",
+    pt.EVENT_VFORK: "vfork",
+    pt.EVENT_CLONE: "clone",
+    pt.EVENT_EXEC: "exec",
+}  # event 0 with any signal: a signal-delivery stop
 
 # address-space states
 UNMAPPED, PENDING, STUB, CLASSIC, NOSCRATCH = range(5)
@@ -63,11 +87,12 @@ UNMAPPED, PENDING, STUB, CLASSIC, NOSCRATCH = range(5)
 class AddressSpace:
     """What the tracer knows about one address space (shared by threads and vfork children)."""
 
-    __slots__ = ("state", "base", "slots", "free", "big", "big_size")
+    __slots__ = ("state", "base", "slots", "free", "big", "big_size", "shared")
 
     def __init__(self, state: int = UNMAPPED, base: int = 0) -> None:
         self.state = state
         self.base = base
+        self.shared = False  # also used by another process (vfork, CLONE_VM): outlives an exec
         self.big = 0  # an extra scratch mapping for an execve with a long argv (rare)
         self.big_size = 0
         self.slots: dict[int, int] = {}
@@ -99,14 +124,16 @@ class Task:
     tgid: int
     mm: AddressSpace
     pending: tuple | None = None  # what to do at this thread's next syscall stop
+    exec_frame: tuple[int, int] | None = None  # slot and depth of an execve run by the stub
 
 
 @dataclass
 class Stats:
     """Counters for ``-v`` and the benchmark: where the stops went."""
 
-    stops: Counter = field(default_factory=Counter)
+    stops: Counter = field(default_factory=Counter)  # seccomp stops, by syscall
     actions: Counter = field(default_factory=Counter)
+    events: Counter = field(default_factory=Counter)  # every other stop (and exit), by kind
     seconds: float = 0.0  # tracer time spent handling seccomp stops
 
     def total(self) -> int:
@@ -201,6 +228,7 @@ class Tracer:
 
     def _dispatch(self, pid: int, status: int) -> None:
         if (status & 0xFF) != 0x7F:  # exited or killed
+            self.stats.events["exit"] += 1
             self._forget(pid)
             if pid == self.main_pid:
                 self.main_status = status
@@ -208,6 +236,7 @@ class Tracer:
         sig = (status >> 8) & 0xFF
         event = status >> 16
         task = self.tasks.get(pid)
+        self.stats.events[_EVENT_NAMES.get(event, "signal") if sig != pt.SYSCALL_STOP_SIG else "syscall"] += 1
         if sig == signal.SIGTRAP and event == pt.EVENT_SECCOMP:
             if task is None:
                 task = self._adopt(pid)
@@ -252,6 +281,17 @@ class Tracer:
             return
         pt.cont(pid)
 
+    def _lower_counter(self, task: Task, old: AddressSpace, slot: int, depth: int) -> None:
+        """After an execve made by the stub in a shared address space: put the slot's depth
+        counter back, through a process still using that space, before the slot is reused."""
+        for other in self.tasks.values():
+            if other.mm is old and other is not task:
+                try:
+                    pt.write_memory(other.tid, [(slot, _U64.pack(depth))])
+                except pt.TraceeGone:
+                    continue
+                return
+
     def _on_new_task(self, pid: int, event: int, parent: Task | None) -> None:
         child = pt.geteventmsg(pid)
         if parent is None:
@@ -263,6 +303,8 @@ class Tracer:
             flags = CLONE_VM
         mm = parent.mm if flags & CLONE_VM else parent.mm.copy_for_fork()
         tgid = parent.tgid if flags & CLONE_THREAD else child
+        if flags & CLONE_VM and not flags & CLONE_THREAD:
+            mm.shared = True
         self.tasks[child] = Task(child, tgid, mm)
         if tgid != parent.tgid and parent.tgid in self.cwds:
             self.cwds[tgid] = self.cwds[parent.tgid]
@@ -289,7 +331,11 @@ class Tracer:
             for tid, other in list(self.tasks.items()):
                 if other.tgid == task.tgid:
                     del self.tasks[tid]
-        task.mm.release(former)
+        old = task.mm
+        if task.exec_frame is not None:
+            self._lower_counter(task, old, *task.exec_frame)
+            task.exec_frame = None
+        old.release(former)
         task.tid = pid
         task.tgid = pid
         task.mm = AddressSpace()
@@ -309,6 +355,8 @@ class Tracer:
         if spec is None:
             pt.cont(tid)
             return
+        if task.exec_frame is not None:  # that execve failed and returned through the stub
+            task.exec_frame = None
         ctx = self.ctx
         ctx.tid = tid
         ctx.tgid = task.tgid
@@ -339,12 +387,12 @@ class Tracer:
             pt.cont(tid)
         elif type(action) is WriteReturn:
             self.stats.actions["emulate"] += 1
-            ok = pt.write_memory(tid, [(action.addr, action.data)]) if action.data else True
+            ok = pt.write_bytes(tid, action.addr, action.data) if action.data else True
             arch.skip_syscall(regs, action.value if ok else -errno.EFAULT)
             pt.setregs(tid, regs)
             pt.cont(tid)
         elif type(action) is Exec:
-            self._exec(task, regs, action)
+            self._exec(task, regs, action, depth)
         self.stats.seconds += time.perf_counter() - started
 
     def _rewrite(self, task: Task, regs: arch.Regs, action: Rewrite, depth: int | None = None) -> None:
@@ -360,33 +408,7 @@ class Tracer:
                 depth = _U64.unpack(depth_raw)[0] if depth_raw else arch.MAX_DEPTH
             if slot is not None and depth < arch.MAX_DEPTH:
                 self.stats.actions["stub"] += 1
-                if depth:
-                    self.stats.actions["stub-nested"] += 1  # a signal handler interrupted the stub
-                frame = slot + arch.SLOT_FRAMES_OFFSET + depth * arch.FRAME_SIZE
-                orig = arch.args(regs)
-                new = list(orig)
-                for i, v in action.args.items():
-                    new[i] = v & _MASK
-                blob = b""
-                if action.path is not None:
-                    new[action.path_arg] = frame + arch.F_PATH
-                    blob = action.path + b"\0"
-                    if action.path2 is not None:
-                        new[action.path2_arg] = frame + arch.F_PATH + len(blob)
-                        blob += action.path2 + b"\0"
-                    if len(blob) > arch.FRAME_SIZE - arch.F_PATH:
-                        self._fail(task, regs, errno.ENAMETOOLONG)
-                        return
-                reloc = (action.reloc_base, action.reloc_cmd)
-                header = (action.nr & _MASK, *new, *orig, regs.rip, 0, *reloc, slot)
-                if not _write_frame(tid, slot, depth, frame, header, blob):
-                    self._fail(task, regs, errno.EFAULT)
-                    return
-                regs.rip = arch.STUB_ADDR
-                regs.r11 = frame
-                arch.skip_syscall(regs, 0)
-                pt.setregs(tid, regs)
-                pt.cont(tid)
+                self._in_stub(tid, regs, action, slot, depth)
                 return
         args = action.args
         slot = task.mm.slot(tid) if task.mm.state in (STUB, CLASSIC) else None
@@ -398,6 +420,50 @@ class Tracer:
                 return
             args = {**args, action.path2_arg: addr}
         self._classic(task, regs, action.nr, args, action.path, action.path_arg)
+
+    def _in_stub(self, tid: int, regs: arch.Regs, action: Rewrite, slot: int, depth: int) -> None:
+        """Run ``action`` in the stub: write its frame, skip the call, point the thread there.
+
+        The hot path of every translated call: the first frame (depth 0), counter included, is
+        packed in place and written as one region (see :func:`_write_frame`).
+        """
+        frame = slot + arch.SLOT_FRAMES_OFFSET + depth * arch.FRAME_SIZE
+        orig = arch.args(regs)
+        path = action.path
+        new: tuple[int, ...] | list[int] = orig
+        blob = b""
+        if action.args or path is not None:
+            new = list(orig)
+            for i, v in action.args.items():
+                new[i] = v & _MASK
+            if path is not None:
+                new[action.path_arg] = frame + arch.F_PATH
+                blob = path + b"\0"
+                if action.path2 is not None:
+                    new[action.path2_arg] = frame + arch.F_PATH + len(blob)
+                    blob += action.path2 + b"\0"
+                if len(blob) > arch.FRAME_SIZE - arch.F_PATH:
+                    arch.skip_syscall(regs, -errno.ENAMETOOLONG)
+                    pt.setregs(tid, regs)
+                    pt.cont(tid)
+                    return
+        nr, rip, base, cmd = action.nr & _MASK, regs.rip, action.reloc_base, action.reloc_cmd
+        if depth == 0:
+            _FRAME0.pack_into(_FRAME_BUF, 0, 1, nr, *new, *orig, rip, 0, base, cmd, slot)
+            if blob:
+                _memmove(_FRAME0_PATH_ADDR, blob, len(blob))
+                ok = pt.write_frame(tid, slot, _FRAME0_PATH + len(blob))
+            else:
+                ok = pt.write_frame(tid, slot, _FRAME0.size)
+        else:
+            self.stats.actions["stub-nested"] += 1  # a signal handler interrupted the stub
+            ok = _write_frame(tid, slot, depth, frame, (nr, *new, *orig, rip, 0, base, cmd, slot), blob)
+        if ok:
+            regs.rip = arch.STUB_ADDR
+            regs.r11 = frame
+        arch.skip_syscall(regs, 0 if ok else -errno.EFAULT)
+        pt.setregs(tid, regs)
+        pt.cont(tid)
 
     def _classic(
         self, task: Task, regs: arch.Regs, nr: int, args: dict[int, int], path: bytes | None, path_arg: int
@@ -423,18 +489,21 @@ class Tracer:
         pt.syscall(tid)
         task.pending = ("restore", saved)
 
-    def _exec(self, task: Task, regs: arch.Regs, action: Exec) -> None:
+    def _exec(self, task: Task, regs: arch.Regs, action: Exec, depth: int | None = None) -> None:
+        """Run ``execve`` of a local file: strings and argv in the slot's scratch area, the call
+        in the stub (a successful exec ends in its exec event, a failed one returns through the
+        stub), or the classic way (a failed one stops again at its exit) when the stub is nested
+        too deep or could not be mapped."""
         mm = task.mm
         tid = task.tid
         if mm.state in (UNMAPPED, PENDING):
-            self._need_mapping(task, regs)
+            self._need_mapping(task, regs, action)
             return
         slot = mm.slot(tid) if mm.state in (STUB, CLASSIC) else None
         if slot is None:
             self._fail(task, regs, errno.ENOMEM)
             return
-        strings = [action.filename] + [a for a in action.argv or () if isinstance(a, bytes)]
-        size = sum(len(x) + 1 for x in strings) + 8 + 8 * (len(action.argv or ()) + 1)
+        size = _exec_size(action)
         if size <= arch.SLOT_SCRATCH_SIZE:
             scratch = slot + arch.SLOT_SCRATCH_OFFSET
         elif size <= mm.big_size:
@@ -459,6 +528,21 @@ class Tracer:
             self._fail(task, regs, errno.EFAULT)
             return
         self.stats.actions["exec"] += 1
+        if mm.state == STUB:
+            if depth is None:
+                depth_raw = pt.read_memory(tid, slot, 8)
+                depth = _U64.unpack(depth_raw)[0] if depth_raw else arch.MAX_DEPTH
+            if depth < arch.MAX_DEPTH:
+                args = dict(action.args)
+                args[action.path_arg] = scratch
+                if argv_addr:
+                    args[action.argv_arg] = argv_addr
+                self._in_stub(tid, regs, Rewrite(action.nr, args=args), slot, depth)
+                if mm.shared:
+                    # A vfork child: its address space lives on in the parent, with this slot's
+                    # counter raised by the frame, which a successful exec never lowers.
+                    task.exec_frame = (slot, depth)
+                return
         saved = arch.Regs.from_buffer_copy(regs)
         for i, v in action.args.items():
             arch.set_arg(regs, i, v)
@@ -489,11 +573,11 @@ class Tracer:
 
     # -- creating the stub mapping ---------------------------------------------------------------
 
-    def _need_mapping(self, task: Task, regs: arch.Regs, resume: Rewrite | None = None) -> None:
+    def _need_mapping(self, task: Task, regs: arch.Regs, resume: Rewrite | Exec | None = None) -> None:
         """Map the stub in this address space, then run ``resume`` in it at once.
 
-        Without ``resume`` (an ``execve``, another thread mapping it) the call restarts after
-        the mapping and is trapped again.
+        Without ``resume`` (another thread mapping it, an ``execve`` whose argv needs more
+        scratch than a slot has) the call restarts after the mapping and is trapped again.
         """
         tid = task.tid
         if task.mm.state == PENDING:
@@ -548,8 +632,12 @@ class Tracer:
                     # Run the decided rewrite now, from this syscall-exit stop, as if at the
                     # original call's seccomp stop: the stub returns after that call's
                     # instruction, so the call is not executed (and trapped) a second time.
-                    self._rewrite(task, arch.Regs.from_buffer_copy(saved), resume, 0)
-                    return
+                    if type(resume) is Rewrite:
+                        self._rewrite(task, arch.Regs.from_buffer_copy(saved), resume, 0)
+                        return
+                    if _exec_size(resume) <= arch.SLOT_SCRATCH_SIZE:
+                        self._exec(task, arch.Regs.from_buffer_copy(saved), resume, 0)
+                        return
             elif result > 0:
                 # Linux < 4.17 ignores MAP_FIXED_NOREPLACE: the mapping works as scratch only.
                 mm.state, mm.base = CLASSIC, result
@@ -577,26 +665,24 @@ class Tracer:
 
 
 def _write_frame(tid: int, slot: int, depth: int, frame: int, header: tuple[int, ...], blob: bytes) -> bool:
-    """Put a stub frame (and the slot's new depth) into the tracee.
+    """Put a nested stub frame (and the slot's new depth) into the tracee, piece by piece.
 
-    The first frame lies right after the depth counter, so counter, header and path go out as
-    one region packed in place; a nested frame (a signal handler interrupted the stub) is
-    farther away and written piecewise. The gaps of the region are never written by the tracer,
-    so they carry zeros, not bytes of another tracee.
+    The first frame lies right after the depth counter, so :meth:`Tracer._in_stub` writes
+    counter, header and path as one region packed in place (:data:`_FRAME0`); a nested frame (a
+    signal handler interrupted the stub) is farther away. The gaps of the first region are
+    never written by the tracer, so they carry zeros, not bytes of another tracee.
     """
-    if depth == 0:
-        buf = pt.FRAME_BUF
-        _U64.pack_into(buf, 0, 1)
-        _HEADER.pack_into(buf, arch.SLOT_FRAMES_OFFSET, *header)
-        if not blob:
-            return pt.write_frame(tid, slot, arch.SLOT_FRAMES_OFFSET + _HEADER.size)
-        end = _FRAME0_PATH + len(blob)
-        buf[_FRAME0_PATH:end] = blob
-        return pt.write_frame(tid, slot, end)
     pieces = [(slot, _U64.pack(depth + 1)), (frame, _HEADER.pack(*header))]
     if blob:
         pieces.append((frame + arch.F_PATH, blob))
     return pt.write_memory(tid, pieces)
+
+
+def _exec_size(action: Exec) -> int:
+    """Scratch bytes an execve needs: the file name, the new argv strings, the pointer array."""
+    argv = action.argv or ()
+    strings = len(action.filename) + 1 + sum(len(a) + 1 for a in argv if isinstance(a, bytes))
+    return strings + 8 + 8 * (len(argv) + 1)
 
 
 def _retry(regs: arch.Regs) -> None:

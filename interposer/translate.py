@@ -12,7 +12,8 @@ it can be unit-tested against a fake context, and answers with one of:
 :class:`Return`
     do not run the call, return this value (``-errno`` for errors);
 :class:`WriteReturn`
-    do not run the call, write bytes into the tracee (readlink, getcwd) and return a value;
+    do not run the call, write bytes into the tracee (readlink, getcwd, the ``struct stat`` of
+    a file or symlink, read once from its placeholder) and return a value;
 :class:`Exec`
     run ``execve`` of a local file, with a new argv when the tracer resolved a ``#!`` itself.
 
@@ -41,6 +42,7 @@ from .shadow import ShadowError
 from .syscalls import (
     AT_EMPTY_PATH,
     AT_FDCWD,
+    AT_NO_AUTOMOUNT,
     AT_SYMLINK_NOFOLLOW,
     F_DUPFD,
     F_DUPFD_CLOEXEC,
@@ -81,6 +83,8 @@ _MAPS = re.compile(rb"^/proc/(self|thread-self|\d+)(/task/\d+)?/(maps|smaps)$")
 _MAGIC = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd|exe|root)(/.*)?$")
 _DEV_FD = re.compile(r"^/dev/(?:fd/(\d+)|(stdin|stdout|stderr))(/.*)?$")
 _STD_FDS = {"stdin": "0", "stdout": "1", "stderr": "2"}
+_MAGIC_ROOTS = (b"/proc/", b"/dev/")  # where a host path may be a magic link into /cvmfs
+_STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 
 
 class Context(Protocol):
@@ -151,6 +155,7 @@ class Translator:
         self.relocate_host_dirs = relocate_host_dirs and ranges is not None and policy is None
         self._warned_32bit: set[str] = set()
         self._memo: dict[tuple[bytes, bool], Resolved] = {}
+        self._fd_entries: dict[str, Resolved] = {}  # content fd targets (d/ paths) -> entries
         # First bytes and PT_INTERP of verified content run by the job (content never changes,
         # so a program started 200 times is read once); host files are read at each execve.
         self._heads: dict[bytes, bytes | None] = {}
@@ -189,7 +194,7 @@ class Translator:
             return self._locate_policy(ctx, dirfd, raw, follow, need)
         if raw[:1] == b"/":
             if b"cvmfs" not in raw:
-                if raw.startswith((b"/proc/", b"/dev/")):
+                if raw.startswith(_MAGIC_ROOTS):
                     return self._magic(ctx, os.fsdecode(raw), follow)
                 return None
             key = (raw, follow)
@@ -219,6 +224,14 @@ class Translator:
             found_r = self.ns.resolve(full, follow)
             return None if found_r.kind == HOST and not found_r.touched else found_r
         return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
+
+    def _plain_host(self, raw: bytes) -> bool:
+        """Whether :meth:`locate` leaves ``raw`` to the kernel whatever the call: an absolute
+        host path outside /cvmfs, /proc and /dev, and no policy. Checked first by the handlers
+        of the commonest calls, so that a host path costs them no flag decoding."""
+        if b"cvmfs" in raw or raw[:1] != b"/" or self.policy is not None:
+            return False
+        return not raw.startswith(_MAGIC_ROOTS)
 
     def _logical_of(self, real: str) -> str | None:
         """The job's name for a host path: /cvmfs for shadow paths, mount-list prefixes reversed.
@@ -312,18 +325,51 @@ class Translator:
             r.data_b = found
         return found
 
-    def _fd_meta(self, ctx: Context, fd: int) -> bytes | None:
-        """For an fd the tracer handed out for content: its placeholder in ``m/``."""
+    def _fd_entry(self, ctx: Context, fd: int) -> Resolved | None:
+        """For an fd the tracer handed out for content: its entry (``m/`` has its metadata).
+
+        The fd's target is read from ``/proc`` at every call (the job may close it and reuse the
+        number without a stop); what that target is in the repository is remembered.
+        """
         real = ctx.fd_path(fd)
         if real is None:
             return None
-        logical = self.ns.logical(real)
-        if logical is None or logical == "/cvmfs":
+        found = self._fd_entries.get(real)
+        if found is None:
+            logical = self.ns.logical(real)
+            if logical is None or logical == "/cvmfs":
+                return None
+            found = self.ns.resolve(logical, False)
+            if found.kind != ENTRY:
+                return None
+            if len(self._fd_entries) >= 100_000:
+                self._fd_entries.clear()
+            self._fd_entries[real] = found
+        return found
+
+    def _stat_answer(self, r: Resolved, spec: Spec, args: tuple[int, ...], flags: int) -> Action:
+        """``stat`` of a regular file or symlink, answered with its placeholder's ``struct stat``.
+
+        Placeholders and shadow symlinks never change once made (a concurrent job making the
+        same directory links nothing over an existing name), so the kernel's answer is read
+        once and written into the job's buffer: no stub, no path walk. Directories are left
+        to the kernel: making their entries changes their ctime. ``None``: rewrite instead.
+        The tracer's own search permission stands for the job's (they share credentials; a
+        job that drops root's could not reach the shadow trees under root's cache anyway).
+        """
+        if spec.buf is None or flags & ~_STAT_FLAGS or r.kind != ENTRY:
             return None
-        r = self.ns.resolve(logical, False)
-        if r.kind != ENTRY:
-            return None
-        return self._meta_target(r)
+        packed = r.stat_b
+        if packed is None:
+            entry = r.entry
+            if entry is None or entry.is_dir:
+                return None
+            try:
+                packed = arch.pack_stat(os.lstat(self._meta_target(r)))
+            except OSError:
+                return None  # the kernel reports it
+            r.stat_b = packed
+        return WriteReturn(args[spec.buf], packed, 0)
 
     @staticmethod
     def _path_rewrite(nr: int, spec: Spec, new: str | bytes) -> Rewrite:
@@ -349,6 +395,8 @@ class Translator:
         else:
             assert spec.flags is not None
             flags = to_int(args[spec.flags])
+        if self._plain_host(raw) and not (flags & O_DIRECTORY and self.relocate_host_dirs):
+            return None
         dirfd = _dirfd_arg(spec, args)
         if raw.startswith(b"/proc/") and _MAPS.match(raw):
             return self._proc_maps(ctx, nr, spec, raw)
@@ -465,13 +513,18 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return self._unreadable(ctx, args[spec.path])
+        if self._plain_host(raw):
+            return None
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
         if not raw and spec.style is FlagStyle.AT and flags & AT_EMPTY_PATH:
-            meta = self._fd_meta(ctx, dirfd)
-            if meta is None:
+            fr = self._fd_entry(ctx, dirfd)
+            if fr is None:
                 return None
-            rw = self._path_rewrite(nr, spec, meta)
+            answer = self._stat_answer(fr, spec, args, flags)
+            if answer is not None:
+                return answer
+            rw = self._path_rewrite(nr, spec, self._meta_target(fr))
             rw.args[spec.dirfd or 0] = AT_FDCWD
             assert spec.flags is not None
             rw.args[spec.flags] = flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
@@ -483,13 +536,17 @@ class Translator:
             return Return(-r.errno)
         if r.kind == HOST:
             return self._path_rewrite(nr, spec, r.host)
-        return self._path_rewrite(nr, spec, self._meta_target(r))
+        return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
 
     def _fstat(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
-        meta = self._fd_meta(ctx, to_int(args[0]))
-        if meta is None:
+        r = self._fd_entry(ctx, to_int(args[0]))
+        if r is None:
             return None
+        answer = self._stat_answer(r, spec, args, 0)
+        if answer is not None:
+            return answer
         # fstat(fd, buf) -> newfstatat(AT_FDCWD, placeholder, buf, 0)
+        meta = self._meta_target(r)
         return Rewrite(arch.NR["newfstatat"], args={0: AT_FDCWD, 2: args[1], 3: 0}, path=meta, path_arg=1)
 
     def _access(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
@@ -497,6 +554,8 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return self._unreadable(ctx, args[spec.path])
+        if self._plain_host(raw):
+            return None
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
         r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
 import logging
 import os
 import re
@@ -81,7 +79,7 @@ def _node_of(entry: DirEntry) -> Node:
 class Resolved:
     """The outcome of a walk: a host path, the ``/cvmfs`` root, a repository entry or an errno."""
 
-    __slots__ = ("kind", "host", "touched", "mount", "inner", "entry", "errno", "meta_b", "data_b")
+    __slots__ = ("kind", "host", "touched", "mount", "inner", "entry", "errno", "meta_b", "data_b", "stat_b")
 
     def __init__(
         self,
@@ -103,6 +101,7 @@ class Resolved:
         self.errno = err
         self.meta_b: bytes | None = None  # encoded shadow paths, filled in by the translator
         self.data_b: bytes | None = None
+        self.stat_b: bytes | None = None  # a file's or symlink's packed struct stat (translator)
 
     def __repr__(self) -> str:
         if self.kind == HOST:
@@ -287,6 +286,8 @@ class Namespace:
         program (name and identity) and interpreter, and ``/proc/PID/exe`` of the job shows
         ``logical``.
         """
+        import hashlib  # start-up time: OpenSSL loads only when a job needs it
+
         link_dir = f"/tmp/.cvmfs-i-{os.getuid()}"
         with contextlib.suppress(FileExistsError):
             os.mkdir(link_dir, 0o700)
@@ -380,6 +381,8 @@ class Namespace:
         return m
 
     def _state_file(self, name: str) -> Path:
+        import hashlib  # start-up time: OpenSSL loads only when a job needs it
+
         pins = "|".join(self._params.get(k, "") for k in ("CVMFS_ROOT_HASH", "CVMFS_REPOSITORY_TAG"))
         key = hashlib.sha1(pins.encode()).hexdigest()[:12]
         return self.base / "r" / name / f"{key}.mounted"
@@ -558,6 +561,8 @@ def _int(text: str | None) -> int:
 
 def _read_state(path: Path) -> str | None:
     """The root hash remembered in ``path`` if it has not expired."""
+    import json  # start-up time: only jobs that use /cvmfs need it
+
     try:
         data = json.loads(path.read_text())
         valid = re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", data["root_hash"])
@@ -569,6 +574,8 @@ def _read_state(path: Path) -> str | None:
 
 
 def _write_state(path: Path, root_hash: str, expires: float) -> None:
+    import json
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"root_hash": root_hash, "expires": expires}))
