@@ -10,6 +10,7 @@ verified by its hash before it is used.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import platform
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from .cache import NodeCache
 from .catalog import Catalog, Chunk, DirEntry, NestedRef
+from .chunked import ChunkedReader
 from .errors import (
     CatalogError,
     FormatError,
@@ -52,6 +54,10 @@ _EMPTY_KEY = hashlib.sha1(b"").hexdigest()
 MAX_SYMLINKS = 40
 # Nested catalogs deeper than this are refused: real repositories stay far below.
 MAX_CATALOG_DEPTH = 64
+# Directory entries remembered by a Repository (a few hundred bytes each).
+DIR_MEMO_ENTRIES = 4096
+# Buffer of a chunked file opened for reading: large reads bypass it, small ones (lines) use it.
+_CHUNKED_BUFFER = 1 << 16
 
 
 class OutsideRepository(LookupFailure):
@@ -105,6 +111,7 @@ class Repository:
         base_env.setdefault("CVMFS_ARCH", platform.machine())
         self.env = base_env
         self._catalogs: dict[tuple[str, str], Catalog] = {}
+        self._dir_entries: dict[str, DirEntry] = {}  # see _entry
         self._pinned: list[ContentHash] = []
         self._owns_resources = owns_resources  # close source and store with the repository
 
@@ -239,7 +246,17 @@ class Repository:
         return self._catalog_for(entry.path, False).chunks(entry)
 
     def _entry(self, path: str) -> DirEntry | None:
-        return self._catalog_for(path, False).lookup(path)
+        """``path``'s row. Directories are remembered: resolving a path looks up every parent,
+        and finding each one's catalog (the nested-catalog walk) and row cost more than the
+        file's own lookup. The revision never changes, so neither do they."""
+        entry = self._dir_entries.get(path)
+        if entry is None:
+            entry = self._catalog_for(path, False).lookup(path)
+            if entry is not None and entry.is_dir:
+                if len(self._dir_entries) >= DIR_MEMO_ENTRIES:
+                    self._dir_entries.clear()
+                self._dir_entries[path] = entry
+        return entry
 
     # -- paths --------------------------------------------------------------------------
 
@@ -368,18 +385,34 @@ class Repository:
         return self.store.get_derived(_EMPTY_KEY, lambda out: None)
 
     def open(self, path: str) -> BinaryIO:
-        """The verified content of ``path``, opened (no window for eviction to slip in)."""
+        """The verified content of ``path``, opened (no window for eviction to slip in).
+
+        A chunked file is read through its chunks (:class:`~.chunked.ChunkedReader`), all of
+        them fetched here, so that a download failure is raised by ``open`` as before; nothing
+        is assembled (:meth:`materialize` does that, for callers that need one file).
+        """
         entry = self.stat(path)
-        if (
-            entry.is_regular
-            and not entry.is_chunked
-            and entry.content_hash is not None
-            and not entry.is_external
-        ):
-            return self.store.open(
-                entry.content_hash, self.source, ObjectType.FILE, entry.compression, entry.size
-            )
+        if entry.is_regular and not entry.is_external:
+            if entry.is_chunked:
+                return self._open_chunked(entry)
+            if entry.content_hash is not None:
+                return self.store.open(
+                    entry.content_hash, self.source, ObjectType.FILE, entry.compression, entry.size
+                )
         return open(self.materialize_entry(entry), "rb")
+
+    def _open_chunked(self, entry: DirEntry) -> BinaryIO:
+        chunks = self.chunks(entry)
+        for chunk in chunks:  # fetched now; opened (fetched again if evicted meanwhile) when read
+            self.store.get(chunk.content_hash, self.source, ObjectType.PARTIAL, entry.compression, chunk.size)
+
+        def open_chunk(index: int) -> BinaryIO:
+            c = chunks[index]
+            return self.store.open(c.content_hash, self.source, ObjectType.PARTIAL, entry.compression, c.size)
+
+        spans = [(c.offset, c.size) for c in chunks]
+        raw = ChunkedReader(spans, entry.size, open_chunk, self.mount_prefix + entry.path)
+        return io.BufferedReader(raw, _CHUNKED_BUFFER)
 
     def read_file(self, path: str) -> bytes:
         with self.open(path) as f:

@@ -217,3 +217,21 @@ def test_certificate_missing_from_whitelist_is_refused(real_fixtures, tmp_path):
     keys = load_master_keys(str(tmp_path / "keys" / f"{TOOLS}.pub"), None)
     with pytest.raises(CertificateNotWhitelisted):
         Repository(TOOLS, Fetcher.for_servers(file_url(copy)), keys, NodeCache(tmp_path / "c", None))
+
+
+def test_parent_directories_are_looked_up_once_per_repository(real_fixtures, tmp_path, monkeypatch):
+    from cvmfs_client.catalog import Catalog
+
+    with mount(real_fixtures, TOOLS, tmp_path) as repo:
+        files = [e.path for e in repo.walk("") if e.is_regular and e.path.count("/") > 2]
+        assert len(files) > 10
+        looked_up: list[str] = []
+        lookup = Catalog.lookup
+        monkeypatch.setattr(Catalog, "lookup", lambda cat, path: looked_up.append(path) or lookup(cat, path))
+        for path in files:
+            repo.stat(path)
+        assert len(looked_up) == len(set(looked_up)), "each directory looked up once"
+        looked_up.clear()
+        for path in files:
+            repo.stat(path)
+        assert looked_up == files, "only the files' own rows: their directories were remembered"
