@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -201,6 +202,26 @@ class Response:
             conn.close()
 
 
+def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
+    """Put the read and write timeouts of ``sock`` into the kernel (``SO_RCVTIMEO``,
+    ``SO_SNDTIMEO``) and make it blocking.
+
+    Why not ``settimeout``: Python runs a socket with a timeout in non-blocking mode and calls
+    ``poll`` before every ``recv`` and ``send``, one more system call (and one more release of
+    the GIL) per operation: two per small GET. With the timeouts in the kernel a blocked
+    ``recv``/``send`` fails with ``EAGAIN`` after ``timeout`` seconds instead, which
+    :meth:`Connection.receive` and :meth:`Connection.get` report as ``TimeoutError``.
+    """
+    if timeout <= 0:  # no kernel equivalent of "non-blocking" (0); Python's own mode then
+        sock.settimeout(timeout)
+        return
+    seconds = int(timeout)
+    value = struct.pack("@ll", seconds, int((timeout - seconds) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    sock.settimeout(None)
+
+
 class Connection:
     """One persistent client connection to ``host:port`` (a server or a proxy); not thread-safe."""
 
@@ -213,10 +234,10 @@ class Connection:
         self.used = False  # a response was read on the current socket
 
     def set_timeout(self, timeout: float) -> None:
-        if timeout != self.timeout:  # a system call each time otherwise
+        if timeout != self.timeout:  # system calls each time otherwise
             self.timeout = timeout
             if self.sock is not None:
-                self.sock.settimeout(timeout)
+                _kernel_timeouts(self.sock, timeout)
 
     def get(self, target: str, headers: Iterable[tuple[str, str]]) -> Response:
         """Send ``GET target`` with ``headers`` and read the response head.
@@ -226,16 +247,20 @@ class Connection:
         """
         lines = [f"GET {target} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in headers]
-        for line in lines:
-            if _UNSAFE.search(line):  # CR or LF would let a value inject header fields
-                raise ValueError(f"control character in request line or field {line[:200]!r}")
+        if _UNSAFE.search("".join(lines)):  # CR or LF would let a value inject header fields
+            bad = next(line for line in lines if _UNSAFE.search(line))
+            raise ValueError(f"control character in request line or field {bad[:200]!r}")
         request = "\r\n".join(lines) + "\r\n\r\n"
         if self.sock is None:
             self.sock = socket.create_connection((self.host, self.port), self.timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _kernel_timeouts(self.sock, self.timeout)
             self.buffered.clear()
             self.used = False
-        self.sock.sendall(request.encode("latin-1"))
+        try:
+            self.sock.sendall(request.encode("latin-1"))
+        except BlockingIOError:  # SO_SNDTIMEO: the peer took nothing for `timeout` seconds
+            raise TimeoutError(f"sending to {self.host}:{self.port} timed out") from None
         while True:
             head = self._read_head()
             if not 100 <= head.status < 200:  # interim responses (100 Continue) are skipped
@@ -263,7 +288,10 @@ class Connection:
     def receive(self, limit: int) -> bytes:
         """One receive of at most ``limit`` bytes; b"" at the end of the stream."""
         assert self.sock is not None
-        return self.sock.recv(limit)
+        try:
+            return self.sock.recv(limit)
+        except BlockingIOError:  # SO_RCVTIMEO: nothing arrived for `timeout` seconds
+            raise TimeoutError(f"no data from {self.host}:{self.port} for {self.timeout:g} s") from None
 
     def take(self, limit: int) -> bytes:
         """Up to ``limit`` bytes of what was received already."""

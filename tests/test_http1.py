@@ -242,3 +242,32 @@ def test_control_characters_in_a_request_are_refused_before_sending(serve) -> No
     with pytest.raises(ValueError):
         conn.get("/a", [("X", "v\nY: injected")])
     assert conn.sock is None
+
+
+def test_a_silent_peer_times_out_after_the_timeout_through_kernel_timeouts(serve) -> None:
+    import struct
+    import time
+
+    release = threading.Event()
+
+    def stall(client: socket.socket, _request: bytes) -> None:
+        release.wait(10)
+
+    server = serve([send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"), stall])
+    conn = Connection("127.0.0.1", server.port, 0.3)
+    resp = conn.get("/slow-body", [])
+    assert conn.sock is not None and conn.sock.gettimeout() is None, "blocking: no poll() per recv"
+    seconds, micros = struct.unpack("@ll", conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+    assert (seconds, micros) == (0, 300000)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"127.0.0.1:{server.port}"):
+        read(resp)  # two of four body bytes, then nothing
+    assert 0.25 <= time.monotonic() - start < 3
+    conn.close()
+    conn.set_timeout(0.2)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        conn.get("/no-answer", [])  # a new connection, the new timeout: the head never comes
+    assert 0.15 <= time.monotonic() - start < 3
+    release.set()
+    conn.close()
