@@ -461,3 +461,13 @@ def test_quota_warning_when_the_set_cannot_stay_in_the_cache():
     roomy = prewarm.Prepared([], [], [], prewarm.DestinationSpec(cache_dir=Path("/c"), quota_bytes=4 << 20))
     roomy.missing, roomy.present = [[obj]], [[]]
     assert prewarm.quota_warning(roomy) is None
+
+
+def test_default_processes_one_per_download_up_to_two_per_core(monkeypatch):
+    monkeypatch.setattr(prewarm.os, "cpu_count", lambda: 2)
+    many = 100 * prewarm.MIN_OBJECTS_PER_PROCESS
+    assert prewarm.default_processes(4, many) == 4  # -j 4 (the default on 2 cores): 4 x 1 thread
+    assert prewarm.default_processes(2, many) == 2
+    assert prewarm.default_processes(16, many) == 4  # then threads: 4 x 4
+    assert prewarm.default_processes(4, 2 * prewarm.MIN_OBJECTS_PER_PROCESS) == 2
+    assert prewarm.default_processes(4, 10) == 1  # too little work to start processes for
