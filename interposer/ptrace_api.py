@@ -262,10 +262,14 @@ def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> bool:
         ro.base = addr
         ro.len = size
         offset += size
-    n = _writev(tid, _wlocal, count, _wremote, count, 0)
+    return _written(tid, _writev(tid, _wlocal, count, _wremote, count, 0), total)
+
+
+def _written(tid: int, n: int, size: int) -> bool:
+    """Whether a ``process_vm_writev`` wrote all ``size`` bytes; a vanished tracee raises."""
     if n < 0 and _get_errno() == errno.ESRCH:
         raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
-    return n == total
+    return n == size
 
 
 _wlocal0 = _wlocal[0]
@@ -282,10 +286,7 @@ def write_bytes(tid: int, addr: int, data: bytes) -> bool:
     _wlocal0.len = size
     _wremote0.base = addr
     _wremote0.len = size
-    n = _writev(tid, _wlocal, 1, _wremote, 1, 0)
-    if n < 0 and _get_errno() == errno.ESRCH:
-        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
-    return n == size
+    return _written(tid, _writev(tid, _wlocal, 1, _wremote, 1, 0), size)
 
 
 FRAME_BUF = (ctypes.c_char * (2 * PAGE))()  # filled in place by the tracer (struct.pack_into)
@@ -305,10 +306,7 @@ def write_frame(tid: int, addr: int, size: int) -> bool:
     _flocal.len = size
     _fremote.base = addr
     _fremote.len = size
-    n = _writev(tid, _flocal_ref, 1, _fremote_ref, 1, 0)
-    if n < 0 and _get_errno() == errno.ESRCH:
-        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
-    return n == size
+    return _written(tid, _writev(tid, _flocal_ref, 1, _fremote_ref, 1, 0), size)
 
 
 def _write_large(tid: int, addr: int, data: bytes) -> bool:
