@@ -273,23 +273,16 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> byte
     if tracer_pid is not None:
         a.label("eperm")
         a.ret(RET_ERRNO | errno.EPERM)
-        for name, arg, mask in CONFINED_BITS:
-            a.label(f"bits_{name}")
+        # EPERM when an argument has one of these bits set, or equals this value
+        rules = [(f"bits_{name}", arg, JSET_K, mask) for name, arg, mask in CONFINED_BITS]
+        rules += [(f"value_{name}", arg, JEQ_K, value) for name, arg, value in CONFINED_VALUE]
+        rules.append(("tracer_pid", 0, JEQ_K, tracer_pid))
+        for label, arg, op, k in rules:
+            a.label(label)
             a.ld(_arg_lo(arg))
-            a.jump(JSET_K, mask, 0, 1)
+            a.jump(op, k, 0, 1)
             a.ret(RET_ERRNO | errno.EPERM)
             a.ret(RET_ALLOW)
-        for name, arg, value in CONFINED_VALUE:
-            a.label(f"value_{name}")
-            a.ld(_arg_lo(arg))
-            a.jump(JEQ_K, value, 0, 1)
-            a.ret(RET_ERRNO | errno.EPERM)
-            a.ret(RET_ALLOW)
-        a.label("tracer_pid")
-        a.ld(_arg_lo(0))
-        a.jump(JEQ_K, tracer_pid, 0, 1)
-        a.ret(RET_ERRNO | errno.EPERM)
-        a.ret(RET_ALLOW)
 
     for name, fd_arg, flags_arg in STAT_AT:
         a.label(f"stat_{name}")

@@ -72,13 +72,20 @@ _FRAME_BUF = pt.FRAME_BUF
 assert _FRAME0.size == arch.SLOT_FRAMES_OFFSET + _HEADER.size
 
 _EVENT_NAMES = {
-    pt.EVENT_SECCOMP: "seccomp",
     pt.EVENT_STOP: "stop",
     pt.EVENT_FORK: "fork",
     pt.EVENT_VFORK: "vfork",
     pt.EVENT_CLONE: "clone",
     pt.EVENT_EXEC: "exec",
 }  # event 0 with any signal: a signal-delivery stop
+
+
+def _skip(tid: int, regs: arch.Regs, value: int) -> None:
+    """Resume ``tid`` past the call it stopped in, as if it had returned ``value``."""
+    arch.skip_syscall(regs, value)
+    pt.setregs(tid, regs)
+    pt.cont(tid)
+
 
 # address-space states
 UNMAPPED, PENDING, STUB, CLASSIC, NOSCRATCH = range(5)
@@ -236,12 +243,13 @@ class Tracer:
         sig = (status >> 8) & 0xFF
         event = status >> 16
         task = self.tasks.get(pid)
-        self.stats.events[_EVENT_NAMES.get(event, "signal") if sig != pt.SYSCALL_STOP_SIG else "syscall"] += 1
-        if sig == signal.SIGTRAP and event == pt.EVENT_SECCOMP:
+        if sig == signal.SIGTRAP and event == pt.EVENT_SECCOMP:  # counted in stats.stops
             if task is None:
                 task = self._adopt(pid)
             self._on_seccomp(task)
-        elif sig == pt.SYSCALL_STOP_SIG:
+            return
+        self.stats.events[_EVENT_NAMES.get(event, "signal") if sig != pt.SYSCALL_STOP_SIG else "syscall"] += 1
+        if sig == pt.SYSCALL_STOP_SIG:
             self._on_syscall_stop(pid, task)
         elif event == 0:
             pt.cont(pid, sig)  # signal-delivery-stop: deliver it
@@ -382,15 +390,11 @@ class Tracer:
             self._rewrite(task, regs, action, depth)
         elif type(action) is Return:
             self.stats.actions["return"] += 1
-            arch.skip_syscall(regs, action.value)
-            pt.setregs(tid, regs)
-            pt.cont(tid)
+            _skip(tid, regs, action.value)
         elif type(action) is WriteReturn:
             self.stats.actions["emulate"] += 1
             ok = pt.write_bytes(tid, action.addr, action.data) if action.data else True
-            arch.skip_syscall(regs, action.value if ok else -errno.EFAULT)
-            pt.setregs(tid, regs)
-            pt.cont(tid)
+            _skip(tid, regs, action.value if ok else -errno.EFAULT)
         elif type(action) is Exec:
             self._exec(task, regs, action, depth)
         self.stats.seconds += time.perf_counter() - started
@@ -443,9 +447,7 @@ class Tracer:
                     new[action.path2_arg] = frame + arch.F_PATH + len(blob)
                     blob += action.path2 + b"\0"
                 if len(blob) > arch.FRAME_SIZE - arch.F_PATH:
-                    arch.skip_syscall(regs, -errno.ENAMETOOLONG)
-                    pt.setregs(tid, regs)
-                    pt.cont(tid)
+                    _skip(tid, regs, -errno.ENAMETOOLONG)
                     return
         nr, rip, base, cmd = action.nr & _MASK, regs.rip, action.reloc_base, action.reloc_cmd
         if depth == 0:
@@ -461,9 +463,7 @@ class Tracer:
         if ok:
             regs.rip = arch.STUB_ADDR
             regs.r11 = frame
-        arch.skip_syscall(regs, 0 if ok else -errno.EFAULT)
-        pt.setregs(tid, regs)
-        pt.cont(tid)
+        _skip(tid, regs, 0 if ok else -errno.EFAULT)
 
     def _classic(
         self, task: Task, regs: arch.Regs, nr: int, args: dict[int, int], path: bytes | None, path_arg: int
@@ -567,9 +567,7 @@ class Tracer:
         task.pending = ("big", (saved, size))
 
     def _fail(self, task: Task, regs: arch.Regs, err: int) -> None:
-        arch.skip_syscall(regs, -err)
-        pt.setregs(task.tid, regs)
-        pt.cont(task.tid)
+        _skip(task.tid, regs, -err)
 
     # -- creating the stub mapping ---------------------------------------------------------------
 
