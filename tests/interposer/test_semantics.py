@@ -264,3 +264,14 @@ def test_an_internal_error_is_reported_and_kills_the_job(job_env, tmp_path):
     assert b"internal error" in r.stderr and b"simulated tracer bug" in r.stderr
     assert time.monotonic() - t < 20
     assert not pidfile.exists() or not os.path.exists(f"/proc/{pidfile.read_text().strip()}/exe")
+
+
+def test_host_script_whose_path_names_cvmfs_runs(job_env, tmp_path):
+    """/usr/bin/cvmfs_config is a shell script: a host path containing "cvmfs" is the host's."""
+    tool = tmp_path / "cvmfs-tools" / "cvmfs_config"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\necho "config $1"\n')
+    tool.chmod(0o755)
+    r = cvmfs_run([str(tool), "probe"], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"config probe\n"

@@ -1,0 +1,295 @@
+"""Seccomp user notifications: metadata calls served without a ptrace stop.
+
+A ptrace stop costs two scheduler hand-overs through the tracer's ``waitpid`` loop, ~20 us
+pinned to one CPU and ~60 us when job and tracer sit on different CPUs of a VM. For the calls in
+:data:`.seccomp.NOTIFIED` (the ``stat`` family, ``access``, ``readlink``: they only read
+metadata into a buffer of known size) the filter returns ``SECCOMP_RET_USER_NOTIF`` instead,
+and this thread answers from the listener fd:
+
+- a host path the translator leaves alone (``stat("/etc/localtime")`` in every ``localtime()``
+  of a job without TZ): ``SECCOMP_USER_NOTIF_FLAG_CONTINUE``, the kernel runs the call as if
+  nothing had looked at it;
+- a ``/cvmfs`` answer (a placeholder's ``struct stat``, a symlink target, an errno): written
+  into the job's memory, the call skipped with its result;
+- a rewritten path (a shadow directory, a host path reached through ``..``): the thread makes
+  the call itself on the new path into its own buffer and copies the result into the job's.
+  The two processes share credentials and mounts, and rewritten paths are absolute, so the
+  answer is the one the job would have had.
+
+``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`` (Linux 6.6) makes the kernel hand the notification and
+its answer over on one CPU. Decisions are the translator's, made under the tracer's lock (the
+two threads share its state and the ptrace helpers' buffers). Only used without a file-system
+policy: the kernel reads a ``CONTINUE``-d path again after the check, so a racing thread could
+swap it, which is harmless for a view of /cvmfs and not for a sandbox (seccomp_unotify(2)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from typing import TYPE_CHECKING
+
+from . import arch_x86_64 as arch
+from . import ptrace_api as pt
+from .syscalls import BY_NR
+from .translate import Return, Rewrite, WriteReturn
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
+
+log = logging.getLogger(__name__)
+
+# linux/seccomp.h: ioctls on the listener, _IOWR/_IOW('!', nr, type)
+IOCTL_RECV = 0xC0502100  # struct seccomp_notif (80 bytes)
+IOCTL_SEND = 0xC0182101  # struct seccomp_notif_resp (24 bytes)
+IOCTL_ID_VALID = 0x40082102
+IOCTL_SET_FLAGS = 0x40082104
+FD_SYNC_WAKE_UP = 1
+FLAG_CONTINUE = 1
+
+_NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data: nr, arch, instruction pointer, args
+_RESP = struct.Struct("<QqiI")  # id, val, error, flags
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ioctl = _libc.ioctl
+_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_ioctl.restype = ctypes.c_int
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+STATX_SIZE = 256
+
+
+def kernel_supports(release: str | None = None) -> bool:
+    """``FLAG_CONTINUE`` needs Linux 5.5; without it a host path could not be handed back."""
+    release = release if release is not None else os.uname().release
+    try:
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 5)
+
+
+def _output(nr: int, args: list[int]) -> tuple[int, int] | None:
+    """(argument index, size) of the buffer call ``nr`` fills, or None (access family)."""
+    if nr in (arch.NR["stat"], arch.NR["lstat"], arch.NR["fstat"]):
+        return 1, arch.STAT_SIZE
+    if nr == arch.NR["newfstatat"]:
+        return 2, arch.STAT_SIZE
+    if nr == arch.NR["statx"]:
+        return 4, STATX_SIZE
+    if nr == arch.NR["readlink"]:
+        return 1, max(0, min(args[2] & 0xFFFFFFFF, pt.PATH_MAX))
+    if nr == arch.NR["readlinkat"]:
+        return 2, max(0, min(args[3] & 0xFFFFFFFF, pt.PATH_MAX))
+    return None
+
+
+class Supervisor:
+    """The thread that serves one job's user notifications (see the module docstring).
+
+    It receives the listener fd from the job's first process over ``sock`` (the child creates
+    it when it installs the filter); if none arrives the thread ends and the filter the child
+    installed has no ``RET_USER_NOTIF`` (``job._child`` falls back to the ptrace-only one).
+    """
+
+    def __init__(self, tracer: Tracer, sock: socket.socket, lock: threading.Lock) -> None:
+        self.tracer = tracer
+        self.sock = sock
+        self.lock = lock
+        self.listener: int | None = None
+        self.failure: BaseException | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._main, name="seccomp-notify", daemon=True)
+        from .tracer import _Ctx
+
+        self.ctx = _Ctx(tracer.cwds)
+        self._req = ctypes.create_string_buffer(_NOTIF.size)
+        self._resp = ctypes.create_string_buffer(_RESP.size)
+        self._id = ctypes.c_uint64()
+        self._out = ctypes.create_string_buffer(pt.PATH_MAX + STATX_SIZE)
+        self._path = ctypes.create_string_buffer(pt.PATH_MAX + 1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (the job is over) and close the listener."""
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        if self.listener is not None and not self._thread.is_alive():
+            os.close(self.listener)
+            self.listener = None
+        self.sock.close()
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            if not self._receive_listener():
+                return
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - reported at the job's end
+            self.failure = exc
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """After a failure here: end the job rather than leave its calls waiting forever.
+
+        Closing the listener makes waiting and future notified calls fail (ENOSYS); the job's
+        processes are killed so that nothing runs on with wrong answers, and the tracer's loop
+        ends with them; ``job.run`` then reports :attr:`failure`.
+        """
+        with self.lock:
+            if self.listener is not None:
+                os.close(self.listener)
+                self.listener = None
+            for tid in list(self.tracer.tasks):
+                with contextlib.suppress(OSError):
+                    os.kill(tid, 9)
+
+    def _receive_listener(self) -> bool:
+        ready, _, _ = select.select([self.sock, self._wake_r], [], [])
+        if self._wake_r in ready and self.sock not in ready:
+            return False
+        try:
+            _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
+        except OSError:
+            return False
+        if not fds:
+            return False
+        self.listener = fds[0]
+        if _ioctl(self.listener, IOCTL_SET_FLAGS, FD_SYNC_WAKE_UP) != 0:  # the flags by value
+            log.debug("seccomp listener: no synchronous wake-ups (%s)", os.strerror(ctypes.get_errno()))
+        return True
+
+    def _serve(self) -> None:
+        listener = self.listener
+        assert listener is not None
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        req = self._req
+        lock = self.lock
+        while True:
+            for fd, events in poller.poll():
+                if fd == self._wake_r:
+                    return
+                if events & (select.POLLHUP | select.POLLERR) and not events & select.POLLIN:
+                    return  # no process is left to use the filter
+            ctypes.memset(req, 0, _NOTIF.size)
+            if _ioctl(listener, IOCTL_RECV, req) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.EINTR):  # the caller was interrupted or died
+                    continue
+                raise OSError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
+            notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(req.raw)
+            with lock:
+                value, error, flags = self._answer(notif_id, tid, nr, args)
+            _RESP.pack_into(self._resp, 0, notif_id, value, error, flags)
+            if _ioctl(listener, IOCTL_SEND, self._resp) != 0:
+                err = ctypes.get_errno()
+                if err != errno.ENOENT:  # ENOENT: the call was interrupted meanwhile (a signal)
+                    raise OSError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")
+
+    def _answer(self, notif_id: int, tid: int, nr: int, args: list[int]) -> tuple[int, int, int]:
+        """(value, negative errno, flags) for the notification: continue, or the call's result."""
+        tracer = self.tracer
+        spec = BY_NR.get(nr)
+        tracer.stats.stops[spec.name if spec else nr] += 1
+        tracer.stats.actions["notified"] += 1
+        if spec is None:
+            return 0, 0, FLAG_CONTINUE
+        task = tracer.tasks.get(tid)
+        ctx = self.ctx
+        ctx.tid = tid
+        ctx.tgid = task.tgid if task is not None else _tgid_of(tid)
+        args_t = tuple(args)
+        if tracer.names is not None:
+            tracer.names.syscall(ctx, spec, args_t)
+        try:
+            action = tracer.translator.decide(ctx, nr, spec, args_t)
+        except pt.TraceeGone:
+            return 0, -errno.ESRCH, 0
+        if tracer.debug and action is not None:
+            log.debug("[%d] %s (notified) -> %s", tid, spec.name, action)
+        if action is None:
+            return 0, 0, FLAG_CONTINUE
+        if not self._still_waiting(notif_id):
+            return 0, -errno.ESRCH, 0  # gone: its tid may be another process's by now
+        if type(action) is Return:
+            tracer.stats.actions["return"] += 1
+            return _result(action.value)
+        if type(action) is WriteReturn:
+            tracer.stats.actions["emulate"] += 1
+            if action.data and not pt.write_bytes(tid, action.addr, action.data):
+                return 0, -errno.EFAULT, 0
+            return _result(action.value)
+        if type(action) is Rewrite:
+            tracer.stats.actions["local"] += 1
+            return self._run_here(tid, action, args)
+        log.error("%s: the supervisor cannot carry out %r", spec.name, action)
+        return 0, -errno.EIO, 0
+
+    def _still_waiting(self, notif_id: int) -> bool:
+        self._id.value = notif_id
+        return _ioctl(self.listener, IOCTL_ID_VALID, ctypes.byref(self._id)) == 0
+
+    def _run_here(self, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
+        """Make the rewritten call in this process; copy what it wrote into the job's buffer."""
+        if action.path is None or not action.path.startswith(b"/") or action.path2 is not None:
+            log.error("supervisor: cannot make %r here (needs the job's fds or cwd)", action)
+            return 0, -errno.EIO, 0
+        call = list(args)
+        for index, value in action.args.items():
+            call[index] = value
+        self._path.value = action.path[: pt.PATH_MAX]
+        call[action.path_arg] = ctypes.addressof(self._path)
+        out = _output(action.nr, call)
+        target = 0
+        if out is not None:
+            index, size = out
+            target = call[index]
+            call[index] = ctypes.addressof(self._out)
+        res = _syscall(ctypes.c_long(action.nr), *(ctypes.c_long(a) for a in call))
+        if res < 0:
+            return 0, -ctypes.get_errno(), 0
+        if out is not None:
+            written = res if action.nr in (arch.NR["readlink"], arch.NR["readlinkat"]) else size
+            if written and not pt.write_bytes(tid, target, self._out.raw[:written]):
+                return 0, -errno.EFAULT, 0
+        return res, 0, 0
+
+
+def _result(value: int) -> tuple[int, int, int]:
+    return (0, value, 0) if value < 0 else (value, 0, 0)
+
+
+def _tgid_of(tid: int) -> int:
+    from .tracer import _tgid_of as lookup
+
+    return lookup(tid)
+
+
+def make_channel() -> tuple[socket.socket, socket.socket]:
+    """(parent end, child end) of the socket the job's first process sends the listener over."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def send_listener(sock: socket.socket, fd: int | None) -> None:
+    """In the job's first process: hand over the listener (or say there is none)."""
+    if fd is None:
+        sock.send(b"0")
+    else:
+        socket.send_fds(sock, [b"1"], [fd])
+        os.close(fd)
+    sock.close()

@@ -1,0 +1,253 @@
+"""Seccomp user notifications (interposer/notify.py): the metadata calls a supervisor thread
+serves must answer exactly as the ptrace path does, on /cvmfs and host paths alike."""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from interposer import arch_x86_64 as arch
+from interposer import notify, seccomp
+from interposer.translate import Rewrite
+from tests.interposer.conftest import cvmfs_run
+from tests.interposer.trees import MOUNT
+
+SURVEY = textwrap.dedent(
+    f"""
+    import ctypes, errno, os, stat
+    M = "{MOUNT}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    def meta(f, *a, **k):
+        try:
+            st = f(*a, **k)
+        except OSError as e:
+            return errno.errorcode[e.errno]
+        return (stat.filemode(st.st_mode), st.st_size, st.st_mtime_ns, st.st_nlink)
+    def call(f, *a, **k):
+        try:
+            return f(*a, **k)
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    def access(path, mode):
+        return "ok" if libc.access(path.encode(), mode) == 0 else errno.errorcode[ctypes.get_errno()]
+    out = {{}}
+    names = ["", "/etc", "/etc/example.conf", "/cases/rel-link", "/cases/broken-link",
+             "/cases/runme-0755.sh", "/cases/missing", "/etc/example.conf/x", "/bin/tput"]
+    for n in names:
+        out["stat" + n] = meta(os.stat, M + n)
+        out["lstat" + n] = meta(os.lstat, M + n)
+        out["readlink" + n] = call(os.readlink, M + n)
+        out["access-r" + n] = access(M + n, os.R_OK)
+        out["access-x" + n] = access(M + n, os.X_OK)
+        out["access-w" + n] = access(M + n, os.W_OK)
+    fd = os.open(M + "/etc/example.conf", os.O_RDONLY)
+    out["fstat-content"] = meta(os.fstat, fd)
+    d = os.open(M + "/etc", os.O_RDONLY | os.O_DIRECTORY)
+    out["fstatat-dirfd"] = meta(os.stat, "example.conf", dir_fd=d)
+    out["fstat-dirfd"] = meta(os.fstat, d)
+    os.chdir(M + "/cases")
+    out["relative"] = meta(os.lstat, "rel-link")
+    out["relative-follow"] = meta(os.stat, "rel-link")
+    out["relative-readlink"] = call(os.readlink, "rel-link")
+    out["dotdot-inside"] = meta(os.stat, "../etc/example.conf")
+    out["dotdot-out"] = meta(os.stat, "../../..") [0]
+    out["cvmfs-root"] = meta(os.stat, "/cvmfs")[0]
+    out["host"] = meta(os.stat, "/etc/hostname") == meta(os.stat, "/etc/../etc/hostname")
+    out["host-missing"] = meta(os.stat, "/nonexistent/x")
+    for k, v in out.items():
+        print(k, repr(v))
+    """
+)
+
+
+def _survey(job_env, tmp_path, *options: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    script = tmp_path / "survey.py"
+    script.write_text(SURVEY)
+    r = cvmfs_run(["python3", str(script)], job_env, options=["--stats", *options])
+    assert r.returncode == 0, r.stderr.decode()
+    got = {}
+    for line in r.stdout.decode().splitlines():
+        key, _, value = line.partition(" ")
+        got[key] = ast.literal_eval(value)
+    stats = r.stderr.decode().rpartition("stops ")[2]
+    return {"answers": got, "stats": ast.literal_eval(stats)}
+
+
+def test_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
+    # A shadow directory's link count grows as its subdirectories are made (the kernel answers
+    # for directories): the first run makes them all, the two compared runs see the same tree.
+    _survey(job_env, tmp_path)
+    stopped = _survey(job_env, tmp_path, "--ptrace-only")
+    notified = _survey(job_env, tmp_path)
+    assert notified["answers"] == stopped["answers"]
+    answers = notified["answers"]
+    assert answers["stat/etc/example.conf"][0] == "-rw-r--r--"
+    assert answers["stat/cases/missing"] == "ENOENT" and answers["stat/etc/example.conf/x"] == "ENOTDIR"
+    assert answers["readlink/cases/rel-link"] == answers["relative-readlink"] != "EINVAL"
+    assert answers["access-w/etc"] == "EROFS" and answers["host"] is True
+    assert answers["dotdot-out"] == answers["cvmfs-root"] == "drwxr-xr-x"
+    # the supervisor served them: no ptrace stop for the stat family, and none the other way
+    assert notified["stats"]["actions"]["notified"] > 50
+    assert "notified" not in stopped["stats"]["actions"]
+
+
+def test_a_coreutils_walk_is_the_same_both_ways(job_env):
+    walk = "find . -path ./python -prune -o -print0 | sort -z"
+    script = f"cd {MOUNT} && {walk} | xargs -0 stat -c '%n %A %s %Y %h %N'"
+    outputs = []
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run(["sh", "-c", script], job_env, options=options)
+        assert r.returncode == 0, r.stderr.decode()
+        outputs.append(r.stdout)
+    assert outputs[0] == outputs[1] and outputs[0].count(b"\n") > 30
+
+
+BROKEN_SUPERVISOR = """
+import sys
+import interposer.notify as notify
+def broken(self, notif_id, tid, nr, args):
+    raise RuntimeError("simulated supervisor bug")
+notify.Supervisor._answer = broken
+from cvmfs_client.cli import main
+sys.argv = ["cvmfs-client", "run", "--", "sh", "-c", "echo $$ > " + sys.argv[1] + "; stat /; exec sleep 30"]
+main()
+"""
+
+
+def test_a_failing_supervisor_kills_the_job_and_says_why(job_env, tmp_path):
+    pidfile = tmp_path / "pid"
+    t = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-c", BROKEN_SUPERVISOR, str(pidfile)], env=job_env, capture_output=True, timeout=60
+    )
+    assert r.returncode == 70, r.stderr.decode()
+    assert b"internal error" in r.stderr and b"simulated supervisor bug" in r.stderr
+    assert time.monotonic() - t < 20
+    assert not pidfile.exists() or not os.path.exists(f"/proc/{pidfile.read_text().strip()}/exe")
+
+
+# -- the kernel interface, without a tracer ---------------------------------------------------
+
+
+def test_kernel_version_gate():
+    assert notify.kernel_supports("6.18.44-fc")
+    assert notify.kernel_supports("5.5.0")
+    assert not notify.kernel_supports("5.4.210-generic")
+    assert not notify.kernel_supports("garbage")
+
+
+def _filtered_child(body):  # type: ignore[no-untyped-def]
+    """A child with the notify filter and its listener; the parent gets the listener fd."""
+    parent, child = notify.make_channel()
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        try:
+            ranges = seccomp.FdRanges.for_limit(1024)
+            fd = seccomp.install(seccomp.build_filter(ranges, notify=True), listener=True)
+            notify.send_listener(child, fd)
+            body()
+        finally:
+            os._exit(0)
+    child.close()
+    _, fds, _, _ = socket.recv_fds(parent, 1, 1)
+    parent.close()
+    return pid, fds[0]
+
+
+def _recv(listener: int) -> tuple[int, int, int, list[int]]:
+    req = ctypes.create_string_buffer(notify._NOTIF.size)
+    assert notify._ioctl(listener, notify.IOCTL_RECV, req) == 0, os.strerror(ctypes.get_errno())
+    notif_id, tid, _, nr, _, _, *args = notify._NOTIF.unpack(req.raw)
+    return notif_id, tid, nr, args
+
+
+def _send(listener: int, notif_id: int, value: int, error: int, flags: int) -> None:
+    resp = ctypes.create_string_buffer(notify._RESP.pack(notif_id, value, error, flags))
+    assert notify._ioctl(listener, notify.IOCTL_SEND, resp) == 0, os.strerror(ctypes.get_errno())
+
+
+def test_the_filter_notifies_metadata_calls_and_continue_runs_them(tmp_path):
+    out = tmp_path / "out"
+
+    def body() -> None:
+        results = []
+        for f in (lambda: os.stat("/etc/hostname"), lambda: os.readlink("/proc/self/exe")):
+            try:
+                f()
+                results.append("ok")
+            except OSError as e:
+                results.append(errno.errorcode[e.errno])
+        os.getpid()  # untrapped
+        out.write_text(" ".join(results))
+
+    pid, listener = _filtered_child(body)
+    try:
+        # open (the write to `out`) is not notified: it would fail with ENOSYS without a tracer
+        seen = []
+        for answer in ("continue", "error"):
+            notif_id, tid, nr, args = _recv(listener)
+            seen.append(nr)
+            assert tid == pid
+            if answer == "continue":
+                _send(listener, notif_id, 0, 0, notify.FLAG_CONTINUE)
+            else:
+                _send(listener, notif_id, 0, -errno.EACCES, 0)
+        assert seen == [arch.NR["newfstatat"], arch.NR["readlink"]]
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(listener)
+    assert os.WIFEXITED(status)
+    # the write to `out` was an openat: RET_TRACE without a tracer is ENOSYS, so no file
+    assert not out.exists()
+
+
+def test_a_rewritten_call_is_made_here_and_copied_into_the_job():
+    """_run_here with this process as the 'job': the answer lands in the given buffer."""
+    sup = notify.Supervisor.__new__(notify.Supervisor)
+    sup._path = ctypes.create_string_buffer(4097)
+    sup._out = ctypes.create_string_buffer(4096 + 256)
+    buf = ctypes.create_string_buffer(arch.STAT_SIZE)
+    at_fdcwd = -100
+    rw = Rewrite(arch.NR["newfstatat"], args={0: at_fdcwd, 3: 0}, path=b"/etc/hostname", path_arg=1)
+    args = [5, 0, ctypes.addressof(buf), 0x1000, 0, 0]  # as from fstat-like newfstatat(5, "", buf)
+    assert sup._run_here(os.getpid(), rw, args) == (0, 0, 0)
+    assert buf.raw == arch.pack_stat(os.stat("/etc/hostname"))
+    missing = Rewrite(arch.NR["newfstatat"], args={0: at_fdcwd, 3: 0}, path=b"/nonexistent", path_arg=1)
+    assert sup._run_here(os.getpid(), missing, args) == (0, -errno.ENOENT, 0)
+    link = ctypes.create_string_buffer(64)
+    rl = Rewrite(arch.NR["readlink"], path=b"/proc/self/cwd", path_arg=0)
+    value, error, _ = sup._run_here(os.getpid(), rl, [0, ctypes.addressof(link), 64, 0, 0, 0])
+    assert error == 0 and link.raw[:value] == os.getcwd().encode()[:64]
+    relative = Rewrite(arch.NR["newfstatat"], args={0: at_fdcwd}, path=b"etc/hostname", path_arg=1)
+    assert sup._run_here(os.getpid(), relative, args) == (0, -errno.EIO, 0)  # our cwd is not the job's
+
+
+def test_abandon_closes_the_listener_and_kills_the_job():
+    job = subprocess.Popen(["sleep", "30"])
+
+    class FakeTracer:
+        tasks = {job.pid: None}
+
+    sup = notify.Supervisor.__new__(notify.Supervisor)
+    sup.tracer = FakeTracer()  # type: ignore[assignment]
+    sup.lock = threading.Lock()
+    r, w = os.pipe()
+    sup.listener = r
+    sup._abandon()
+    os.close(w)
+    assert sup.listener is None
+    with pytest.raises(OSError):
+        os.fstat(r)
+    assert job.wait(10) == -signal.SIGKILL
