@@ -505,6 +505,12 @@ def prewarm_cmd(
 @click.option("-v", "--verbose", count=True, help="Log mounts (-v) or every translated call (-vv).")
 @click.option("--debug", is_flag=True, help="Log every translated call.")
 @click.option("--stats", is_flag=True, hidden=True, help="Print stop counters to stderr at exit.")
+@click.option(
+    "--ptrace-only",
+    is_flag=True,
+    help="Stop the job for every trapped call, metadata calls included (no seccomp user "
+    "notifications; slower, for comparison and debugging).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_cmd(
     repos: tuple[str, ...],
@@ -522,6 +528,7 @@ def run_cmd(
     verbose: int,
     debug: bool,
     stats: bool,
+    ptrace_only: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND with /cvmfs/REPOSITORY/... visible, as if the repositories were mounted.
@@ -562,6 +569,7 @@ def run_cmd(
                 raise RunError(f"{given}: its directory is missing or not writable")
         options.name_list = name_list.absolute() if name_list is not None else None
         options.env_list = env_list.absolute() if env_list is not None else None
+        options.notify = not ptrace_only
         try:
             status = run(list(command), options)
         finally:

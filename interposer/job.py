@@ -27,6 +27,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from cvmfs_client.errors import CvmfsError
 
+from . import notify, seccomp
 from . import ptrace_api as pt
-from . import seccomp
 from .tracer import Tracer
 from .translate import Translator
 from .vfs import Namespace
@@ -116,6 +117,7 @@ class RunOptions:
     name_list: Path | None = None  # -n: where the paths the job used are written at its end
     env_list: Path | None = None  # -e: where the job's initial environment is written
     cwd: Path | None = None  # the job's first working directory (a host path); None: ours
+    notify: bool = True  # metadata calls through seccomp user notifications where possible (notify.py)
 
 
 def _opener(options: RunOptions) -> Callable[[str, str | None], object]:
@@ -170,6 +172,13 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         policy = Policy(MountTable(options.mount_lines), options.own_proc, options.allow_write)
     # Under a policy the filter also refuses the calls that would escape it (seccomp.CONFINED_*).
     program = seccomp.build_filter(ranges, os.getpid() if policy is not None else None)
+    # Without a policy, metadata calls go to a supervisor thread rather than stopping the job
+    # (notify.py); the child falls back to `program` if the kernel refuses the listener.
+    channel = None
+    notify_program = None
+    if options.notify and policy is None and notify.kernel_supports():
+        notify_program = seccomp.build_filter(ranges, None, notify=True)
+        channel = notify.make_channel()
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     if options.env_list is not None:
         from .namelist import env_bytes, write_atomic
@@ -178,7 +187,17 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
             write_atomic(options.env_list, env_bytes(options.env))
         except OSError as exc:
             raise RunError(f"cannot write the environment list {options.env_list}: {exc.strerror}") from None
-    pid = _spawn(list(argv), dict(options.env), program, inherited, options.cwd)
+    try:
+        child_end = channel[1] if channel is not None else None
+        env = dict(options.env)
+        pid = _spawn(list(argv), env, program, inherited, options.cwd, notify_program, child_end)
+    except BaseException:
+        if channel is not None:
+            channel[0].close()
+        raise
+    finally:
+        if channel is not None:
+            channel[1].close()
 
     forward_to = pid
 
@@ -209,12 +228,17 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         debug=options.debug,
         names=names,
     )
+    supervisor = notify.Supervisor(tracer, channel[0], tracer.lock) if channel is not None else None
+    if supervisor is not None:
+        supervisor.start()
     try:
         status = tracer.run()
     except BaseException:
         _kill_all(tracer)
         raise
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         ns.close()
         _reclaim_terminal()
         options.stats.update(
@@ -228,6 +252,9 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
                 names.write(options.name_list)
             except OSError as exc:
                 log.error("cannot write the name list %s: %s", options.name_list, exc)
+    if supervisor is not None and supervisor.failure is not None:
+        failure = supervisor.failure
+        raise RuntimeError(f"serving the job's metadata calls: {failure!r}") from failure
     return status
 
 
@@ -253,12 +280,18 @@ def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
 
 
 def _spawn(
-    argv: list[str], env: dict[str, str], program: bytes, inherited: dict, cwd: Path | None = None
+    argv: list[str],
+    env: dict[str, str],
+    program: bytes,
+    inherited: dict,
+    cwd: Path | None = None,
+    notify_program: bytes | None = None,
+    channel: socket.socket | None = None,
 ) -> int:
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the job's first process
-        _child(argv, env, program, inherited, ready_r, ready_w, cwd)
+        _child(argv, env, program, inherited, ready_r, ready_w, cwd, notify_program, channel)
     os.close(ready_r)
     try:
         pt.seize(pid, OPTIONS)
@@ -283,6 +316,8 @@ def _child(
     ready_r: int,
     ready_w: int,
     cwd: Path | None = None,
+    notify_program: bytes | None = None,
+    channel: socket.socket | None = None,
 ) -> NoReturn:
     code = 127
     try:
@@ -296,7 +331,15 @@ def _child(
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.read(ready_r, 1)  # the tracer has seized us (or failed and is about to kill us)
         os.close(ready_r)
-        seccomp.install(program)
+        if channel is None:
+            seccomp.install(program)
+        else:
+            try:
+                listener = seccomp.install(notify_program or program, listener=True)
+            except OSError:  # EBUSY: a listener above us (a nested run); EINVAL: too old a kernel
+                listener = None
+                seccomp.install(program)  # everything through ptrace stops: slower, as correct
+            notify.send_listener(channel, listener)
         try:
             os.execvpe(argv[0], argv, env)
         except OSError as exc:

@@ -46,6 +46,7 @@ from .ptrace_api import raw_syscall, set_no_new_privs
 # return values (linux/seccomp.h)
 RET_ALLOW = 0x7FFF0000
 RET_TRACE = 0x7FF00000
+RET_USER_NOTIF = 0x7FC00000
 RET_ERRNO = 0x00050000
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
@@ -96,6 +97,12 @@ FD_OURS = (("fchmod", 0), ("fchown", 0), ("fsetxattr", 0), ("fremovexattr", 0), 
 # (fts duplicates every directory fd it opens to a low number).
 F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
 ENOSYS = ("io_uring_setup",)
+# With a listener (see notify.py): these calls go to the supervisor thread instead of stopping.
+# Each only reads metadata into a buffer of a known size, which the supervisor can fill itself.
+NOTIFIED = frozenset({
+    "stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat", "faccessat2", "readlink",
+    "readlinkat",
+})  # fmt: skip
 
 # With a policy only (see the module docstring): EPERM always...
 CONFINED_EPERM = (
@@ -200,16 +207,23 @@ def _in_range(a: _Asm, lo: int, hi: int, yes: str, no: str) -> None:
 
 
 def _fd_rule(
-    a: _Asm, label: str, fd_arg: int, bounds: tuple[int, int] | None, inside_stops: bool, unranged_allow: bool
+    a: _Asm,
+    label: str,
+    fd_arg: int,
+    bounds: tuple[int, int] | None,
+    inside_stops: bool,
+    unranged_allow: bool,
+    trap: str = "trace",
 ) -> None:
     """At ``label``: a call whose fd argument is in ``bounds`` stops (``inside_stops``) or runs,
-    one outside does the other; without reserved ranges it runs or stops (``unranged_allow``)."""
+    one outside does the other; without reserved ranges it runs or stops (``unranged_allow``).
+    A stop goes to ``trap`` ("trace", or "notify" for a call the supervisor serves)."""
     a.label(label)
     if bounds is None:
         if unranged_allow:
             a.ret(RET_ALLOW)
         else:
-            a.ja("trace")
+            a.ja(trap)
         return
     stop, run = f"{label}_trace", f"{label}_allow"
     a.ld(_arg_lo(fd_arg))
@@ -217,17 +231,22 @@ def _fd_rule(
     a.label(run)
     a.ret(RET_ALLOW)
     a.label(stop)
-    a.ja("trace")
+    a.ja(trap)
 
 
-def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> bytes:
+def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None, notify: bool = False) -> bytes:
     """The filter program as raw ``struct sock_filter`` array bytes.
 
     ``tracer_pid``: given when the job runs under a file-system policy, which adds the
-    ``CONFINED_*`` refusals (see the module docstring).
+    ``CONFINED_*`` refusals (see the module docstring). ``notify``: the :data:`NOTIFIED` calls
+    return ``SECCOMP_RET_USER_NOTIF`` (to a listener, see notify.py) instead of stopping.
     """
     nr = arch.NR
     a = _Asm()
+
+    def trap(name: str) -> str:
+        return "notify" if notify and name in NOTIFIED else "trace"
+
     a.ld(OFF_ARCH)
     a.jump(JEQ_K, arch.AUDIT_ARCH, 1, 0)
     a.ret(RET_ERRNO | errno.ENOSYS)
@@ -250,7 +269,7 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> byte
     for name in ENOSYS:
         blocks.append((nr[name], "enosys"))
     for name in TRAPPED:
-        blocks.append((nr[name], "trace"))
+        blocks.append((nr[name], trap(name)))
     if tracer_pid is not None:
         for name in CONFINED_EPERM:
             blocks.append((nr[name], "eperm"))
@@ -307,15 +326,17 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> byte
         a.label("allow_" + name)
         a.ret(RET_ALLOW)
         a.label("trace_" + name)
-        a.ja("trace")
+        a.ja(trap(name))
 
     # Calls on one fd: inside a reserved range they run or stop, outside the other way round.
     for name, fd_arg in FD_CONTENT:  # content fds stop (fstat shows the catalog's metadata)
         bounds = None if ranges is None else (ranges.content, ranges.dirs)
-        _fd_rule(a, f"fdc_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=True)
+        _fd_rule(a, f"fdc_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=True, trap=trap(name))
     for name, fd_arg in DIRFD_ALLOWED:  # our m/ directory fds run (fstatat on the shadow tree)
         bounds = None if ranges is None else (ranges.dirs, ranges.top)
-        _fd_rule(a, f"dirfd_{name}", fd_arg, bounds, inside_stops=False, unranged_allow=False)
+        _fd_rule(
+            a, f"dirfd_{name}", fd_arg, bounds, inside_stops=False, unranged_allow=False, trap=trap(name)
+        )
     for name, fd_arg in FD_OURS:  # any of our fds stops
         bounds = None if ranges is None else (ranges.content, ranges.top)
         _fd_rule(a, f"fdours_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=False)
@@ -336,16 +357,18 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None) -> byte
         a.ja("trace")
 
     # Every trap lands here: calls made by the stub page run untrapped.
-    a.label("trace")
-    a.ld(OFF_IP_HI)
-    a.jump(JEQ_K, arch.STUB_ADDR >> 32, 0, "ret_trace")
-    a.ld(OFF_IP_LO)
     lo = arch.STUB_ADDR & 0xFFFFFFFF
-    _in_range(a, lo, lo + arch.STUB_CODE_SIZE, "ret_allow", "ret_trace")
+    landings = [("trace", RET_TRACE)] + ([("notify", RET_USER_NOTIF)] if notify else [])
+    for landing, action in landings:
+        a.label(landing)
+        a.ld(OFF_IP_HI)
+        a.jump(JEQ_K, arch.STUB_ADDR >> 32, 0, f"ret_{landing}")
+        a.ld(OFF_IP_LO)
+        _in_range(a, lo, lo + arch.STUB_CODE_SIZE, "ret_allow", f"ret_{landing}")
+        a.label(f"ret_{landing}")
+        a.ret(action)
     a.label("ret_allow")
     a.ret(RET_ALLOW)
-    a.label("ret_trace")
-    a.ret(RET_TRACE)
     return a.assemble()
 
 
@@ -362,13 +385,17 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(program: bytes) -> None:
+def install(program: bytes, listener: bool = False) -> int | None:
     """Install ``program`` on the calling process (and its future children and execs).
 
     Sets no_new_privs first, which an unprivileged process must do; it also means setuid
     programs run without their privileges, as they do under any ptrace-based tool.
+    ``listener``: also create the user-notification fd (returned) that serves the program's
+    ``SECCOMP_RET_USER_NOTIF`` calls; OSError (EINVAL, EBUSY) if the kernel will not.
     """
     set_no_new_privs()
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    raw_syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.c_void_p(ctypes.addressof(prog)))
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+    fd = raw_syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, flags, ctypes.c_void_p(ctypes.addressof(prog)))
+    return fd if listener else None

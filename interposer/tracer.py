@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -212,25 +213,29 @@ class Tracer:
         self.regs = arch.Regs()
         self.stats = Stats()
         self.main_status: int | None = None
+        # Held while a stop is handled: notify.Supervisor serves calls from another thread
+        # with the same translator and ptrace_api buffers.
+        self.lock = threading.Lock()
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve stops until every tracee is gone; the main process's wait status."""
-        waitpid, wall, tasks = os.waitpid, pt.WALL, self.tasks
+        waitpid, wall, tasks, lock = os.waitpid, pt.WALL, self.tasks, self.lock
         on_seccomp, dispatch = self._on_seccomp, self._dispatch
         while True:
             try:
                 pid, status = waitpid(-1, wall)
             except ChildProcessError:
                 break
-            try:
-                if status == _SECCOMP_STOP:  # nearly every stop: straight to the translator
-                    on_seccomp(tasks.get(pid) or self._adopt(pid))
-                else:
-                    dispatch(pid, status)
-            except pt.TraceeGone:
-                self._forget(pid)
+            with lock:
+                try:
+                    if status == _SECCOMP_STOP:  # nearly every stop: straight to the translator
+                        on_seccomp(tasks.get(pid) or self._adopt(pid))
+                    else:
+                        dispatch(pid, status)
+                except pt.TraceeGone:
+                    self._forget(pid)
         return self.main_status if self.main_status is not None else 0
 
     def _dispatch(self, pid: int, status: int) -> None:
