@@ -177,7 +177,8 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     channel = None
     notify_program = None
     if options.notify and policy is None and notify.kernel_supports():
-        notify_program = seccomp.build_filter(ranges, None, notify=True)
+        opens = notify.kernel_supports(needed=notify.OPENS_NEED)
+        notify_program = seccomp.build_filter(ranges, None, notify=True, notify_opens=opens)
         channel = notify.make_channel()
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     if options.env_list is not None:

@@ -1,26 +1,32 @@
-"""Seccomp user notifications: metadata calls served without a ptrace stop.
+"""Seccomp user notifications: metadata calls and opens served without a ptrace stop.
 
 A ptrace stop costs two scheduler hand-overs through the tracer's ``waitpid`` loop, ~20 us
-pinned to one CPU and ~60 us when job and tracer sit on different CPUs of a VM. For the calls in
-:data:`.seccomp.NOTIFIED` (the ``stat`` family, ``access``, ``readlink``: they only read
-metadata into a buffer of known size) the filter returns ``SECCOMP_RET_USER_NOTIF`` instead,
-and this thread answers from the listener fd:
+pinned to one CPU and ~60-120 us when job and tracer sit on different CPUs of a VM. For the
+calls in :data:`.seccomp.NOTIFIED` (the ``stat`` family, ``access``, ``readlink``: they only read
+metadata into a buffer of known size) and, on Linux 5.14+, the opens that create nothing and
+the copies of reserved fds (:data:`.seccomp.NOTIFIED_OPENS`, ``NOTIFIED_DUPS``), the filter
+returns ``SECCOMP_RET_USER_NOTIF`` instead, and this thread answers from the listener fd:
 
 - a host path the translator leaves alone (``stat("/etc/localtime")`` in every ``localtime()``
-  of a job without TZ): ``SECCOMP_USER_NOTIF_FLAG_CONTINUE``, the kernel runs the call as if
-  nothing had looked at it;
+  of a job without TZ, the dynamic loader's probes): ``SECCOMP_USER_NOTIF_FLAG_CONTINUE``, the
+  kernel runs the call as if nothing had looked at it;
 - a ``/cvmfs`` answer (a placeholder's ``struct stat``, a symlink target, an errno): written
   into the job's memory, the call skipped with its result;
-- a rewritten path (a shadow directory, a host path reached through ``..``): the thread makes
-  the call itself on the new path into its own buffer and copies the result into the job's.
-  The two processes share credentials and mounts, and rewritten paths are absolute, so the
-  answer is the one the job would have had.
+- a rewritten metadata path (a shadow directory, a host path reached through ``..``): the
+  thread makes the call itself on the new path into its own buffer and copies the result into
+  the job's. The two processes share credentials and mounts, and rewritten paths are absolute,
+  so the answer is the one the job would have had;
+- an open of /cvmfs content or a shadow directory: the thread opens it and hands the fd over
+  (``SECCOMP_IOCTL_NOTIF_ADDFD`` with ``SEND``) at the number the kernel would have chosen, or
+  at the lowest free one in the reserved range (see :class:`.seccomp.FdRanges`); a ``dup`` of a
+  reserved fd takes the job's fd with ``pidfd_getfd`` and hands the copy back the same way.
 
 ``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`` (Linux 6.6) makes the kernel hand the notification and
-its answer over on one CPU. Decisions are the translator's, made under the tracer's lock (the
-two threads share its state and the ptrace helpers' buffers). Only used without a file-system
-policy: the kernel reads a ``CONTINUE``-d path again after the check, so a racing thread could
-swap it, which is harmless for a view of /cvmfs and not for a sandbox (seccomp_unotify(2)).
+its answer over on one CPU (an fd handed over still takes two cross-CPU wake-ups: the job
+installs it). Decisions are the translator's, made under the tracer's lock (the two threads
+share its state and the ptrace helpers' buffers). Only used without a file-system policy: the
+kernel reads a ``CONTINUE``-d path again after the check, so a racing thread could swap it,
+which is harmless for a view of /cvmfs and not for a sandbox (seccomp_unotify(2)).
 """
 
 from __future__ import annotations
@@ -34,15 +40,12 @@ import select
 import socket
 import struct
 import threading
-from typing import TYPE_CHECKING
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
-from .syscalls import BY_NR
+from .syscalls import BY_NR, Kind, Spec
+from .tracer import Tracer, _Ctx, _tgid_of, describe_call
 from .translate import Return, Rewrite, WriteReturn
-
-if TYPE_CHECKING:
-    from .tracer import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,16 @@ IOCTL_RECV = 0xC0502100  # struct seccomp_notif (80 bytes)
 IOCTL_SEND = 0xC0182101  # struct seccomp_notif_resp (24 bytes)
 IOCTL_ID_VALID = 0x40082102
 IOCTL_SET_FLAGS = 0x40082104
+IOCTL_ADDFD = 0x40182103  # struct seccomp_notif_addfd (24 bytes)
 FD_SYNC_WAKE_UP = 1
 FLAG_CONTINUE = 1
+ADDFD_FLAG_SETFD = 1  # at the given number (replacing what is there: we pick a free one)
+ADDFD_FLAG_SEND = 2  # and answer the call with the new fd's number, atomically
 
 _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data: nr, arch, instruction pointer, args
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
+_ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
+_RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd already
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
@@ -65,16 +73,22 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 STATX_SIZE = 256
+AT_FDCWD = -100
+F_DUPFD_CLOEXEC = 1030
 
 
-def kernel_supports(release: str | None = None) -> bool:
-    """``FLAG_CONTINUE`` needs Linux 5.5; without it a host path could not be handed back."""
+def kernel_supports(release: str | None = None, needed: tuple[int, int] = (5, 5)) -> bool:
+    """``FLAG_CONTINUE`` needs Linux 5.5 (without it a host path could not be handed back);
+    handing an opened fd over with the answer (``ADDFD_FLAG_SEND``) needs 5.14."""
     release = release if release is not None else os.uname().release
     try:
         major, minor = (int(part) for part in release.split(".")[:2])
     except ValueError:
         return False
-    return (major, minor) >= (5, 5)
+    return (major, minor) >= needed
+
+
+OPENS_NEED = (5, 14)
 
 
 def _output(nr: int, args: list[int]) -> tuple[int, int] | None:
@@ -106,29 +120,31 @@ class Supervisor:
         self.lock = lock
         self.listener: int | None = None
         self.failure: BaseException | None = None
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._main, name="seccomp-notify", daemon=True)
-        from .tracer import _Ctx
-
         self.ctx = _Ctx(tracer.cwds)
         self._req = ctypes.create_string_buffer(_NOTIF.size)
         self._resp = ctypes.create_string_buffer(_RESP.size)
         self._id = ctypes.c_uint64()
         self._out = ctypes.create_string_buffer(pt.PATH_MAX + STATX_SIZE)
         self._path = ctypes.create_string_buffer(pt.PATH_MAX + 1)
+        self._addfd = ctypes.create_string_buffer(_ADDFD.size)
+        self._pidfds: dict[int, int] = {}  # tgid -> pidfd, for pidfd_getfd
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the thread (the job is over) and close the listener."""
-        os.write(self._wake_w, b"x")
-        self._thread.join(5)
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
-        if self.listener is not None and not self._thread.is_alive():
-            os.close(self.listener)
-            self.listener = None
+        """Wait for the thread (the job is over) and close what it used.
+
+        It ends by itself once no process uses the filter (``RECV`` then fails with ENOENT and
+        the listener reports POLLHUP), or when the job's first process never sent a listener.
+        """
+        self._thread.join(2)
+        if not self._thread.is_alive():
+            if self.listener is not None:
+                os.close(self.listener)
+                self.listener = None
+            self._close_pidfds()
         self.sock.close()
 
     # -- the thread ---------------------------------------------------------------------------
@@ -158,9 +174,6 @@ class Supervisor:
                     os.kill(tid, 9)
 
     def _receive_listener(self) -> bool:
-        ready, _, _ = select.select([self.sock, self._wake_r], [], [])
-        if self._wake_r in ready and self.sock not in ready:
-            return False
         try:
             _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
         except OSError:
@@ -175,26 +188,26 @@ class Supervisor:
     def _serve(self) -> None:
         listener = self.listener
         assert listener is not None
-        poller = select.poll()
-        poller.register(listener, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        orphaned = select.poll()
+        orphaned.register(listener, select.POLLIN)
         req = self._req
         lock = self.lock
         while True:
-            for fd, events in poller.poll():
-                if fd == self._wake_r:
-                    return
-                if events & (select.POLLHUP | select.POLLERR) and not events & select.POLLIN:
-                    return  # no process is left to use the filter
-            ctypes.memset(req, 0, _NOTIF.size)
-            if _ioctl(listener, IOCTL_RECV, req) != 0:
+            ctypes.memset(req, 0, _NOTIF.size)  # RECV wants a zeroed struct
+            if _ioctl(listener, IOCTL_RECV, req) != 0:  # blocks until a call (or the end)
                 err = ctypes.get_errno()
-                if err in (errno.ENOENT, errno.EINTR):  # the caller was interrupted or died
+                if err == errno.EINTR:
+                    continue
+                if err == errno.ENOENT:  # a caller gone before we took its call, or no one left
+                    if any(ev & select.POLLHUP for _, ev in orphaned.poll(0)):
+                        return  # no process uses the filter any more: the job is over
                     continue
                 raise OSError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
             notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(req.raw)
             with lock:
                 value, error, flags = self._answer(notif_id, tid, nr, args)
+            if flags < 0:
+                continue  # answered with an fd (ADDFD_FLAG_SEND)
             _RESP.pack_into(self._resp, 0, notif_id, value, error, flags)
             if _ioctl(listener, IOCTL_SEND, self._resp) != 0:
                 err = ctypes.get_errno()
@@ -221,7 +234,7 @@ class Supervisor:
         except pt.TraceeGone:
             return 0, -errno.ESRCH, 0
         if tracer.debug and action is not None:
-            log.debug("[%d] %s (notified) -> %s", tid, spec.name, action)
+            log.debug("[%d] %s%s -> %s (notified)", tid, spec.name, describe_call(ctx, spec, args), action)
         if action is None:
             return 0, 0, FLAG_CONTINUE
         if not self._still_waiting(notif_id):
@@ -236,6 +249,10 @@ class Supervisor:
             return _result(action.value)
         if type(action) is Rewrite:
             tracer.stats.actions["local"] += 1
+            if spec.kind is Kind.OPEN:
+                return self._open_here(notif_id, tid, spec, action, args)
+            if spec.kind is Kind.DUP:
+                return self._dup_here(notif_id, tid, action, args)
             return self._run_here(tid, action, args)
         log.error("%s: the supervisor cannot carry out %r", spec.name, action)
         return 0, -errno.EIO, 0
@@ -269,15 +286,132 @@ class Supervisor:
                 return 0, -errno.EFAULT, 0
         return res, 0, 0
 
+    def _dup_here(self, notif_id: int, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
+        """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at the lowest free
+        number from the action's minimum, as the kernel would, handed over with the answer."""
+        call = list(args)
+        for index, value in action.args.items():
+            call[index] = value
+        fd, cmd, minimum = _signed32(call[0]), call[1] & 0xFFFFFFFF, _signed32(call[2])
+        try:
+            mine = self._fd_of(tid, fd)
+        except OSError as exc:
+            return 0, -(exc.errno or errno.EBADF), 0
+        try:
+            return self._hand_over(notif_id, tid, mine, _free_fd(tid, minimum), cmd == F_DUPFD_CLOEXEC)
+        finally:
+            os.close(mine)
+
+    def _fd_of(self, tid: int, fd: int) -> int:
+        """A copy, in this process, of the job's fd (pidfd_getfd)."""
+        tgid = self.ctx.tgid
+        for attempt in (0, 1):
+            pidfd = self._pidfds.get(tgid)
+            if pidfd is None:
+                if len(self._pidfds) >= 256:
+                    self._close_pidfds()
+                pidfd = pt.raw_syscall(arch.NR["pidfd_open"], tgid, 0)
+                self._pidfds[tgid] = pidfd
+            try:
+                return pt.raw_syscall(arch.NR["pidfd_getfd"], pidfd, fd, 0)
+            except ProcessLookupError:  # a process of that pid that is gone: reopen once
+                os.close(self._pidfds.pop(tgid))
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _close_pidfds(self) -> None:
+        for pidfd in self._pidfds.values():
+            os.close(pidfd)
+        self._pidfds.clear()
+
+    def _hand_over(
+        self, notif_id: int, tid: int, fd: int, target: int | None, cloexec: bool
+    ) -> tuple[int, int, int]:
+        """Give the job our ``fd`` as the answer to ``notif_id`` (at ``target`` if given)."""
+        _ADDFD.pack_into(
+            self._addfd,
+            0,
+            notif_id,
+            ADDFD_FLAG_SEND | (ADDFD_FLAG_SETFD if target is not None else 0),
+            fd,
+            target or 0,
+            os.O_CLOEXEC if cloexec else 0,
+        )
+        if _ioctl(self.listener, IOCTL_ADDFD, self._addfd) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:  # the call was interrupted meanwhile: nothing to answer
+                return _RESPONDED
+            return 0, -err, 0  # EMFILE and the like: the job's call fails with it
+        return _RESPONDED
+
+    def _open_here(
+        self, notif_id: int, tid: int, spec: Spec, action: Rewrite, args: list[int]
+    ) -> tuple[int, int, int]:
+        """Open the rewritten path here and hand the fd to the job as the call's result.
+
+        A Rewrite without a path (a host directory moved into the reserved range) opens the
+        job's own path through ``/proc/TID/cwd`` or ``/proc/TID/fd/N``, which the kernel
+        resolves in the job's view. The fd lands where the job's kernel would have put it, or
+        at the lowest free number from ``reloc_base`` (as ``F_DUPFD`` would); non-blocking
+        first, so that a FIFO among the shadow entries cannot hold this thread.
+        """
+        assert spec.flags is not None and spec.path is not None
+        flags = args[spec.flags] & 0xFFFFFFFF
+        path = action.path
+        if path is None:
+            raw = self.ctx.read_path(args[spec.path])
+            if raw is None:
+                return 0, -errno.EFAULT, 0
+            if not raw.startswith(b"/"):
+                dirfd = _signed32(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
+                base = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+                raw = os.fsencode(base) + b"/" + raw
+            path = raw
+        elif not path.startswith(b"/"):
+            log.error("supervisor: cannot open %r here (relative to the job's cwd)", path)
+            return 0, -errno.EIO, 0
+        content = (
+            action.reloc_base != 0
+            and self.tracer.translator.ranges is not None
+            and (self.tracer.translator.ranges.is_content(action.reloc_base))
+        )
+        blocking = not flags & (os.O_NONBLOCK | os.O_PATH) and not content
+        local = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
+        try:
+            fd = os.open(path, local)
+        except OSError as exc:
+            return 0, -(exc.errno or errno.EIO), 0
+        try:
+            if blocking:
+                os.set_blocking(fd, True)
+            target = _free_fd(tid, action.reloc_base) if action.reloc_base else None
+            return self._hand_over(notif_id, tid, fd, target, bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(fd)
+
+
+def _free_fd(tid: int, base: int) -> int | None:
+    """The lowest fd number at or above ``base`` that ``tid`` does not use (None: none found).
+
+    The tracer's own ranges are far above what programs use, so this usually probes once."""
+    for n in range(base, base + 1024):
+        try:
+            os.lstat(f"/proc/{tid}/fd/{n}")
+        except FileNotFoundError:
+            return n
+        except OSError:
+            return None
+    return None
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
 
 def _result(value: int) -> tuple[int, int, int]:
     return (0, value, 0) if value < 0 else (value, 0, 0)
-
-
-def _tgid_of(tid: int) -> int:
-    from .tracer import _tgid_of as lookup
-
-    return lookup(tid)
 
 
 def make_channel() -> tuple[socket.socket, socket.socket]:

@@ -103,6 +103,16 @@ NOTIFIED = frozenset({
     "stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat", "faccessat2", "readlink",
     "readlinkat",
 })  # fmt: skip
+# ...and, where the supervisor can hand over an fd (Linux 5.14), these opens unless they create a
+# file (O_CREAT, O_TMPFILE: the job's umask applies) or ask for an O_PATH fd (which the kernel
+# will not hand over, SECCOMP_IOCTL_NOTIF_ADDFD takes it for a bad fd): (name, flags argument).
+NOTIFIED_OPENS = (("open", 1), ("openat", 2))
+# Copies of reserved fds (the supervisor takes the fd with pidfd_getfd and hands the copy back
+# into the range), also where an fd can be handed over.
+NOTIFIED_DUPS = frozenset({"dup", "fcntl"})
+O_CREAT = 0o100
+O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE
+O_PATH = 0o10000000
 
 # With a policy only (see the module docstring): EPERM always...
 CONFINED_EPERM = (
@@ -234,18 +244,27 @@ def _fd_rule(
     a.ja(trap)
 
 
-def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None, notify: bool = False) -> bytes:
+def build_filter(
+    ranges: FdRanges | None, tracer_pid: int | None = None, notify: bool = False, notify_opens: bool = False
+) -> bytes:
     """The filter program as raw ``struct sock_filter`` array bytes.
 
     ``tracer_pid``: given when the job runs under a file-system policy, which adds the
     ``CONFINED_*`` refusals (see the module docstring). ``notify``: the :data:`NOTIFIED` calls
-    return ``SECCOMP_RET_USER_NOTIF`` (to a listener, see notify.py) instead of stopping.
+    return ``SECCOMP_RET_USER_NOTIF`` (to a listener, see notify.py) instead of stopping;
+    ``notify_opens``: so do the :data:`NOTIFIED_OPENS` that create nothing and the
+    :data:`NOTIFIED_DUPS` that copy reserved fds.
     """
     nr = arch.NR
     a = _Asm()
+    opens = {name: arg for name, arg in NOTIFIED_OPENS} if notify and notify_opens else {}
 
     def trap(name: str) -> str:
-        return "notify" if notify and name in NOTIFIED else "trace"
+        if name in opens:
+            return f"open_{name}"
+        if notify and (name in NOTIFIED or (notify_opens and name in NOTIFIED_DUPS)):
+            return "notify"
+        return "trace"
 
     a.ld(OFF_ARCH)
     a.jump(JEQ_K, arch.AUDIT_ARCH, 1, 0)
@@ -288,6 +307,13 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None, notify:
 
     a.label("enosys")
     a.ret(RET_ERRNO | errno.ENOSYS)
+
+    for name, flags_arg in opens.items():  # creating opens stop, the others are notified
+        a.label(f"open_{name}")
+        a.ld(_arg_lo(flags_arg))
+        a.jump(JSET_K, O_CREAT | O_TMPFILE_BIT | O_PATH, 0, 1)
+        a.ja("trace")
+        a.ja("notify")
 
     if tracer_pid is not None:
         a.label("eperm")
@@ -339,7 +365,9 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None, notify:
         )
     for name, fd_arg in FD_OURS:  # any of our fds stops
         bounds = None if ranges is None else (ranges.content, ranges.top)
-        _fd_rule(a, f"fdours_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=False)
+        _fd_rule(
+            a, f"fdours_{name}", fd_arg, bounds, inside_stops=True, unranged_allow=False, trap=trap(name)
+        )
 
     a.label("fcntl")
     if ranges is None:
@@ -354,7 +382,7 @@ def build_filter(ranges: FdRanges | None, tracer_pid: int | None = None, notify:
         a.label("fcntl_allow")
         a.ret(RET_ALLOW)
         a.label("fcntl_trace")
-        a.ja("trace")
+        a.ja(trap("fcntl"))
 
     # Every trap lands here: calls made by the stub page run untrapped.
     lo = arch.STUB_ADDR & 0xFFFFFFFF

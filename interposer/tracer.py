@@ -711,8 +711,13 @@ def _tgid_of(pid: int) -> int:
 
 
 def _describe_args(ctx: _Ctx, spec: object, regs: arch.Regs) -> str:
+    return describe_call(ctx, spec, [arch.arg(regs, i) for i in range(6)])
+
+
+def describe_call(ctx: _Ctx, spec: object, args: list[int]) -> str:
+    """``(path)`` or ``(fd N)`` of a call, for ``--debug`` (the tracer's and notify.py's)."""
     path_arg = getattr(spec, "path", None)
     if path_arg is None:
-        return f"(fd {ctypes.c_int(arch.arg(regs, 0) & 0xFFFFFFFF).value})"
-    raw = ctx.read_path(arch.arg(regs, path_arg))
+        return f"(fd {ctypes.c_int(args[0] & 0xFFFFFFFF).value})"
+    raw = ctx.read_path(args[path_arg])
     return f"({raw!r})"

@@ -65,6 +65,38 @@ SURVEY = textwrap.dedent(
     out["cvmfs-root"] = meta(os.stat, "/cvmfs")[0]
     out["host"] = meta(os.stat, "/etc/hostname") == meta(os.stat, "/etc/../etc/hostname")
     out["host-missing"] = meta(os.stat, "/nonexistent/x")
+    # opens: where the fds land (seccomp.FdRanges), their fd flags, what they read
+    import fcntl, resource
+    top = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1024)
+    content_base, dirs_base = top - 256, top - 128
+    c1 = os.open(M + "/etc/example.conf", os.O_RDONLY | os.O_CLOEXEC)
+    c2 = libc.open(b"rel-link", os.O_RDONLY)  # os.open would add O_CLOEXEC
+    out["content-read"] = (os.read(c1, 9), os.read(c2, 9))
+    out["content-range"] = (content_base <= c1 < dirs_base, content_base <= c2 < dirs_base)
+    out["content-cloexec"] = [bool(fcntl.fcntl(f, fcntl.F_GETFD) & fcntl.FD_CLOEXEC) for f in (c1, c2)]
+    out["content-fstat"] = meta(os.fstat, c2) == meta(os.stat, "rel-link")
+    d1 = os.open(M + "/etc", os.O_RDONLY | os.O_DIRECTORY)
+    out["dir-range"] = dirs_base <= d1 < top
+    out["dir-blocking"] = not fcntl.fcntl(d1, fcntl.F_GETFL) & os.O_NONBLOCK
+    out["dir-listing"] = sorted(os.listdir(d1)) == sorted(os.listdir(M + "/etc"))
+    # copies of reserved fds stay in their range (fts duplicates every directory fd it opens)
+    d2 = fcntl.fcntl(d1, fcntl.F_DUPFD_CLOEXEC, 3)
+    c3 = libc.dup(c1)  # the dup syscall (os.dup is fcntl(F_DUPFD_CLOEXEC))
+    out["dups"] = [dirs_base <= d2 < top, content_base <= c3 < dirs_base, d2 != d1, c3 != c1]
+    out["dup-cloexec"] = [bool(fcntl.fcntl(f, fcntl.F_GETFD) & fcntl.FD_CLOEXEC) for f in (d2, c3)]
+    out["dup-same-file"] = [os.path.samestat(os.fstat(d2), os.fstat(d1)), os.read(c3, 3)]
+    h1 = os.open("/usr", os.O_RDONLY | os.O_DIRECTORY)
+    h2 = os.open("lib", os.O_RDONLY | os.O_DIRECTORY, dir_fd=h1)
+    os.chdir("/usr")
+    h3 = os.open("bin", os.O_RDONLY | os.O_DIRECTORY)
+    out["host-dirs"] = [dirs_base <= f < top for f in (h1, h2, h3)] + [
+        os.path.samestat(os.fstat(h2), os.stat("/usr/lib")),
+        os.path.samestat(os.fstat(h3), os.stat("/usr/bin")),
+    ]
+    out["open-errors"] = [call(os.open, M + n, os.O_RDONLY) for n in ("/etc/missing", "/etc/example.conf/x")]
+    out["open-dir-as-file"] = call(os.open, M + "/etc/example.conf", os.O_RDONLY | os.O_DIRECTORY)
+    host = os.open("/etc/hostname", os.O_RDONLY)
+    out["open-host"] = os.read(host, 100) == open("/etc/hostname", "rb").read(100)
     for k, v in out.items():
         print(k, repr(v))
     """
@@ -97,6 +129,13 @@ def test_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     assert answers["readlink/cases/rel-link"] == answers["relative-readlink"] != "EINVAL"
     assert answers["access-w/etc"] == "EROFS" and answers["host"] is True
     assert answers["dotdot-out"] == answers["cvmfs-root"] == "drwxr-xr-x"
+    assert answers["content-read"] == (b"# example", b"# example")
+    assert answers["content-range"] == (True, True) and answers["content-cloexec"] == [True, False]
+    assert answers["content-fstat"] and answers["dir-range"] and answers["dir-blocking"]
+    assert answers["dir-listing"] and answers["host-dirs"] == [True] * 5 and answers["open-host"]
+    assert answers["dups"] == [True] * 4 and answers["dup-cloexec"] == [True, False]
+    assert answers["dup-same-file"] == [True, b" co"]  # c1 and its copy share the offset (9)
+    assert answers["open-errors"] == ["ENOENT", "ENOTDIR"] and answers["open-dir-as-file"] == "ENOTDIR"
     # the supervisor served them: no ptrace stop for the stat family, and none the other way
     assert notified["stats"]["actions"]["notified"] > 50
     assert "notified" not in stopped["stats"]["actions"]
