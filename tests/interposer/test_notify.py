@@ -57,6 +57,8 @@ SURVEY = textwrap.dedent(
     out["fstatat-dirfd"] = meta(os.stat, "example.conf", dir_fd=d)
     out["fstat-dirfd"] = meta(os.fstat, d)
     os.chdir(M + "/cases")
+    out["getcwd"] = os.getcwd()
+    out["getcwd-small"] = libc.getcwd(ctypes.create_string_buffer(8), 8) or 0
     out["relative"] = meta(os.lstat, "rel-link")
     out["relative-follow"] = meta(os.stat, "rel-link")
     out["relative-readlink"] = call(os.readlink, "rel-link")
@@ -129,6 +131,7 @@ def test_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     assert answers["readlink/cases/rel-link"] == answers["relative-readlink"] != "EINVAL"
     assert answers["access-w/etc"] == "EROFS" and answers["host"] is True
     assert answers["dotdot-out"] == answers["cvmfs-root"] == "drwxr-xr-x"
+    assert answers["getcwd"] == MOUNT + "/cases" and answers["getcwd-small"] == 0  # ERANGE: NULL
     assert answers["content-read"] == (b"# example", b"# example")
     assert answers["content-range"] == (True, True) and answers["content-cloexec"] == [True, False]
     assert answers["content-fstat"] and answers["dir-range"] and answers["dir-blocking"]
