@@ -28,9 +28,11 @@ without guest halt-polling cost more than the tracer's own work and vary from ru
 comparing changes to the tracer; the headline numbers are unpinned.
 
 Targets on a warm cache (ratio to native): W1 1.05, W2 1.5, W3 3.0, W4 1.2, W5 2.0. Also
-reported: stops per workload, and the cost of one trapped call (host path: stop and resume; a
-/cvmfs path: stop, translate, run in the stub), next to strace's (a C tracer; it also stops at
-the syscall's exit) as a measure of what a ptrace stop costs on the machine at that moment.
+reported: "ptrace", the ratio to native of the same job with ``--ptrace-only`` (every trapped
+call a ptrace stop, as before seccomp user notifications, and as under a policy); "calls", the
+trapped calls per workload (ptrace stops and notifications), and the cost of one trapped call
+(host path: let through; a /cvmfs path: translated), next to strace's (a C tracer; it also
+stops at the syscall's exit) as a measure of what a ptrace stop costs on the machine then.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     proot = shutil.which("proot")
     results = {}
     print(f"{'':4} {'workload':16} {'native':>8} {'cvmfs-run':>10} {'ratio':>6} {'target':>6} "
-          f"{'proot':>8} {'vs proot':>8} {'stops':>7} {'us/stop':>8}")  # fmt: skip
+          f"{'proot':>8} {'vs proot':>8} {'ptrace':>7} {'calls':>7} {'us/call':>8}")  # fmt: skip
     for key in keys:
         label, template = WORKLOADS[key]
         local = template.format(root=src)
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         timed(interposer_cmd(mounted), env)  # warm the cache and the shadow tree
         t_native, _ = best_time(["/bin/sh", "-c", local], env, args.repeat)
         t_run, stderr = best_time(interposer_cmd(mounted), env, args.repeat)
+        t_ptrace, _ = best_time(interposer_cmd(mounted, ["--ptrace-only"]), env, args.repeat)
         stops = parse_stops(stderr)
         t_proot = None
         if proot:
@@ -237,10 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             t_proot, _ = best_time(bound, env, args.repeat)
         ratio = t_run / t_native
         per_stop = (t_run - t_native) / stops * 1e6 if stops else 0.0
-        results[key] = dict(native=t_native, run=t_run, ratio=ratio, proot=t_proot, stops=stops)
+        results[key] = dict(
+            native=t_native, run=t_run, ratio=ratio, proot=t_proot, stops=stops, ptrace_only=t_ptrace
+        )
         proot_s = f"{t_proot:8.3f} {t_run / t_proot:8.2f}" if t_proot else f"{'-':>8} {'-':>8}"
         print(f"{key:4} {label:16} {t_native:8.3f} {t_run:10.3f} {ratio:6.2f} {TARGETS[key]:6.2f} "
-              f"{proot_s} {stops:7d} {per_stop:8.1f}", flush=True)  # fmt: skip
+              f"{proot_s} {t_ptrace / t_native:7.2f} {stops:7d} {per_stop:8.1f}", flush=True)  # fmt: skip
     costs = per_call_costs(env)
     print()
     for k, v in costs.items():
