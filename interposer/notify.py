@@ -181,6 +181,7 @@ class Supervisor:
         if not fds:
             return False
         self.listener = fds[0]
+        os.set_inheritable(self.listener, False)  # nothing this process starts may answer for it
         if _ioctl(self.listener, IOCTL_SET_FLAGS, FD_SYNC_WAKE_UP) != 0:  # the flags by value
             log.debug("seccomp listener: no synchronous wake-ups (%s)", os.strerror(ctypes.get_errno()))
         return True

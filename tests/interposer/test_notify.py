@@ -155,6 +155,20 @@ def test_a_coreutils_walk_is_the_same_both_ways(job_env):
     assert outputs[0] == outputs[1] and outputs[0].count(b"\n") > 30
 
 
+def test_a_policy_keeps_every_call_on_ptrace(job_env, tmp_path):
+    """A continued call re-reads its path after the check: no notifications under a policy."""
+    answers = {}
+    for options in ([], ["--deny", str(tmp_path / "secret")]):
+        got = _survey(job_env, tmp_path, *options)
+        answers[bool(options)] = got["answers"]
+        assert ("notified" in got["stats"]["actions"]) is not bool(options), got["stats"]
+    # Under a policy host directory fds stay low (every call relative to them is checked), and
+    # the repository root's link count depends on which shadow directories exist so far.
+    for key in ("host-dirs", "stat", "lstat"):
+        answers[True].pop(key), answers[False].pop(key)
+    assert answers[True] == answers[False]
+
+
 BROKEN_SUPERVISOR = """
 import sys
 import interposer.notify as notify
