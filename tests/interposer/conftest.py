@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -106,3 +107,22 @@ def native(script: str, cwd: Path, env: dict[str, str] | None = None) -> bytes:
     return subprocess.run(
         ["/bin/sh", "-c", script], cwd=cwd, env=env, capture_output=True, check=True, timeout=JOB_TIMEOUT
     ).stdout
+
+
+def assert_a_bug_kills_the_job(
+    patch: str, then: str, message: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    """``cvmfs-client run -- sh -c 'echo $$ > PIDFILE; THEN'`` in a Python where ``patch`` (code)
+    breaks a part of the tracer: exit 70 naming the bug within seconds, and the job is gone."""
+    pidfile = tmp_path / "pid"
+    code = (
+        f"import sys\n{patch}\nfrom cvmfs_client.cli import main\n"
+        f"sys.argv = ['cvmfs-client', 'run', '--', 'sh', '-c', 'echo $$ > ' + sys.argv[1] + '; {then}']\n"
+        "main()\n"
+    )
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code, str(pidfile)], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 70, r.stderr.decode()
+    assert b"internal error" in r.stderr and message in r.stderr
+    assert time.monotonic() - t < 20
+    assert not pidfile.exists() or not os.path.exists(f"/proc/{pidfile.read_text().strip()}/exe")

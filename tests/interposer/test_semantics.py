@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from tests.interposer.conftest import TOOLS, cvmfs_run
+from tests.interposer.conftest import TOOLS, assert_a_bug_kills_the_job, cvmfs_run
 from tests.interposer.trees import FQRN, MOUNT
 
 ERRNOS = textwrap.dedent(
@@ -243,27 +243,15 @@ def test_concurrent_jobs_share_a_cold_cache_safely(job_env, sw_src, tmp_path):
 
 
 BROKEN_TRACER = """
-import sys
 import interposer.tracer as tracer
 def broken(self, task):
     raise RuntimeError("simulated tracer bug")
 tracer.Tracer._on_seccomp = broken
-from cvmfs_client.cli import main
-sys.argv = ["cvmfs-client", "run", "--", "sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 30"]
-main()
 """
 
 
 def test_an_internal_error_is_reported_and_kills_the_job(job_env, tmp_path):
-    pidfile = tmp_path / "pid"
-    t = time.monotonic()
-    r = subprocess.run(
-        [sys.executable, "-c", BROKEN_TRACER, str(pidfile)], env=job_env, capture_output=True, timeout=60
-    )
-    assert r.returncode == 70
-    assert b"internal error" in r.stderr and b"simulated tracer bug" in r.stderr
-    assert time.monotonic() - t < 20
-    assert not pidfile.exists() or not os.path.exists(f"/proc/{pidfile.read_text().strip()}/exe")
+    assert_a_bug_kills_the_job(BROKEN_TRACER, "exec sleep 30", b"simulated tracer bug", job_env, tmp_path)
 
 
 def test_host_script_whose_path_names_cvmfs_runs(job_env, tmp_path):
