@@ -37,6 +37,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -150,6 +151,9 @@ class Supervisor:
     # -- the thread ---------------------------------------------------------------------------
 
     def _main(self) -> None:
+        # Signals for the tracer (SIGTERM, SIGINT... forwarded to the job) go to the main thread,
+        # which waits in waitpid: here they would only interrupt RECV and wait for its next stop.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             if not self._receive_listener():
                 return
