@@ -172,13 +172,14 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         policy = Policy(MountTable(options.mount_lines), options.own_proc, options.allow_write)
     # Under a policy the filter also refuses the calls that would escape it (seccomp.CONFINED_*).
     program = seccomp.build_filter(ranges, os.getpid() if policy is not None else None)
-    # Without a policy, metadata calls go to a supervisor thread rather than stopping the job
+    # Metadata calls and plain opens go to a supervisor thread rather than stopping the job
     # (notify.py); the child falls back to `program` if the kernel refuses the listener.
     channel = None
     notify_program = None
-    if options.notify and policy is None and notify.kernel_supports():
+    if options.notify and notify.kernel_supports():
         opens = notify.kernel_supports(needed=notify.OPENS_NEED)
-        notify_program = seccomp.build_filter(ranges, None, notify=True, notify_opens=opens)
+        tracer_pid = os.getpid() if policy is not None else None
+        notify_program = seccomp.build_filter(ranges, tracer_pid, notify=True, notify_opens=opens)
         channel = notify.make_channel()
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     if options.env_list is not None:

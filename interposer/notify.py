@@ -24,9 +24,10 @@ returns ``SECCOMP_RET_USER_NOTIF`` instead, and this thread answers from the lis
 ``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`` (Linux 6.6) makes the kernel hand the notification and
 its answer over on one CPU (an fd handed over still takes two cross-CPU wake-ups: the job
 installs it). Decisions are the translator's, made under the tracer's lock (the two threads
-share its state and the ptrace helpers' buffers). Only used without a file-system policy: the
-kernel reads a ``CONTINUE``-d path again after the check, so a racing thread could swap it,
-which is harmless for a view of /cvmfs and not for a sandbox (seccomp_unotify(2)).
+share its state and the ptrace helpers' buffers). Under a file-system policy too: the kernel
+reads a ``CONTINUE``-d path again after the check (seccomp_unotify(2)), as it does for a ptrace
+stop resumed unchanged, and rewritten calls are made here on the checked path, as the stub makes
+them on its copy (docs/security.md).
 """
 
 from __future__ import annotations
