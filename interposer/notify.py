@@ -334,22 +334,29 @@ class Supervisor:
     def _hand_over(
         self, notif_id: int, tid: int, fd: int, target: int | None, cloexec: bool
     ) -> tuple[int, int, int]:
-        """Give the job our ``fd`` as the answer to ``notif_id`` (at ``target`` if given)."""
-        _ADDFD.pack_into(
-            self._addfd,
-            0,
-            notif_id,
-            ADDFD_FLAG_SEND | (ADDFD_FLAG_SETFD if target is not None else 0),
-            fd,
-            target or 0,
-            os.O_CLOEXEC if cloexec else 0,
-        )
-        if _ioctl(self.listener, IOCTL_ADDFD, self._addfd) < 0:
+        """Give the job our ``fd`` as the answer to ``notif_id`` (at ``target`` if given).
+
+        A job that lowered its RLIMIT_NOFILE below the reserved range gets the lowest free
+        number instead (the range is an optimisation, as ``F_DUPFD`` failing is in the stub).
+        """
+        while True:
+            _ADDFD.pack_into(
+                self._addfd,
+                0,
+                notif_id,
+                ADDFD_FLAG_SEND | (ADDFD_FLAG_SETFD if target is not None else 0),
+                fd,
+                target or 0,
+                os.O_CLOEXEC if cloexec else 0,
+            )
+            if _ioctl(self.listener, IOCTL_ADDFD, self._addfd) >= 0:
+                return _RESPONDED
             err = ctypes.get_errno()
             if err == errno.ENOENT:  # the call was interrupted meanwhile: nothing to answer
                 return _RESPONDED
-            return 0, -err, 0  # EMFILE and the like: the job's call fails with it
-        return _RESPONDED
+            if target is None or err not in (errno.EBADF, errno.EMFILE, errno.EINVAL):
+                return 0, -err, 0  # EMFILE and the like: the job's call fails with it
+            target = None
 
     def _open_here(
         self, notif_id: int, tid: int, spec: Spec, action: Rewrite, args: list[int]

@@ -166,6 +166,15 @@ def test_under_a_policy_notified_answers_equal_the_ptrace_ones(job_env, tmp_path
     assert notified["answers"]["host-dirs"] == [False, False, False, True, True]  # kept low
 
 
+def test_a_job_with_a_low_fd_limit_still_opens_content(job_env):
+    """Below the reserved range (``ulimit -n 64`` after the start) fds land where they can."""
+    script = f"ulimit -n 64; cat {MOUNT}/etc/example.conf; ls {MOUNT}/etc | head -1"
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run(["bash", "-c", script], job_env, options=options)
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.startswith(b"# example configuration\n"), r.stdout
+
+
 BROKEN_SUPERVISOR = """
 import interposer.notify as notify
 def broken(self, notif_id, tid, nr, args):
