@@ -131,6 +131,9 @@ class Supervisor:
         self._path = ctypes.create_string_buffer(pt.PATH_MAX + 1)
         self._addfd = ctypes.create_string_buffer(_ADDFD.size)
         self._pidfds: dict[int, int] = {}  # tgid -> pidfd, for pidfd_getfd
+        self._root = os.geteuid() == 0
+        self._gid = os.getegid()
+        self._groups = sorted(os.getgroups())
 
     def start(self) -> None:
         self._thread.start()
@@ -283,14 +286,63 @@ class Supervisor:
             index, size = out
             target = call[index]
             call[index] = ctypes.addressof(self._out)
-        res = _syscall(ctypes.c_long(action.nr), *(ctypes.c_long(a) for a in call))
+        identity = self._identity(tid) if self._root else None
+        if identity is not None:
+            self._assume(*identity)
+        try:
+            res = _syscall(ctypes.c_long(action.nr), *(ctypes.c_long(a) for a in call))
+            err = ctypes.get_errno()
+        finally:
+            if identity is not None:
+                self._restore()
         if res < 0:
-            return 0, -ctypes.get_errno(), 0
+            return 0, -err, 0
         if out is not None:
             written = res if action.nr in (arch.NR["readlink"], arch.NR["readlinkat"]) else size
             if written and not pt.write_bytes(tid, target, self._out.raw[:written]):
                 return 0, -errno.EFAULT, 0
         return res, 0, 0
+
+    # -- the job's file-system identity -------------------------------------------------------
+    #
+    # The supervisor makes rewritten calls itself, so they must be checked against the job's
+    # permissions, not ours. Run as a user, the job has ours: with no_new_privs it cannot gain
+    # an identity, and without privileges it cannot take another. Run as root, a job may drop
+    # to a user (su, setpriv): the call is then made with the job's fsuid, fsgid and groups, set
+    # for this thread only (the raw syscalls; glibc's setgroups would change every thread), which
+    # also drops root's file capabilities until they are put back.
+
+    def _identity(self, tid: int) -> tuple[int, int, list[int]] | None:
+        """(fsuid, fsgid, groups) of ``tid`` if they are not ours, else None."""
+        uid = gid = -1
+        groups: list[int] = []
+        try:
+            with open(f"/proc/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        uid = int(line.split()[4])
+                    elif line.startswith(b"Gid:"):
+                        gid = int(line.split()[4])
+                    elif line.startswith(b"Groups:"):
+                        groups = [int(g) for g in line.split()[1:]]
+                        break
+        except (OSError, ValueError, IndexError):
+            return (65534, 65534, [])  # unknown: as nobody, never as root
+        if uid == 0 and gid == self._gid and sorted(groups) == self._groups:
+            return None
+        return uid, gid, groups
+
+    def _assume(self, uid: int, gid: int, groups: list[int]) -> None:
+        array = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
+        _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(groups)), array)
+        _syscall(ctypes.c_long(arch.NR["setfsgid"]), ctypes.c_long(gid))
+        _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(uid))
+
+    def _restore(self) -> None:
+        _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(0))
+        _syscall(ctypes.c_long(arch.NR["setfsgid"]), ctypes.c_long(self._gid))
+        array = (ctypes.c_uint32 * max(1, len(self._groups)))(*self._groups)
+        _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(self._groups)), array)
 
     def _dup_here(self, notif_id: int, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
         """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at the lowest free
@@ -391,10 +443,16 @@ class Supervisor:
         )
         blocking = not flags & (os.O_NONBLOCK | os.O_PATH) and not content
         local = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
+        identity = self._identity(tid) if self._root else None
+        if identity is not None:
+            self._assume(*identity)
         try:
             fd = os.open(path, local)
         except OSError as exc:
             return 0, -(exc.errno or errno.EIO), 0
+        finally:
+            if identity is not None:
+                self._restore()
         try:
             if blocking:
                 os.set_blocking(fd, True)

@@ -7,11 +7,14 @@ import ast
 import ctypes
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -173,6 +176,29 @@ def test_a_job_with_a_low_fd_limit_still_opens_content(job_env):
         r = cvmfs_run(["bash", "-c", script], job_env, options=options)
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout.startswith(b"# example configuration\n"), r.stdout
+
+
+def test_a_job_that_drops_root_gets_its_own_permissions(job_env):
+    """Run as root, a job that drops to nobody cannot read a root-only file through a path the
+    supervisor opens for it (``/cvmfs/..`` leads out: a rewritten host path)."""
+    assert os.geteuid() == 0, "the suite runs as root (.ci/run)"
+    base = Path(tempfile.mkdtemp(prefix="notify-ids-", dir="/tmp"))  # searchable by nobody
+    try:
+        base.chmod(0o755)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        (private / "secret").write_text("root only\n")
+        readable = base / "readable.txt"
+        readable.write_text("for all\n")
+        readable.chmod(0o644)
+        drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]
+        for options in ([], ["--ptrace-only"]):
+            r = cvmfs_run([*drop, "cat", f"/cvmfs/..{private}/secret"], job_env, options=options)
+            assert r.returncode != 0 and b"Permission denied" in r.stderr, (options, r.stdout, r.stderr)
+            r = cvmfs_run([*drop, "cat", f"/cvmfs/..{readable}"], job_env, options=options)
+            assert r.returncode == 0 and r.stdout == b"for all\n", (options, r.stderr)
+    finally:
+        shutil.rmtree(base)
 
 
 BROKEN_SUPERVISOR = """
