@@ -295,6 +295,7 @@ def test_a_rewritten_call_is_made_here_and_copied_into_the_job():
     sup = notify.Supervisor.__new__(notify.Supervisor)
     sup._path = ctypes.create_string_buffer(4097)
     sup._out = ctypes.create_string_buffer(4096 + 256)
+    sup._root, sup._gid, sup._groups = os.geteuid() == 0, os.getegid(), sorted(os.getgroups())
     buf = ctypes.create_string_buffer(arch.STAT_SIZE)
     at_fdcwd = -100
     rw = Rewrite(arch.NR["newfstatat"], args={0: at_fdcwd, 3: 0}, path=b"/etc/hostname", path_arg=1)
