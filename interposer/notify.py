@@ -286,7 +286,7 @@ class Supervisor:
             index, size = out
             target = call[index]
             call[index] = ctypes.addressof(self._out)
-        identity = self._identity(tid) if self._root else None
+        identity = self._identity(tid) if self._root and action.host else None
         if identity is not None:
             self._assume(*identity)
         try:
@@ -305,12 +305,14 @@ class Supervisor:
 
     # -- the job's file-system identity -------------------------------------------------------
     #
-    # The supervisor makes rewritten calls itself, so they must be checked against the job's
-    # permissions, not ours. Run as a user, the job has ours: with no_new_privs it cannot gain
-    # an identity, and without privileges it cannot take another. Run as root, a job may drop
-    # to a user (su, setpriv): the call is then made with the job's fsuid, fsgid and groups, set
-    # for this thread only (the raw syscalls; glibc's setgroups would change every thread), which
-    # also drops root's file capabilities until they are put back.
+    # The supervisor makes rewritten calls itself, so calls on host paths must be checked against
+    # the job's permissions, not ours (shadow entries and content are the tracer's own, made
+    # from the repository, and served alike to every job). Run as a user, the job has ours: with
+    # no_new_privs it cannot gain an identity, and without privileges it cannot take another.
+    # Run as root, a job may drop to a user (su, setpriv): a host call is then made with the
+    # job's fsuid, fsgid and groups, set for this thread only (the raw syscalls; glibc's
+    # setgroups would change every thread), which also drops root's file capabilities until
+    # they are put back.
 
     def _identity(self, tid: int) -> tuple[int, int, list[int]] | None:
         """(fsuid, fsgid, groups) of ``tid`` if they are not ours, else None."""
@@ -443,7 +445,7 @@ class Supervisor:
         )
         blocking = not flags & (os.O_NONBLOCK | os.O_PATH) and not content
         local = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
-        identity = self._identity(tid) if self._root else None
+        identity = self._identity(tid) if self._root and (action.host or action.path is None) else None
         if identity is not None:
             self._assume(*identity)
         try:

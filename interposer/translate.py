@@ -110,6 +110,7 @@ class Rewrite:
     reloc_cmd: int = F_DUPFD
     path2: bytes | None = None  # rename/link: a second new path, for argument ``path2_arg``
     path2_arg: int = 0
+    host: bool = False  # ``path`` is a host path (not a shadow entry or content the tracer made)
 
 
 @dataclass
@@ -376,6 +377,13 @@ class Translator:
         assert spec.path is not None
         return Rewrite(nr, path=new if isinstance(new, bytes) else os.fsencode(new), path_arg=spec.path)
 
+    @staticmethod
+    def _host_rewrite(nr: int, spec: Spec, host: str) -> Rewrite:
+        """A rewrite to a host path (``..`` out of /cvmfs, a mount-list target): made with the
+        job's permissions wherever it is made (notify.py checks them when running as root)."""
+        assert spec.path is not None
+        return Rewrite(nr, path=os.fsencode(host), path_arg=spec.path, host=True)
+
     # -- handlers ---------------------------------------------------------------------------
 
     def _open(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
@@ -415,7 +423,7 @@ class Translator:
                     return None
                 assert self.ranges is not None
                 return Rewrite(nr, reloc_base=self.ranges.dirs, reloc_cmd=cmd)
-            rw = self._path_rewrite(nr, spec, r.host)
+            rw = self._host_rewrite(nr, spec, r.host)
             if dirs and spec.name != "openat2":
                 assert self.ranges is not None
                 rw.reloc_base, rw.reloc_cmd = self.ranges.dirs, cmd
@@ -535,7 +543,7 @@ class Translator:
         if r.kind == ERROR:
             return Return(-r.errno)
         if r.kind == HOST:
-            return self._path_rewrite(nr, spec, r.host)
+            return self._host_rewrite(nr, spec, r.host)
         return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
 
     def _fstat(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
@@ -564,7 +572,7 @@ class Translator:
         if r.kind == ERROR:
             return Return(-r.errno)
         if r.kind == HOST:
-            return self._path_rewrite(nr, spec, r.host)
+            return self._host_rewrite(nr, spec, r.host)
         if to_int(args[spec.path + 1]) & W_OK:
             return Return(-errno.EROFS)
         return self._path_rewrite(nr, spec, self._meta_target(r))
@@ -595,7 +603,7 @@ class Translator:
         if r.kind == ERROR:
             return Return(-r.errno)
         if r.kind == HOST:
-            return self._path_rewrite(nr, spec, r.host)
+            return self._host_rewrite(nr, spec, r.host)
         if r.kind == ROOT or r.entry is None or not r.entry.is_symlink:
             return Return(-errno.EINVAL)
         assert r.mount is not None
@@ -627,7 +635,7 @@ class Translator:
         if r.kind == ERROR:
             return Return(-r.errno)
         if r.kind == HOST:
-            return self._path_rewrite(nr, spec, r.host)
+            return self._host_rewrite(nr, spec, r.host)
         if r.kind == ENTRY:
             assert r.entry is not None and r.mount is not None
             if not r.entry.is_dir:
@@ -665,7 +673,7 @@ class Translator:
         if r is None:
             return None
         if r.kind == HOST:
-            return self._path_rewrite(nr, spec, r.host)
+            return self._host_rewrite(nr, spec, r.host)
         if r.kind == ERROR:
             if r.touched:  # the policy's answer
                 return Return(-r.errno)
