@@ -65,6 +65,8 @@ SYSCALL: dict[str, int] = {
     "setgroups": 116,
     "setfsuid": 122,
     "setfsgid": 123,
+    "capget": 125,
+    "capset": 126,
     "utime": 132,
     "mknod": 133,
     "uselib": 134,

@@ -134,6 +134,7 @@ class Supervisor:
         self._root = os.geteuid() == 0
         self._gid = os.getegid()
         self._groups = sorted(os.getgroups())
+        self._caps = _capget() if self._root else (0, 0, 0)  # (effective, permitted, inheritable)
 
     def start(self) -> None:
         self._thread.start()
@@ -314,10 +315,11 @@ class Supervisor:
     # setgroups would change every thread), which also drops root's file capabilities until
     # they are put back.
 
-    def _identity(self, tid: int) -> tuple[int, int, list[int]] | None:
-        """(fsuid, fsgid, groups) of ``tid`` if they are not ours, else None."""
+    def _identity(self, tid: int) -> tuple[int, int, list[int], int] | None:
+        """(fsuid, fsgid, groups, effective capabilities) of ``tid`` if not ours, else None."""
         uid = gid = -1
         groups: list[int] = []
+        caps = 0
         try:
             with open(f"/proc/{tid}/status", "rb") as f:
                 for line in f:
@@ -327,24 +329,28 @@ class Supervisor:
                         gid = int(line.split()[4])
                     elif line.startswith(b"Groups:"):
                         groups = [int(g) for g in line.split()[1:]]
+                    elif line.startswith(b"CapEff:"):
+                        caps = int(line.split()[1], 16)
                         break
         except (OSError, ValueError, IndexError):
-            return (65534, 65534, [])  # unknown: as nobody, never as root
-        if uid == 0 and gid == self._gid and sorted(groups) == self._groups:
+            return (65534, 65534, [], 0)  # unknown: as nobody, never as root
+        if uid == 0 and gid == self._gid and sorted(groups) == self._groups and caps == self._caps[0]:
             return None
-        return uid, gid, groups
+        return uid, gid, groups, caps
 
-    def _assume(self, uid: int, gid: int, groups: list[int]) -> None:
-        array = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
-        _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(groups)), array)
+    def _assume(self, uid: int, gid: int, groups: list[int], caps: int) -> None:
+        _setgroups(groups)
         _syscall(ctypes.c_long(arch.NR["setfsgid"]), ctypes.c_long(gid))
-        _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(uid))
+        _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(uid))  # not 0: drops fs caps
+        if uid == 0:  # a root job with fewer capabilities (setpriv, capsh): ours go down to its
+            effective, permitted, inheritable = self._caps
+            _capset(caps & permitted, permitted, inheritable)
 
     def _restore(self) -> None:
         _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(0))
         _syscall(ctypes.c_long(arch.NR["setfsgid"]), ctypes.c_long(self._gid))
-        array = (ctypes.c_uint32 * max(1, len(self._groups)))(*self._groups)
-        _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(self._groups)), array)
+        _setgroups(self._groups)
+        _capset(*self._caps)
 
     def _dup_here(self, notif_id: int, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
         """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at the lowest free
@@ -476,6 +482,48 @@ def _free_fd(tid: int, base: int) -> int | None:
         except OSError:
             return None
     return None
+
+
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _capget() -> tuple[int, int, int]:
+    """This thread's (effective, permitted, inheritable) capability sets, 64 bits each."""
+    header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    if _syscall(ctypes.c_long(arch.NR["capget"]), ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    return tuple(
+        getattr(data[0], f) | getattr(data[1], f) << 32 for f in ("effective", "permitted", "inheritable")
+    )  # type: ignore[return-value]
+
+
+def _capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's capabilities (the raw syscall: this thread only)."""
+    header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _syscall(ctypes.c_long(arch.NR["capset"]), ctypes.byref(header), data)
+
+
+def _setgroups(groups: list[int]) -> None:
+    """Supplementary groups of this thread only (glibc's setgroups changes every thread)."""
+    array = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
+    _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(groups)), array)
 
 
 def _signed32(value: int) -> int:

@@ -197,6 +197,17 @@ def test_a_job_that_drops_root_gets_its_own_permissions(job_env):
             assert r.returncode != 0 and b"Permission denied" in r.stderr, (options, r.stdout, r.stderr)
             r = cvmfs_run([*drop, "cat", f"/cvmfs/..{readable}"], job_env, options=options)
             assert r.returncode == 0 and r.stdout == b"for all\n", (options, r.stderr)
+        # root that gave up the capabilities to read other users' files
+        other = base / "other.txt"
+        other.write_text("uid 1234 only\n")
+        os.chown(other, 1234, 1234)
+        other.chmod(0o600)
+        weak = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+        for options in ([], ["--ptrace-only"]):
+            r = cvmfs_run([*weak, "cat", f"/cvmfs/..{other}"], job_env, options=options)
+            assert r.returncode != 0 and b"Permission denied" in r.stderr, (options, r.stdout, r.stderr)
+            r = cvmfs_run([*weak, "cat", f"/cvmfs/..{readable}"], job_env, options=options)
+            assert r.returncode == 0 and r.stdout == b"for all\n", (options, r.stderr)
     finally:
         shutil.rmtree(base)
 
