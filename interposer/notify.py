@@ -128,7 +128,7 @@ class Supervisor:
         self._resp = ctypes.create_string_buffer(_RESP.size)
         self._id = ctypes.c_uint64()
         self._out = ctypes.create_string_buffer(pt.PATH_MAX + STATX_SIZE)
-        self._path = ctypes.create_string_buffer(pt.PATH_MAX + 1)
+        self._path = ctypes.create_string_buffer(pt.PATH_MAX + 64)  # room for /proc/TID/root
         self._addfd = ctypes.create_string_buffer(_ADDFD.size)
         self._pidfds: dict[int, int] = {}  # tgid -> pidfd, for pidfd_getfd
         self._root = os.geteuid() == 0
@@ -279,7 +279,10 @@ class Supervisor:
         call = list(args)
         for index, value in action.args.items():
             call[index] = value
-        self._path.value = action.path[: pt.PATH_MAX]
+        path = _in_jobs_root(tid, action.path) if action.host else action.path
+        if len(path) >= len(self._path):
+            return 0, -errno.ENAMETOOLONG, 0
+        self._path.value = path
         call[action.path_arg] = ctypes.addressof(self._path)
         out = _output(action.nr, call)
         target = 0
@@ -440,10 +443,14 @@ class Supervisor:
                 dirfd = _signed32(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
                 base = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
                 raw = os.fsencode(base) + b"/" + raw
+            else:
+                raw = _in_jobs_root(tid, raw)
             path = raw
         elif not path.startswith(b"/"):
             log.error("supervisor: cannot open %r here (relative to the job's cwd)", path)
             return 0, -errno.EIO, 0
+        elif action.host:
+            path = _in_jobs_root(tid, path)
         content = (
             action.reloc_base != 0
             and self.tracer.translator.ranges is not None
@@ -524,6 +531,12 @@ def _setgroups(groups: list[int]) -> None:
     """Supplementary groups of this thread only (glibc's setgroups changes every thread)."""
     array = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
     _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(groups)), array)
+
+
+def _in_jobs_root(tid: int, path: bytes) -> bytes:
+    """A host path as the job's kernel would resolve it: from its root and in its mount
+    namespace (a job may chroot or unshare without a policy), as a stopped call would be."""
+    return b"/proc/%d/root%s" % (tid, path)
 
 
 def _signed32(value: int) -> int:

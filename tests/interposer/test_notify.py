@@ -212,6 +212,20 @@ def test_a_job_that_drops_root_gets_its_own_permissions(job_env):
         shutil.rmtree(base)
 
 
+def test_host_paths_are_the_jobs_own_after_chroot(job_env, tmp_path):
+    """A rewritten host path (``/cvmfs/..`` leads out) is resolved from the job's root, as the
+    kernel resolves a stopped call's: after ``chroot`` the job's /marker, not the host's."""
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    shutil.copy("/bin/busybox", jail / "busybox")  # static: needs nothing else in the jail
+    (jail / "marker").write_text("inside the jail\n")
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run(
+            ["/usr/sbin/chroot", str(jail), "/busybox", "cat", "/cvmfs/../marker"], job_env, options=options
+        )
+        assert r.returncode == 0 and r.stdout == b"inside the jail\n", (options, r.stdout, r.stderr)
+
+
 BROKEN_SUPERVISOR = """
 import interposer.notify as notify
 def broken(self, notif_id, tid, nr, args):
