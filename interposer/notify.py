@@ -183,10 +183,10 @@ class Supervisor:
                     os.kill(tid, 9)
 
     def _receive_listener(self) -> bool:
-        try:
-            _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
-        except OSError:
-            return False
+        """Take the listener from the job's first process; False if it sent none (it then
+        installed the ptrace-only filter) or ended before sending. A failure to receive one
+        is an error (the job's calls could wait for an answer forever): :meth:`_abandon`."""
+        _, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
         if not fds:
             return False
         self.listener = fds[0]
