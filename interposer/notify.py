@@ -442,7 +442,15 @@ class Supervisor:
             if not raw.startswith(b"/"):
                 dirfd = _signed32(args[spec.dirfd]) if spec.dirfd is not None else AT_FDCWD
                 base = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+                try:
+                    where = os.readlink(base)
+                except OSError:
+                    return 0, 0, FLAG_CONTINUE  # no such fd: the kernel says so
+                if where.startswith(_MAGIC_DIRS):
+                    return 0, 0, FLAG_CONTINUE  # "self" there would be us: not moved, still right
                 raw = os.fsencode(base) + b"/" + raw
+            elif raw.startswith(_MAGIC_PREFIXES):
+                return 0, 0, FLAG_CONTINUE
             else:
                 raw = _in_jobs_root(tid, raw)
             path = raw
@@ -533,9 +541,27 @@ def _setgroups(groups: list[int]) -> None:
     _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(groups)), array)
 
 
+# Paths whose meaning depends on who opens them (/proc/self, /dev/fd -> /proc/self/fd...): the
+# supervisor does not open a job's own such path for it (see _open_here).
+_MAGIC_DIRS = ("/proc", "/dev")
+_MAGIC_PREFIXES = (b"/proc/", b"/dev/")
+
+
 def _in_jobs_root(tid: int, path: bytes) -> bytes:
     """A host path as the job's kernel would resolve it: from its root and in its mount
-    namespace (a job may chroot or unshare without a policy), as a stopped call would be."""
+    namespace (a job may chroot or unshare without a policy), as a stopped call would be.
+    ``/proc/self``, ``/proc/thread-self`` and ``/dev/fd`` are the job's, not ours."""
+    if path.startswith(_MAGIC_PREFIXES):
+        for mine, theirs in (
+            (b"/proc/self/", b"/proc/%d/" % tid),
+            (b"/proc/thread-self/", b"/proc/%d/" % tid),
+            (b"/dev/fd/", b"/proc/%d/fd/" % tid),
+        ):
+            if path.startswith(mine):
+                return theirs + path[len(mine) :]
+        for n, name in enumerate((b"/dev/stdin", b"/dev/stdout", b"/dev/stderr")):
+            if path == name:
+                return b"/proc/%d/fd/%d" % (tid, n)
     return b"/proc/%d/root%s" % (tid, path)
 
 

@@ -98,6 +98,15 @@ SURVEY = textwrap.dedent(
     ]
     out["open-errors"] = [call(os.open, M + n, os.O_RDONLY) for n in ("/etc/missing", "/etc/example.conf/x")]
     out["open-dir-as-file"] = call(os.open, M + "/etc/example.conf", os.O_RDONLY | os.O_DIRECTORY)
+    # a job's own /proc/self and /dev/fd (they name the opener: never the supervisor's)
+    selves = []
+    for name in (f"/dev/fd/{{h1}}", f"/proc/self/fd/{{h1}}", f"/proc/thread-self/fd/{{h1}}"):
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY)
+        selves.append(os.path.samestat(os.fstat(fd), os.stat("/usr")))
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(f"self/fd/{{h1}}", os.O_RDONLY | os.O_DIRECTORY, dir_fd=proc)
+    selves.append(os.path.samestat(os.fstat(fd), os.stat("/usr")))
+    out["selves"] = selves
     host = os.open("/etc/hostname", os.O_RDONLY)
     out["open-host"] = os.read(host, 100) == open("/etc/hostname", "rb").read(100)
     for k, v in out.items():
@@ -138,6 +147,7 @@ def test_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     assert answers["content-fstat"] and answers["dir-range"] and answers["dir-blocking"]
     assert answers["dir-listing"] and answers["host-dirs"] == [True] * 5 and answers["open-host"]
     assert answers["dups"] == [True] * 4 and answers["dup-cloexec"] == [True, False]
+    assert answers["selves"] == [True] * 4
     assert answers["dup-same-file"] == [True, b" co"]  # c1 and its copy share the offset (9)
     assert answers["open-errors"] == ["ENOENT", "ENOTDIR"] and answers["open-dir-as-file"] == "ENOTDIR"
     # the supervisor served them: no ptrace stop for the stat family, and none the other way
