@@ -333,11 +333,11 @@ def _child(
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.read(ready_r, 1)  # the tracer has seized us (or failed and is about to kill us)
         os.close(ready_r)
-        if channel is None:
+        if channel is None or notify_program is None:
             seccomp.install(program)
         else:
             try:
-                listener = seccomp.install(notify_program or program, listener=True)
+                listener = seccomp.install(notify_program, listener=True)
             except OSError:  # EBUSY: a listener above us (a nested run); EINVAL: too old a kernel
                 listener = None
                 seccomp.install(program)  # everything through ptrace stops: slower, as correct

@@ -71,8 +71,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
 _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _ioctl.restype = ctypes.c_int
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 STATX_SIZE = 256
 AT_FDCWD = -100
@@ -294,13 +292,12 @@ class Supervisor:
         if identity is not None:
             self._assume(*identity)
         try:
-            res = _syscall(ctypes.c_long(action.nr), *(ctypes.c_long(a) for a in call))
-            err = ctypes.get_errno()
+            res = pt.raw_syscall(action.nr, *call)
+        except OSError as exc:
+            return 0, -(exc.errno or errno.EIO), 0
         finally:
             if identity is not None:
                 self._restore()
-        if res < 0:
-            return 0, -err, 0
         if out is not None:
             written = res if action.nr in (arch.NR["readlink"], arch.NR["readlinkat"]) else size
             if written and not pt.write_bytes(tid, target, self._out.raw[:written]):
@@ -343,15 +340,15 @@ class Supervisor:
 
     def _assume(self, uid: int, gid: int, groups: list[int], caps: int) -> None:
         _setgroups(groups)
-        _syscall(ctypes.c_long(arch.NR["setfsgid"]), ctypes.c_long(gid))
-        _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(uid))  # not 0: drops fs caps
+        pt.raw_syscall(arch.NR["setfsgid"], gid)
+        pt.raw_syscall(arch.NR["setfsuid"], uid)  # not 0: drops fs caps
         if uid == 0:  # a root job with fewer capabilities (setpriv, capsh): ours go down to its
             effective, permitted, inheritable = self._caps
             _capset(caps & permitted, permitted, inheritable)
 
     def _restore(self) -> None:
-        _syscall(ctypes.c_long(arch.NR["setfsuid"]), ctypes.c_long(0))
-        _syscall(ctypes.c_long(arch.NR["setfsgid"]), ctypes.c_long(self._gid))
+        pt.raw_syscall(arch.NR["setfsuid"], 0)
+        pt.raw_syscall(arch.NR["setfsgid"], self._gid)
         _setgroups(self._groups)
         _capset(*self._caps)
 
@@ -517,8 +514,7 @@ class _CapData(ctypes.Structure):
 def _capget() -> tuple[int, int, int]:
     """This thread's (effective, permitted, inheritable) capability sets, 64 bits each."""
     header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
-    if _syscall(ctypes.c_long(arch.NR["capget"]), ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget")
+    pt.raw_syscall(arch.NR["capget"], _address(header), _address(data))
     return tuple(
         getattr(data[0], f) | getattr(data[1], f) << 32 for f in ("effective", "permitted", "inheritable")
     )  # type: ignore[return-value]
@@ -532,13 +528,13 @@ def _capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].effective = (effective >> shift) & 0xFFFFFFFF
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    _syscall(ctypes.c_long(arch.NR["capset"]), ctypes.byref(header), data)
+    pt.raw_syscall(arch.NR["capset"], _address(header), _address(data))
 
 
 def _setgroups(groups: list[int]) -> None:
     """Supplementary groups of this thread only (glibc's setgroups changes every thread)."""
     array = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
-    _syscall(ctypes.c_long(arch.NR["setgroups"]), ctypes.c_long(len(groups)), array)
+    pt.raw_syscall(arch.NR["setgroups"], len(groups), _address(array))
 
 
 # Paths whose meaning depends on who opens them (/proc/self, /dev/fd -> /proc/self/fd...): the
@@ -563,6 +559,10 @@ def _in_jobs_root(tid: int, path: bytes) -> bytes:
             if path == name:
                 return b"/proc/%d/fd/%d" % (tid, n)
     return b"/proc/%d/root%s" % (tid, path)
+
+
+def _address(obj: ctypes.Array | ctypes.Structure) -> ctypes.c_void_p:  # type: ignore[type-arg]
+    return ctypes.c_void_p(ctypes.addressof(obj))
 
 
 def _signed32(value: int) -> int:

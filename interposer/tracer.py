@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -388,7 +388,7 @@ class Tracer:
         action = self.translator.decide(ctx, nr, spec, args)
         ctx.pf_addr = 0
         if self.debug and action is not None:
-            log.debug("[%d] %s%s -> %s", tid, spec.name, _describe_args(ctx, spec, regs), action)
+            log.debug("[%d] %s%s -> %s", tid, spec.name, describe_call(ctx, spec, args), action)
         if action is None:
             pt.cont(tid)
         elif type(action) is Rewrite:
@@ -710,11 +710,7 @@ def _tgid_of(pid: int) -> int:
     return pid
 
 
-def _describe_args(ctx: _Ctx, spec: object, regs: arch.Regs) -> str:
-    return describe_call(ctx, spec, [arch.arg(regs, i) for i in range(6)])
-
-
-def describe_call(ctx: _Ctx, spec: object, args: list[int]) -> str:
+def describe_call(ctx: _Ctx, spec: object, args: Sequence[int]) -> str:
     """``(path)`` or ``(fd N)`` of a call, for ``--debug`` (the tracer's and notify.py's)."""
     path_arg = getattr(spec, "path", None)
     if path_arg is None:
