@@ -40,7 +40,7 @@ and hits never interleave.
 
 The index (diskcache, node-local disk only: SQLite locking is unreliable on NFS/GPFS/Lustre, so a
 cache directory on such a file system is refused) is advisory: it holds size, kind, LRU sequence
-and the decoded sha256 of each object, the byte total, pins and hit/miss counters. Files are the
+and a checksum of each decoded object, the byte total, pins and hit/miss counters. Files are the
 truth: objects work without the index, a lost or corrupt index is rebuilt by scanning, and every
 index failure is logged and tolerated. The quota (``CVMFS_QUOTA_LIMIT``) is enforced as the real
 client does: when an insert pushes the total over the limit, least recently used unpinned objects
@@ -279,12 +279,27 @@ def _filesystem_type(path: Path) -> str | None:
     return best_type
 
 
-def _hash_file(path: Path) -> str:
-    sha = hashlib.sha256()
+# Checksums of decoded files in the index, for ``cache fsck``: "adler32:<8 hex>" (the zlib
+# stream's own check of the content: free when the object is inflated) or, in indexes written
+# before, a bare sha256 hex digest (still honoured).
+_ADLER32 = "adler32:"
+
+
+def _adler32_text(value: int) -> str:
+    return f"{_ADLER32}{value:08x}"
+
+
+def _file_checksum(path: Path, like: str) -> str:
+    """The checksum of the file at ``path`` in the form of the recorded ``like``."""
+    sha = None if like.startswith(_ADLER32) else hashlib.sha256()
+    adler = 1
     with open(path, "rb") as f:
         while block := f.read(_READ_PIECE):
-            sha.update(block)
-    return sha.hexdigest()
+            if sha is None:
+                adler = zlib.adler32(block, adler)
+            else:
+                sha.update(block)
+    return _adler32_text(adler) if sha is None else sha.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +490,7 @@ class _Seen(enum.Enum):
 class _Record(NamedTuple):
     size: int
     kind: str
-    sha256: str | None
+    checksum: str | None  # of the decoded file (see _ADLER32)
     seq: int
 
 
@@ -546,9 +561,9 @@ class _Index:
             self._db.incr(_COUNT, -1)
         return rec
 
-    def _put(self, name: str, size: int, kind: str, sha256: str | None) -> None:
+    def _put(self, name: str, size: int, kind: str, checksum: str | None) -> None:
         seq = self._db.incr(_SEQ)
-        self._db.set(_OBJ + name, (size, kind, sha256, seq))
+        self._db.set(_OBJ + name, (size, kind, checksum, seq))
         self._db.set(_lru_key(seq), (name,))
         self._db.incr(_TOTAL, size)
         self._db.incr(_COUNT, 1)
@@ -558,14 +573,14 @@ class _Index:
         return self._get(name)
 
     @_advisory(None)
-    def insert(self, name: str, size: int, kind: str, sha256: str | None) -> None:
+    def insert(self, name: str, size: int, kind: str, checksum: str | None) -> None:
         with self._db.transact():
             self._drop(name)
-            self._put(name, size, kind, sha256)
+            self._put(name, size, kind, checksum)
 
     @_advisory(None)
     def insert_many(self, records: Sequence[tuple[str, int, str, str | None]]) -> None:
-        """(name, size, kind, sha256) records in one transaction (one commit for a batch)."""
+        """(name, size, kind, checksum) records in one transaction (one commit for a batch)."""
         if not records:
             return
         with self._db.transact():
@@ -574,8 +589,8 @@ class _Index:
             # its size, so seq distances count objects (as the LRU slack rule in touch() wants).
             seq = self._db.incr(_SEQ, len(records)) - len(records) + 1
             total, count = 0, 0
-            for name, size, kind, sha256 in records:
-                value = (size, kind, sha256, seq)
+            for name, size, kind, checksum in records:
+                value = (size, kind, checksum, seq)
                 # add() is one SELECT and one INSERT; a get() first would be another SELECT for
                 # every object, when only those adopted or replaced meanwhile have a record.
                 if not self._db.add(_OBJ + name, value):
@@ -617,16 +632,16 @@ class _Index:
         return _Seen.OK
 
     @_advisory(False)
-    def adopt(self, name: str, size: int, sha256: str | None = None) -> bool:
+    def adopt(self, name: str, size: int, checksum: str | None = None) -> bool:
         """Record a file found on disk; fill in a missing checksum. True if a record was created."""
         with self._db.transact():
             rec = self._get(name)
             if rec is None:
                 kind = _DERIVED_KIND if name.startswith("assembled/") else _UNKNOWN_KIND
-                self._put(name, size, kind, sha256)
+                self._put(name, size, kind, checksum)
                 return True
-            if sha256 is not None and rec.sha256 is None and rec.size == size:
-                self._db.set(_OBJ + name, tuple(rec._replace(sha256=sha256)))
+            if checksum is not None and rec.checksum is None and rec.size == size:
+                self._db.set(_OBJ + name, tuple(rec._replace(checksum=checksum)))
             return False
 
     @_advisory(None)
@@ -791,7 +806,7 @@ class _Tally:
             return out
 
 
-_IndexRecord = tuple[str, int, str, str | None]  # name, size, kind, sha256
+_IndexRecord = tuple[str, int, str, str | None]  # name, size, kind, checksum
 
 
 class _Pending:
@@ -1195,19 +1210,15 @@ class NodeCache:
         expected_size: int | None,
         name: str,
     ) -> tuple[int, str]:
-        """Verify and decode into a new file, then give it the name ``name``; return (size, sha256).
+        """Verify and decode into a new file, then give it the name ``name``; return (size,
+        checksum of the decoded file).
 
         Called once per attempt by the source (a rejected attempt leaves nothing behind). The
         caller holds the object's lock exclusively.
         """
-        fd, tmp = self._new_file(content_hash.hex[:12] + ".")
-        sha = hashlib.sha256()
+        fd, tmp = self._new_file(content_hash)
         try:
-
-            def sink(data: bytes) -> None:
-                sha.update(data)
-                _write_all(fd, data)
-
+            sink = functools.partial(_write_all, fd)
             dec = ObjectDecoder(content_hash, compression, sink, url, expected_size)
             for piece in pieces:
                 dec.feed(piece)
@@ -1219,9 +1230,10 @@ class NodeCache:
             raise
         finally:
             os.close(fd)
-        return size, sha.hexdigest()
+        assert dec.adler32 is not None  # set by finish()
+        return size, _adler32_text(dec.adler32)
 
-    def _new_file(self, prefix: str) -> tuple[int, str | None]:
+    def _new_file(self, content_hash: ContentHash | None) -> tuple[int, str | None]:
         """A new read-write file for an object being written: (descriptor, its txn name or None).
 
         Anonymous where possible (``O_TMPFILE``): it has no name until :meth:`_publish` links it,
@@ -1237,7 +1249,7 @@ class NodeCache:
                     raise
                 log.debug("%s: no O_TMPFILE here (%s); using named temporary files", self.txn, exc)
                 self._anonymous = False
-        fd, tmp = self.temporary(prefix)
+        fd, tmp = self.temporary(content_hash.hex[:12] + "." if content_hash is not None else "derived.")
         os.fchmod(fd, 0o444)
         return fd, tmp
 
@@ -1285,16 +1297,16 @@ class NodeCache:
                 self._count("hits")
                 return final
             self._count("misses")
-            fd, tmp = self._new_file("derived.")
+            fd, tmp = self._new_file(None)
             try:
                 with os.fdopen(fd, "w+b", closefd=False) as out:
                     build(out)
                     out.flush()
                     out.seek(0)
-                    sha = hashlib.sha256()
+                    adler = 1
                     size = 0
                     while block := out.read(_READ_PIECE):  # in the page cache: cheap next to building
-                        sha.update(block)
+                        adler = zlib.adler32(block, adler)
                         size += len(block)
                 self._publish(fd, tmp, name)
             except BaseException:
@@ -1303,7 +1315,7 @@ class NodeCache:
                 raise
             finally:
                 os.close(fd)
-            self._index.insert(name, size, _DERIVED_KIND, sha.hexdigest())
+            self._index.insert(name, size, _DERIVED_KIND, _adler32_text(adler))
         self._maybe_evict(protect=name)
         return final
 
@@ -1350,11 +1362,12 @@ class NodeCache:
     def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
         """Re-verify every object; quarantine bad ones; clean ``txn/``; reconcile the index.
 
-        An object with a recorded sha256 (of the decoded content, taken when it was verified at
-        insert) is checked against it. One without (adopted after a crash or an index loss) is
+        An object with a recorded checksum (of the decoded content, taken when it was verified
+        at insert: the zlib stream's Adler-32, or a sha256 in indexes of earlier versions) is
+        checked against it. One without (adopted after a crash or an index loss) is
         checked against its name: the raw content hashed (``Compression.NONE`` objects), or the
         content re-compressed with zlib at the default level and hashed (how publishers store
-        it); either match is accepted and its sha256 recorded. zlib output is not guaranteed
+        it); either match is accepted and its checksum recorded. zlib output is not guaranteed
         identical across zlib builds (spec 4.2), so a mismatch there may be a false alarm: it is
         still removed, because a wrongly removed object costs one download and a wrongly kept one
         serves bad data. Derived files without a record cannot be checked and are removed too.
@@ -1611,7 +1624,7 @@ class NodeCache:
             problem, digest = self._verify(name, path, rec, st.st_size)
         report.checked += 1
         if problem is None:
-            if (rec is None or rec.sha256 is None) and self._index.adopt(name, st.st_size, digest):
+            if (rec is None or rec.checksum is None) and self._index.adopt(name, st.st_size, digest):
                 report.adopted += 1
             return
         # The lock cannot be upgraded atomically: take it exclusively and make sure the file we
@@ -1628,30 +1641,31 @@ class NodeCache:
         report.removed.append((name, problem))
 
     def _verify(self, name: str, path: Path, rec: _Record | None, size: int) -> tuple[str | None, str]:
-        """(problem or None, sha256 of the file) — see :meth:`fsck` for the rules."""
+        """(problem or None, checksum of the file) — see :meth:`fsck` for the rules."""
         if rec is not None and rec.size != size:
             return f"size is {size} bytes, {rec.size} were recorded", ""
-        if rec is not None and rec.sha256 is not None:
-            digest = _hash_file(path)
-            if digest != rec.sha256:
-                return "content changed since it was verified (sha256 mismatch)", digest
+        if rec is not None and rec.checksum is not None:
+            digest = _file_checksum(path, rec.checksum)
+            if digest != rec.checksum:
+                kind = "adler32" if rec.checksum.startswith(_ADLER32) else "sha256"
+                return f"content changed since it was verified ({kind} mismatch)", digest
             return None, digest
         if name.startswith("assembled/"):
             return "derived file without a recorded checksum cannot be verified", ""
         expected = ContentHash.from_hex(name.replace("/", "", 1), str(path))
-        sha = hashlib.sha256()
+        adler = 1
         raw = expected.algorithm.new()
         zipped = expected.algorithm.new()
         deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION)  # = objects.encode (zlib.compress)
         with open(path, "rb") as f:
             while block := f.read(_READ_PIECE):
-                sha.update(block)
+                adler = zlib.adler32(block, adler)
                 raw.update(block)
                 zipped.update(deflate.compress(block))
         zipped.update(deflate.flush())
         if expected in (raw.content_hash(), zipped.content_hash()):
-            return None, sha.hexdigest()
-        return "content matches its name neither raw nor re-compressed with zlib", sha.hexdigest()
+            return None, _adler32_text(adler)
+        return "content matches its name neither raw nor re-compressed with zlib", _adler32_text(adler)
 
     def _clean_txn(self) -> int:
         """Remove ``txn/`` files whose writer is gone; return how many.

@@ -69,8 +69,14 @@ class ObjectDecoder:
         self._sink = sink
         self._hasher = expected.algorithm.new()
         self._inflater = zlib.decompressobj() if compression is Compression.ZLIB else None
+        self._tail = b""  # the last stored bytes: a zlib stream ends with its content's Adler-32
+        self._adler = 1  # Adler-32 of raw content, computed as it passes
         self.stored_size = 0
         self.size = 0
+        # Adler-32 of the decoded content, set by finish(): a checksum of the decoded file for
+        # the cache's fsck that costs nothing for zlib objects (the stream's trailer, which
+        # zlib checks while inflating) and little for raw ones.
+        self.adler32: int | None = None
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -78,8 +84,10 @@ class ObjectDecoder:
         self._hasher.update(data)
         self.stored_size += len(data)
         if self._inflater is None:
+            self._adler = zlib.adler32(data, self._adler)
             self._emit(data)
             return
+        self._tail = data[-4:] if len(data) >= 4 else (self._tail + data)[-4:]
         if self._inflater.eof:
             raise CorruptObject(self.source, "data after the end of the zlib stream")
         try:
@@ -117,6 +125,9 @@ class ObjectDecoder:
                 raise CorruptObject(self.source, "truncated zlib stream")
             rest = self._inflater.flush()
             self._emit(rest)
+            self.adler32 = int.from_bytes(self._tail, "big")  # RFC 1950: ADLER32, MSB first
+        else:
+            self.adler32 = self._adler
         if self.expected_size is not None and self.size != self.expected_size:
             raise CorruptObject(
                 self.source, f"decodes to {self.size} bytes, catalog says {self.expected_size}"

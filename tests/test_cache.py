@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import multiprocessing
 import os
 import random
@@ -11,6 +12,7 @@ import signal
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -341,12 +343,49 @@ def test_fsck_quarantines_a_file_modified_on_disk(tmp_path: Path, locks: str) ->
         seen: list[tuple[int, int]] = []
         report = cache.fsck(progress=lambda done, total: seen.append((done, total)))
         assert [name for name, _ in report.removed] == [h.cache_name()]
-        assert "sha256" in report.removed[0][1]
+        assert "adler32 mismatch" in report.removed[0][1]
         assert report.checked == 3 and seen[-1] == (3, 3)
         assert not path.exists() and len(list(cache.quarantine.iterdir())) == 1
         assert cache.stat().objects == 2
         assert cache.get(h, src).read_bytes() == content[h]
         assert src.calls[h.object_path()] == 2
+
+
+def test_recorded_checksum_is_the_adler32_of_the_decoded_file(tmp_path: Path) -> None:
+    zipped, stored = make_objects(2, 20_000, seed=30)
+    raw, stored_raw = make_objects(2, 20_000, seed=31, compression=Compression.NONE)
+    src = FakeSource({**stored, **stored_raw})
+    with NodeCache(tmp_path, None) as cache:
+        for h in zipped:
+            cache.get(h, src)
+        cache.get_many([Wanted(h, compression=Compression.NONE) for h in raw], src)
+        derived = cache.get_derived("abc123", lambda f: f.write(b"assembled bytes"))
+        for h, data in {**zipped, **raw}.items():
+            rec = cache._index.get(h.cache_name())
+            assert rec.checksum == f"adler32:{zlib.adler32(data):08x}"
+        rec = cache._index.get("assembled/ab/c123")
+        assert derived.read_bytes() == b"assembled bytes"
+        assert rec.checksum == f"adler32:{zlib.adler32(b'assembled bytes'):08x}"
+
+
+def test_fsck_honours_sha256_records_of_earlier_indexes(tmp_path: Path) -> None:
+    content, stored = make_objects(2, 20_000, seed=32)
+    src = FakeSource(stored)
+    good, bad = content
+    with NodeCache(tmp_path, None) as cache:
+        for h, data in content.items():
+            cache.get(h, src)
+            rec = cache._index.get(h.cache_name())
+            cache._index.remove(h.cache_name())  # as an earlier version recorded it
+            cache._index.insert(h.cache_name(), rec.size, rec.kind, hashlib.sha256(data).hexdigest())
+        path = cache.path_for(bad)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.write(b"X")
+        report = cache.fsck()
+        problem = "content changed since it was verified (sha256 mismatch)"
+        assert report.removed == [(bad.cache_name(), problem)]
+        assert cache.path_for(good).read_bytes() == content[good]
 
 
 def test_lost_or_corrupt_index_is_rebuilt_and_fsck_verifies_by_name(tmp_path: Path) -> None:
@@ -362,9 +401,9 @@ def test_lost_or_corrupt_index_is_rebuilt_and_fsck_verifies_by_name(tmp_path: Pa
     with NodeCache(tmp_path, None) as cache:
         assert cache.stat().objects == 5
         assert cache.stat().size_bytes == 5 * 20_000
-        report = cache.fsck()  # no sha256 recorded: checked against the names
+        report = cache.fsck()  # no checksum recorded: checked against the names
         assert report.removed == [] and report.checked == 5
-        assert cache._index.get(next(iter(raw)).cache_name()).sha256 is not None
+        assert cache._index.get(next(iter(raw)).cache_name()).checksum is not None
     (tmp_path / "index" / "cache.db").write_bytes(b"this is not a database" * 100)
     with NodeCache(tmp_path, None) as cache:
         assert cache.stat().objects == 5
@@ -510,7 +549,7 @@ def test_files_cut_short_by_a_crash_are_quarantined_and_fetched_again(tmp_path: 
         assert cache.path_for(e).read_bytes() == content[e]
         assert {h: src.calls[h.object_path()] for h in content} == {a: 2, b: 2, c: 2, d: 1, e: 2}
         assert len(list(cache.quarantine.iterdir())) == 4
-        assert cache._index.get(d.cache_name()).sha256 is not None
+        assert cache._index.get(d.cache_name()).checksum is not None
         assert cache.stat().size_bytes == 5 * 20_000 and cache.fsck().clean
 
 
@@ -540,7 +579,7 @@ def test_records_deferred_by_one_process_are_counted_once(tmp_path: Path) -> Non
     assert sum(src.calls.values()) == 3
     first.close()  # the deferred records replace the adopted ones
     assert (second.stat().objects, second.stat().size_bytes) == (3, 30_000)
-    assert all(second._index.get(h.cache_name()).sha256 for h in content)
+    assert all(second._index.get(h.cache_name()).checksum for h in content)
     second.close()
 
 

@@ -49,6 +49,21 @@ def test_streaming_in_small_pieces_gives_same_result() -> None:
 
 
 @pytest.mark.parametrize("compression", list(Compression))
+@pytest.mark.parametrize("piece", [1, 3, 4, 5, 1 << 20])
+@pytest.mark.parametrize("data", [DATA, b"", b"x"])
+def test_finish_gives_the_adler32_of_the_decoded_content(
+    compression: Compression, piece: int, data: bytes
+) -> None:
+    stored, h = _stored(data, compression)
+    dec = ObjectDecoder(h, compression, lambda _: None, "obj")
+    assert dec.adler32 is None  # nothing verified yet
+    for i in range(0, len(stored), piece):
+        dec.feed(stored[i : i + piece])
+    dec.finish()
+    assert dec.adler32 == zlib.adler32(data)
+
+
+@pytest.mark.parametrize("compression", list(Compression))
 def test_flipped_byte_is_a_hash_mismatch(compression: Compression) -> None:
     stored, h = _stored(compression=compression)
     bad = bytearray(stored)
