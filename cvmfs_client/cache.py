@@ -289,17 +289,25 @@ def _adler32_text(value: int) -> str:
     return f"{_ADLER32}{value:08x}"
 
 
+def _adler32_of(f: BinaryIO) -> tuple[int, int]:
+    """(Adler-32, size) of what is left to read in ``f``."""
+    adler = 1
+    size = 0
+    while block := f.read(_READ_PIECE):
+        adler = zlib.adler32(block, adler)
+        size += len(block)
+    return adler, size
+
+
 def _file_checksum(path: Path, like: str) -> str:
     """The checksum of the file at ``path`` in the form of the recorded ``like``."""
-    sha = None if like.startswith(_ADLER32) else hashlib.sha256()
-    adler = 1
     with open(path, "rb") as f:
+        if like.startswith(_ADLER32):
+            return _adler32_text(_adler32_of(f)[0])
+        sha = hashlib.sha256()
         while block := f.read(_READ_PIECE):
-            if sha is None:
-                adler = zlib.adler32(block, adler)
-            else:
-                sha.update(block)
-    return _adler32_text(adler) if sha is None else sha.hexdigest()
+            sha.update(block)
+        return sha.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1303,11 +1311,7 @@ class NodeCache:
                     build(out)
                     out.flush()
                     out.seek(0)
-                    adler = 1
-                    size = 0
-                    while block := out.read(_READ_PIECE):  # in the page cache: cheap next to building
-                        adler = zlib.adler32(block, adler)
-                        size += len(block)
+                    adler, size = _adler32_of(out)  # in the page cache: cheap next to building
                 self._publish(fd, tmp, name)
             except BaseException:
                 if tmp is not None:

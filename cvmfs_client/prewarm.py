@@ -621,10 +621,11 @@ def execute(
     start = time.monotonic()
     collector = _Collector(jobs, report, progress)
     if total:
+        work = list(batches(jobs))
         if nproc == 1:
-            _run_in_process(jobs, settings, spec, threads, collector)
+            _run_in_process(work, settings, spec, threads, collector)
         else:
-            _run_in_processes(jobs, settings, spec, nproc, threads, collector)
+            _run_in_processes(work, settings, spec, nproc, threads, collector)
         collector.finish()
     report.elapsed = time.monotonic() - start
     if progress is not None:
@@ -679,7 +680,7 @@ class _Collector:
 
 
 def _run_in_process(
-    jobs: Sequence[Job],
+    work: Sequence[list[tuple[int, Job]]],
     settings: Sequence[FetcherSettings],
     spec: DestinationSpec,
     threads: int,
@@ -689,7 +690,6 @@ def _run_in_process(
 
     tasks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
     results: queue.Queue[list[Outcome]] = queue.Queue()
-    work = list(batches(jobs))
     for number in range(len(work)):
         tasks.put(number)
     for _ in range(threads):
@@ -716,7 +716,7 @@ def _run_in_process(
 
 
 def _run_in_processes(
-    jobs: Sequence[Job],
+    work: Sequence[list[tuple[int, Job]]],
     settings: Sequence[FetcherSettings],
     spec: DestinationSpec,
     nproc: int,
@@ -726,8 +726,8 @@ def _run_in_processes(
     # fork: a worker is ready in milliseconds (spawn would re-import everything, ~0.3 s each).
     # It is safe here because no thread of ours runs yet and the children touch none of the
     # parent's objects (SQLite connections, sessions): they open their own from ``spec``.
+    # The batches are in the workers' memory from the fork on (see _work).
     ctx = multiprocessing.get_context("fork")
-    work = list(batches(jobs))  # in the workers' memory from the fork on (see _work)
     tasks: multiprocessing.Queue = ctx.Queue()
     results: multiprocessing.Queue = ctx.Queue()
     stop = ctx.Event()
