@@ -408,8 +408,8 @@ class Job:
 
 
 class Outcome(NamedTuple):
-    """What became of one job; sent back from worker processes in lists, so a tuple (pickled
-    five times faster than a dataclass)."""
+    """What became of one job; sent back from worker processes in lists, so a tuple (a pickle
+    and an unpickle cost ~1 us here, a frozen dataclass's ~3 us)."""
 
     index: int
     size: int
