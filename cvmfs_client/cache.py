@@ -100,6 +100,7 @@ from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import diskcache
 
+from .cache_links import collect, linked_trees, note_removal
 from .errors import ConfigError, CvmfsError, FetchError, FormatError
 from .hashing import ContentHash, ObjectType
 from .objects import Compression, ObjectDecoder
@@ -1436,6 +1437,7 @@ class NodeCache:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
         self._clean_txn()
+        self._collect_links()
         return removed
 
     def close(self) -> None:
@@ -1543,14 +1545,24 @@ class NodeCache:
         if self.quota_bytes is None or self._index.total() + self._pending.nbytes <= self.quota_bytes:
             return
         self._flush_records()
-        self._evict(self.quota_bytes, self.quota_bytes // 2, protect)
+        if self._evict(self.quota_bytes, self.quota_bytes // 2, protect):
+            self._collect_links()
 
-    def _evict(self, threshold: int, target: int, protect: str) -> None:
-        """Remove LRU unpinned objects until the total is <= ``target`` (real client: limit/2)."""
+    def _collect_links(self) -> None:
+        """Objects left: free the bytes that trees of links to them still hold (cache_links)."""
+        note_removal(self.directory)
+        for tree in linked_trees(self.directory):
+            collect(tree)
+
+    def _evict(self, threshold: int, target: int, protect: str) -> bool:
+        """Remove LRU unpinned objects until the total is <= ``target`` (real client: limit/2).
+
+        Returns whether anything was removed."""
+        removed_any = False
         with _flocked(self._evict_lock):
             total = self._index.total()
             if total <= threshold:  # someone evicted while we waited for the lock
-                return
+                return False
             pinned = self._index.pinned()
             walked: set[int] = set()
             for seq, name in self._index.lru():
@@ -1560,7 +1572,8 @@ class NodeCache:
                 if name in pinned or name == protect:
                     continue
                 removed = self._remove_object(name, seq)
-                if removed:
+                if removed is not None:
+                    removed_any = True
                     total -= removed
             self._index.prune(walked)  # entries whose names are all gone or moved on
             if total > threshold:
@@ -1570,6 +1583,7 @@ class NodeCache:
                     total,
                     threshold,
                 )
+        return removed_any
 
     def _remove_object(self, name: str, seq: int | None = None) -> int | None:
         """Remove one object and its record; None if it is busy (or, with ``seq``, touched since).

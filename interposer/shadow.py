@@ -50,15 +50,25 @@ class ShadowError(OSError):
 
 
 class ShadowTree:
-    """The ``m/`` and ``d/`` trees of one repository revision."""
+    """The ``m/`` and ``d/`` trees of one repository revision.
 
-    def __init__(self, root: Path, exec_dir: Path, listing: Listing, readlink: Readlink) -> None:
+    ``<tree>/r/<fqrn>/<root hash>`` is a unit of a linked tree (:mod:`cvmfs_client.cache_links`):
+    it is held shared from here to :meth:`close`, so collecting the links of evicted objects
+    never takes a ``d/`` path from under a running job.
+    """
+
+    def __init__(self, tree: Path, fqrn: str, root_hash: str, listing: Listing, readlink: Readlink) -> None:
+        from cvmfs_client.cache_links import COPIES_DIR, UNITS_DIR, UnitLock
+
+        root = tree / UNITS_DIR / fqrn / root_hash
+        self.tree = tree
         self.root = root
+        self._hold = UnitLock(root)  # before anything in the unit is made or used
         self.meta = str(root / "m")
         self.data = str(root / "d")
         self._tmp = root / "tmp"
         self._markers = str(root / "done")  # one empty file per fully populated directory
-        self._exec_dir = exec_dir
+        self._exec_dir = tree / COPIES_DIR
         self._listing = listing
         self._readlink = readlink
         self._populated: set[str] = set()
@@ -66,8 +76,16 @@ class ShadowTree:
         self._counter = 0
         self._root_entry: DirEntry | None = None
         self._root_entry_loader: Callable[[], DirEntry] | None = None
-        for d in (root, self._tmp, exec_dir, Path(self.data), Path(self._markers)):
+        for d in (root, self._tmp, self._exec_dir, Path(self.data), Path(self._markers)):
             d.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        """Let the unit go; collect it if the cache evicted objects while it was held."""
+        from cvmfs_client.cache_links import collect, needs_collection
+
+        self._hold.release()
+        if needs_collection(self.tree, self.root):
+            collect(self.tree, only=self.root)
 
     # -- metadata tree --------------------------------------------------------------------
 
@@ -215,12 +233,20 @@ class ShadowTree:
         if known is not None:
             return known
         path = self.data + inner
-        if not os.path.exists(path):
+        attempts = _LINK_ATTEMPTS
+        while not os.path.exists(path):
             source = materialize()
-            if os.lstat(self.meta + inner).st_mode & 0o111:
-                source = self._executable_copy(source)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _link_or_copy(str(source), path, self._tmp_name)
+            try:
+                if os.lstat(self.meta + inner).st_mode & 0o111:
+                    source = self._executable_copy(source)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                _link_or_copy(str(source), path, self._tmp_name)
+            except FileNotFoundError:
+                # Evicted (or its copy collected) by another process between materialize()
+                # and the link: materialize again.
+                attempts -= 1
+                if attempts == 0:
+                    raise
         self._content[inner] = path
         return path
 
@@ -234,6 +260,9 @@ class ShadowTree:
             _link_noreplace(tmp, str(final))
             os.unlink(tmp)
         return final
+
+
+_LINK_ATTEMPTS = 3  # a busy cache may evict an object again before it is linked
 
 
 def _mtime_ns(entry: DirEntry) -> int:

@@ -139,36 +139,54 @@ class Mount:
         self,
         fqrn: str,
         root_hash: str,
-        shadow_root: Path,
-        exec_dir: Path,
+        shadow_base: Path,
         open_repo: Callable[[], Repository],
         repo: Repository | None = None,
     ) -> None:
         self.fqrn = fqrn
         self.root_hash = root_hash
         self._open_repo = open_repo
-        self._repo = repo
+        self._repo = None
         self._nodes: dict[str, dict[str, Node]] = {}
         self._catalog: dict[str, dict[str, DirEntry]] = {}
         self.root_node = Node("d")
-        self.shadow = ShadowTree(shadow_root, exec_dir, self.catalog_children, self._expanded_target)
-        if not os.path.isdir(self.shadow.meta):
-            self.shadow.ensure_root(self.catalog_entry(""))
-        else:
-            self.shadow.ensure_root_known(lambda: self.catalog_entry(""))
+        self.shadow = ShadowTree(shadow_base, fqrn, root_hash, self.catalog_children, self._expanded_target)
+        try:
+            if repo is not None:
+                self._adopt(repo)
+            if not os.path.isdir(self.shadow.meta):
+                self.shadow.ensure_root(self.catalog_entry(""))
+            else:
+                self.shadow.ensure_root_known(lambda: self.catalog_entry(""))
+        except BaseException:
+            self.shadow.close()
+            raise
 
     @property
     def repo(self) -> Repository:
         if self._repo is None:
-            self._repo = self._open_repo()
-            if self._repo.root_hash.hex != self.root_hash:
-                got = self._repo.root_hash.hex
+            repo = self._open_repo()
+            if repo.root_hash.hex != self.root_hash:
+                got = repo.root_hash.hex
+                repo.close()
                 raise CvmfsError(f"/cvmfs/{self.fqrn}: opened revision {got}, expected {self.root_hash}")
+            self._adopt(repo)
+        assert self._repo is not None
         return self._repo
+
+    def _adopt(self, repo: Repository) -> None:
+        """Use ``repo``; its cache learns that the ``d/`` tree links its objects."""
+        from cvmfs_client.cache_links import register
+
+        directory = getattr(repo.store, "directory", None)
+        if directory is not None:
+            register(self.shadow.tree, directory)
+        self._repo = repo
 
     def close(self) -> None:
         if self._repo is not None:
             self._repo.close()
+        self.shadow.close()
 
     def catalog_children(self, inner: str) -> dict[str, DirEntry]:
         """Catalog rows of directory ``inner`` by name (one query per directory and job)."""
@@ -269,7 +287,6 @@ class Namespace:
         self.mounts: dict[str, Mount | None] = {}
         self._cache: dict[tuple[str, bool], Resolved] = {}
         self._roots: dict[str, str] = {}  # shadow tree prefix -> logical prefix
-        self.exec_dir = base / "x"
         self.jobroot = str(base / "j" / f"{os.getpid()}")
         os.makedirs(self.jobroot, exist_ok=True)
         os.chmod(self.jobroot, 0o755)
@@ -392,12 +409,10 @@ class Namespace:
         root_hash = _read_state(state)
         if root_hash is not None and os.path.isdir(self.base / "r" / name / root_hash / "m"):
             log.info("mounted /cvmfs/%s at %s (verified revision still within its TTL)", name, root_hash)
-            return Mount(name, root_hash, self.base / "r" / name / root_hash, self.exec_dir,
-                         lambda: self._opener(name, root_hash))  # fmt: skip
+            return Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash))
         repo = self._opener(name, None)
         root_hash = repo.root_hash.hex
-        m = Mount(name, root_hash, self.base / "r" / name / root_hash, self.exec_dir,
-                  lambda: self._opener(name, root_hash), repo)  # fmt: skip
+        m = Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash), repo)
         ttl = repo.info().ttl
         cap = _int(self._params.get("CVMFS_MAX_TTL")) * 60
         _write_state(state, root_hash, time.time() + (min(ttl, cap) if cap > 0 else ttl))

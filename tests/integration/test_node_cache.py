@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -128,3 +129,56 @@ def test_kill_9_at_random_moments_leaves_cache_consistent(many_files, tmp_path, 
     out, err = p.communicate(timeout=240)
     assert p.returncode == 0, err.decode()[-2000:]
     assert out.decode() == expected_digests(src, files)
+
+
+def _held_bytes(cache: Path) -> int:
+    """Bytes of distinct files that the cache's objects and the interposer's links keep on disk."""
+    seen: dict[tuple[int, int], int] = {}
+    roots = [cache / "shared", cache / "interposer" / "x", *(cache / "interposer" / "r").glob("*/*/d")]
+    for root in roots:
+        for dirpath, _dirs, names in os.walk(root):
+            if Path(dirpath).name in ("index", "locks", "txn", "linked", "manifests"):
+                continue
+            for name in names:
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode) and st.st_size:
+                    seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def _interposed(env: dict[str, str], script: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_quota_holds_for_jobs_under_the_interposer(many_files, tmp_path, nginx_server):
+    """The interposer's links to cache objects do not keep evicted bytes beyond a job's end,
+    and never take a file from a job still running on the same revision."""
+    base, src, files = many_files
+    server = nginx_server(base / "s0")
+    cache = tmp_path / "cache"
+    env = env_for(base, server, cache, CVMFS_QUOTA_LIMIT="4")  # MB; the files total about 15 MB
+    mount = f"/cvmfs/{FQRN}"
+    go = tmp_path / "go"
+    first = files[0]
+    wait = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    holder = _interposed(env, f"cat {mount}{first} >/dev/null; {wait}; sha256sum {mount}{first}")
+    reading = _interposed(env, f"sha256sum {' '.join(mount + f for f in files)}")
+    out, err = reading.communicate(timeout=240)
+    assert reading.returncode == 0, err.decode()[-2000:]
+    assert out.decode() == expected_digests(src, files).replace("  /", f"  {mount}/")
+    go.touch()
+    out, err = holder.communicate(timeout=60)
+    assert holder.returncode == 0, err.decode()[-2000:]
+    assert out.decode() == expected_digests(src, [first]).replace("  /", f"  {mount}/")
+    assert _held_bytes(cache) <= 4 << 20
+    wipe = subprocess.run(
+        [sys.executable, "-m", "cvmfs_client.cli", "cache", "wipe"], env=env, cwd=ROOT, capture_output=True
+    )
+    assert wipe.returncode == 0, wipe.stderr.decode()
+    assert _held_bytes(cache) == 0
