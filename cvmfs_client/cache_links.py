@@ -8,7 +8,8 @@ registers with every cache it links into, and keeps this layout, which the colle
 ``<tree>/r/<a>/<b>/``
     *Units* (the interposer: one per repository revision). ``lock`` is held shared by every
     process using the unit, for its lifetime (:class:`UnitLock`); ``d/`` holds the links;
-    ``collected`` is touched when a collection of the unit starts.
+    ``collected`` is touched when a collection of the unit starts; ``retired`` (see
+    :func:`retire_unit`) marks a unit that nothing will use again: it is removed whole once idle.
 ``<tree>/x/<name>``
     Private copies of objects (the interposer's executable copies), named by the object's cache
     name without the ``/``; a copy belongs to its object and goes when the object goes.
@@ -34,6 +35,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ COPIES_DIR = "x"
 _LOCK = "lock"
 _LINKS = "d"
 _COLLECTED = "collected"
+_RETIRED = "retired"
 # File times come from the kernel's coarse clock, which may lag time.time_ns() by a tick.
 _CLOCK_SLACK_NS = 1_000_000_000
 # Where a cache keeps objects: ``XX/rest`` and ``assembled/XX/rest`` (see cache.py's layout).
@@ -60,6 +63,7 @@ class Collection:
     """What one :func:`collect` did."""
 
     units_collected: int = 0
+    units_removed: int = 0
     units_busy: list[Path] = field(default_factory=list)
     links_removed: int = 0
     copies_removed: int = 0
@@ -136,6 +140,29 @@ def needs_collection(tree: Path, unit: Path) -> bool:
     """Whether a cache of ``tree`` removed objects after ``unit`` was last collected."""
     last = _mtime_ns(unit / _COLLECTED)
     return any(_mtime_ns(c / EVICTED_STAMP) > last for c in _targets(Path(tree) / CACHES_DIR))
+
+
+def retire_unit(unit: Path) -> None:
+    """Mark ``unit`` for removal: the next collection that finds it idle deletes all of it
+    (the interposer: a revision that no mount state names any more)."""
+    with contextlib.suppress(FileNotFoundError, FileExistsError):
+        os.close(os.open(unit / _RETIRED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+
+
+def _remove_tree(top: str) -> None:
+    """``rm -rf`` that also enters directories without write or search permission for us
+    (a shadow tree copies the repository's directory modes) by opening them up first."""
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        try:
+            os.chmod(path, 0o700)
+            with os.scandir(path) as entries:
+                subdirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            continue
+        stack += subdirs
+    shutil.rmtree(top, ignore_errors=True)
 
 
 class UnitLock:
@@ -279,13 +306,15 @@ def collect(tree: Path, only: Path | None = None) -> Collection:
             _collect_unit(unit, inodes, result)
     except OSError as exc:
         log.warning("cannot collect stray links in %s: %s", tree, exc)
-    if result.links_removed or result.copies_removed:
+    if result.links_removed or result.copies_removed or result.units_removed:
         log.info(
-            "%s: removed %d links and %d copies of objects the cache evicted (%d bytes freed)",
+            "%s: removed %d links and %d copies of objects the cache evicted (%d bytes freed), "
+            "%d retired units",
             tree,
             result.links_removed,
             result.copies_removed,
             result.bytes_freed,
+            result.units_removed,
         )
     return result
 
@@ -302,6 +331,10 @@ def _collect_unit(unit: Path, inodes: set[tuple[int, int]], result: Collection) 
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             result.units_busy.append(unit)
+            return
+        if os.path.exists(unit / _RETIRED):
+            _remove_tree(str(unit))  # a process waiting for the lock finds its file gone, and retries
+            result.units_removed += 1
             return
         marker = unit / _COLLECTED
         try:

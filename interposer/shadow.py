@@ -79,12 +79,15 @@ class ShadowTree:
         for d in (root, self._tmp, self._exec_dir, Path(self.data), Path(self._markers)):
             d.mkdir(parents=True, exist_ok=True)
 
-    def close(self) -> None:
-        """Let the unit go; collect it if the cache evicted objects while it was held."""
-        from cvmfs_client.cache_links import collect, needs_collection
+    def close(self, retire: bool = False) -> None:
+        """Let the unit go; collect it if the cache evicted objects while it was held, remove
+        it (once no other job holds it) with ``retire``."""
+        from cvmfs_client.cache_links import collect, needs_collection, retire_unit
 
         self._hold.release()
-        if needs_collection(self.tree, self.root):
+        if retire:
+            retire_unit(self.root)
+        if retire or needs_collection(self.tree, self.root):
             collect(self.tree, only=self.root)
 
     # -- metadata tree --------------------------------------------------------------------

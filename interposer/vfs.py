@@ -186,7 +186,9 @@ class Mount:
     def close(self) -> None:
         if self._repo is not None:
             self._repo.close()
-        self.shadow.close()
+        # A revision no mount state names any more (a newer one was mounted meanwhile) is
+        # never used again: its trees go once the last job on it ends.
+        self.shadow.close(retire=self.root_hash not in remembered_roots(self.shadow.root.parent))
 
     def catalog_children(self, inner: str) -> dict[str, DirEntry]:
         """Catalog rows of directory ``inner`` by name (one query per directory and job)."""
@@ -410,6 +412,7 @@ class Namespace:
         if root_hash is not None and os.path.isdir(self.base / "r" / name / root_hash / "m"):
             log.info("mounted /cvmfs/%s at %s (verified revision still within its TTL)", name, root_hash)
             return Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash))
+        previous = _state(state)
         repo = self._opener(name, None)
         root_hash = repo.root_hash.hex
         m = Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash), repo)
@@ -417,7 +420,18 @@ class Namespace:
         cap = _int(self._params.get("CVMFS_MAX_TTL")) * 60
         _write_state(state, root_hash, time.time() + (min(ttl, cap) if cap > 0 else ttl))
         log.info("mounted /cvmfs/%s revision %d (%s)", name, repo.revision, root_hash)
+        if previous is not None and previous[0] != root_hash:
+            self._retire(name, previous[0])
         return m
+
+    def _retire(self, name: str, root_hash: str) -> None:
+        """The trees of a revision that no mount state names any more go (now if idle)."""
+        from cvmfs_client.cache_links import collect, retire_unit
+
+        unit = self.base / "r" / name / root_hash
+        if unit.is_dir() and root_hash not in remembered_roots(unit.parent):
+            retire_unit(unit)
+            collect(self.base, only=unit)
 
     # -- mapping host paths back --------------------------------------------------------------
 
@@ -574,18 +588,36 @@ def _int(text: str | None) -> int:
         return 0
 
 
-def _read_state(path: Path) -> str | None:
-    """The root hash remembered in ``path`` if it has not expired."""
+def _state(path: Path) -> tuple[str, float] | None:
+    """(root hash, expiry time) remembered in ``path``, expired or not; None if unreadable."""
     import json  # start-up time: only jobs that use /cvmfs need it
 
     try:
         data = json.loads(path.read_text())
-        valid = re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", data["root_hash"])
-        if time.time() < float(data["expires"]) and valid:
-            return str(data["root_hash"])
+        root_hash, expires = data["root_hash"], float(data["expires"])
+        if isinstance(root_hash, str) and re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", root_hash):
+            return root_hash, expires
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
+
+
+def _read_state(path: Path) -> str | None:
+    """The root hash remembered in ``path`` if it has not expired."""
+    found = _state(path)
+    return found[0] if found is not None and time.time() < found[1] else None
+
+
+def remembered_roots(repo_dir: Path) -> set[str]:
+    """Root hashes named by the mount states of one repository (``r/FQRN/*.mounted``)."""
+    roots: set[str] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(repo_dir):
+            if entry.name.endswith(".mounted"):
+                found = _state(Path(entry.path))
+                if found is not None:
+                    roots.add(found[0])
+    return roots
 
 
 def _write_state(path: Path, root_hash: str, expires: float) -> None:

@@ -3,13 +3,22 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from cvmfs_client import cache_links
 from cvmfs_client.cache import NodeCache
-from cvmfs_client.cache_links import UnitLock, collect, linked_trees, needs_collection, note_removal, register
+from cvmfs_client.cache_links import (
+    UnitLock,
+    collect,
+    linked_trees,
+    needs_collection,
+    note_removal,
+    register,
+    retire_unit,
+)
 from tests.test_cache import FakeSource, make_objects
 
 
@@ -129,3 +138,53 @@ def test_unit_lock_taken_through_a_removed_unit_is_taken_again(tmp_path: Path) -
     st = os.fstat(lock._fd)  # type: ignore[arg-type]
     assert (st.st_dev, st.st_ino) == (os.stat(unit / "lock").st_dev, os.stat(unit / "lock").st_ino)
     lock.release()
+
+
+def test_a_retired_unit_goes_whole_once_idle(tmp_path: Path) -> None:
+    cache, tree, unit = _setup(tmp_path)
+    (unit / "m" / "ro").mkdir(parents=True)
+    _link(_object(cache, "aa" + "1" * 38, 10), unit, "f")
+    hold = UnitLock(unit)
+    retire_unit(unit)
+    assert collect(tree).units_busy == [unit] and unit.exists()
+    hold.release()
+    assert collect(tree).units_removed == 1
+    assert not unit.exists()
+    assert (cache / "aa" / ("1" * 38)).exists()  # the cache's object stays
+
+
+def _remove_as(uid: int, top: Path) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if os.getuid() != uid:
+                os.setgid(uid)
+                os.setuid(uid)
+            cache_links._remove_tree(str(top))
+            os._exit(0 if not top.exists() else 1)
+        except BaseException:
+            os._exit(2)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_removal_enters_directories_without_write_permission() -> None:
+    """A shadow tree copies the repository's directory modes (0555 and the like); its owner,
+    not root, must still be able to remove it."""
+    uid = 65534 if os.getuid() == 0 else os.getuid()
+    top = Path(tempfile.mkdtemp(prefix="cache-links-"))
+    try:
+        os.chmod(top, 0o755)
+        (top / "m" / "a" / "b").mkdir(parents=True)
+        (top / "m" / "a" / "b" / "f").write_bytes(b"")
+        if os.getuid() == 0:  # the tree belongs to the user who removes it
+            for dirpath, _dirs, files in os.walk(top):
+                for path in (dirpath, *(os.path.join(dirpath, f) for f in files)):
+                    os.chown(path, uid, uid)
+        for d in (top / "m" / "a" / "b", top / "m" / "a", top / "m"):
+            d.chmod(0o555)
+        (top / "m" / "a" / "b").chmod(0o111)  # not even readable
+        assert _remove_as(uid, top / "m") == 0
+    finally:
+        for dirpath, _dirs, _files in os.walk(top):
+            os.chmod(dirpath, 0o700)
+        shutil.rmtree(top)

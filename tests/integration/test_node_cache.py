@@ -182,3 +182,40 @@ def test_quota_holds_for_jobs_under_the_interposer(many_files, tmp_path, nginx_s
     )
     assert wipe.returncode == 0, wipe.stderr.decode()
     assert _held_bytes(cache) == 0
+
+
+def test_trees_of_a_replaced_revision_go_when_its_last_job_ends(tmp_path, nginx_server):
+    fqrn = "revs.example.org"
+    src, s0, keys = tmp_path / "src", tmp_path / "s0", tmp_path / "keys"
+    (src / "ro").mkdir(parents=True)
+    (src / "ro" / "a.txt").write_text("first\n")
+    (src / "ro").chmod(0o555)  # a read-only directory in the shadow tree must not stop removal
+    publish(src, fqrn, s0 / fqrn, keys, ttl=1)
+    server = nginx_server(s0)
+    cache = tmp_path / "cache"
+    env = env_for(tmp_path, server, cache, CVMFS_PUBLIC_KEY=str(keys / f"{fqrn}.pub"))
+    units = cache / "interposer" / "r" / fqrn
+    go = tmp_path / "go"
+    wait = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    old_job = _interposed(env, f"cat /cvmfs/{fqrn}/ro/a.txt; {wait}; cat /cvmfs/{fqrn}/ro/a.txt")
+    deadline = time.monotonic() + 30
+    while not any(units.glob("*/m/ro")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (old,) = [p.name for p in units.iterdir() if p.is_dir()]
+    (src / "ro").chmod(0o755)
+    (src / "b.txt").write_text("second\n")
+    publish(src, fqrn, s0 / fqrn, keys, ttl=1)
+    time.sleep(1.5)  # the first revision's TTL
+    new_job = subprocess.run(
+        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "cat", f"/cvmfs/{fqrn}/b.txt"],
+        env=env, cwd=ROOT, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert new_job.returncode == 0, new_job.stderr.decode()
+    assert new_job.stdout == b"second\n"
+    assert (units / old / "m").is_dir(), "removed under a job still running on it"
+    go.touch()
+    out, err = old_job.communicate(timeout=60)
+    assert old_job.returncode == 0, err.decode()
+    assert out == b"first\nfirst\n"
+    assert sorted(p.name for p in units.iterdir() if p.is_dir()) != [old]
+    assert not (units / old).exists()
