@@ -100,7 +100,7 @@ from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import diskcache
 
-from .cache_links import collect, linked_trees, note_removal
+from .cache_links import collect, held_outside, linked_trees, note_removal
 from .errors import ConfigError, CvmfsError, FetchError, FormatError
 from .hashing import ContentHash, ObjectType
 from .objects import Compression, ObjectDecoder
@@ -206,6 +206,8 @@ class CacheStats:
     hits: int
     misses: int
     alien_hits: int
+    # Held by the interposer's trees of links besides the objects (cache_links.held_outside).
+    outside_bytes: int = 0
 
 
 @dataclass
@@ -1362,6 +1364,7 @@ class NodeCache:
             hits=counts.get("hits", 0),
             misses=counts.get("misses", 0),
             alien_hits=counts.get("alien_hits", 0),
+            outside_bytes=held_outside(self.directory),
         )
 
     def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:

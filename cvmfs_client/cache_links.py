@@ -275,6 +275,30 @@ def _collect_links(directory: str, dev: int, inodes: set[tuple[int, int]], resul
             continue
 
 
+def held_outside(cache_dir: Path) -> int:
+    """Bytes that the trees linked to ``cache_dir`` keep on disk besides the caches' objects:
+    links of running jobs to evicted objects, copies in ``x/`` (for ``cache stat``)."""
+    held: dict[tuple[int, int], int] = {}
+    for tree in linked_trees(cache_dir):
+        _names, inodes = _live_objects(_targets(tree / CACHES_DIR))
+        tops = [str(tree / COPIES_DIR)] + [str(unit / _LINKS) for unit in _units(tree)]
+        stack = tops
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as entries:
+                    for e in entries:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                            continue
+                        st = e.stat(follow_symlinks=False)
+                        key = (st.st_dev, st.st_ino)
+                        if stat.S_ISREG(st.st_mode) and key not in inodes:
+                            held[key] = st.st_size
+            except FileNotFoundError:
+                continue
+    return sum(held.values())
+
+
 def _units(tree: Path) -> list[Path]:
     units: list[Path] = []
     try:

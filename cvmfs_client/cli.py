@@ -237,6 +237,11 @@ def cache_stat_cmd(cache_dir: Path | None) -> None:
     click.echo(f"size:      {st.size_bytes / 2**20:.1f} MiB of {quota}")
     click.echo(f"objects:   {st.objects} ({st.pinned} pinned)")
     click.echo(f"hits:      {st.hits}  misses: {st.misses}  alien hits: {st.alien_hits}")
+    if st.outside_bytes:
+        click.echo(
+            f"outside:   {st.outside_bytes / 2**20:.1f} MiB outside the quota, held by `cvmfs-client run`: "
+            "files of running jobs that the cache evicted, executable copies"
+        )
 
 
 @cache_group.command("fsck")

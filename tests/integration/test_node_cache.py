@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -146,6 +147,11 @@ def _held_bytes(cache: Path) -> int:
     return sum(seen.values())
 
 
+def _object_bytes(cache: Path) -> int:
+    with NodeCache(cache / "shared", None) as c:
+        return c.stat().size_bytes
+
+
 def _interposed(env: dict[str, str], script: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
@@ -172,6 +178,14 @@ def test_quota_holds_for_jobs_under_the_interposer(many_files, tmp_path, nginx_s
     out, err = reading.communicate(timeout=240)
     assert reading.returncode == 0, err.decode()[-2000:]
     assert out.decode() == expected_digests(src, files).replace("  /", f"  {mount}/")
+    stat_run = subprocess.run(
+        [sys.executable, "-m", "cvmfs_client.cli", "cache", "stat"], env=env, cwd=ROOT, capture_output=True
+    )
+    assert stat_run.returncode == 0, stat_run.stderr.decode()
+    # The holder's revision is in use: what the reader's links keep of evicted objects is shown.
+    shown = re.search(rb"outside: +([0-9.]+) MiB outside the quota", stat_run.stdout)
+    assert shown is not None, stat_run.stdout.decode()
+    assert abs(float(shown.group(1)) * 2**20 - (_held_bytes(cache) - _object_bytes(cache))) < 0.1 * 2**20
     go.touch()
     out, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err.decode()[-2000:]
