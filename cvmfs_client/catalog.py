@@ -22,7 +22,7 @@ import sqlite3
 import stat
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -277,6 +277,20 @@ class NestedRef:
 
 # Mode type bits each flag kind must agree with (the real client takes the type from mode).
 _SPECIAL_TYPES = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+# flags' hash algorithm field (bits 8-10) is the HashAlgorithm value - 1
+_ALGORITHMS_BY_ID = {a.value - 1: a for a in HashAlgorithm}
+
+
+def _type_agrees(flags: int, mode: int) -> bool:
+    """Whether a row's type flags and its mode's file type say the same."""
+    fmt = stat.S_IFMT(mode)
+    if flags & FLAG_DIR:
+        return fmt == stat.S_IFDIR and not flags & FLAG_FILE
+    if flags & FLAG_LINK:
+        return fmt == stat.S_IFLNK
+    if flags & FLAG_SPECIAL:
+        return fmt in _SPECIAL_TYPES
+    return fmt == stat.S_IFREG
 
 
 class Catalog:
@@ -307,6 +321,7 @@ class Catalog:
                 c.md5path_1 == sa.bindparam("m1"), c.md5path_2 == sa.bindparam("m2")
             )
             self._lookup_sql = str(lookup.compile(dialect=self._engine.dialect))  # "?" parameters
+            self._fast_columns = self._choose_fast_columns()
             self._dirs: dict[str, DirEntry] = {}
             self._local = threading.local()
             self._raw: list[sqlite3.Connection] = []  # every thread's, closed by close()
@@ -413,6 +428,15 @@ class Catalog:
             raise CatalogError(self.source, f"catalog table lacks column(s) {', '.join(missing)}")
         return names
 
+    def _choose_fast_columns(self) -> tuple[int, ...] | None:
+        """Positions of the row fields :meth:`_decode_row` reads (-1: absent, read as NULL);
+        None for legacy catalogs, which always take the general path."""
+        if self._legacy:
+            return None
+        where = {n: i for i, n in enumerate(self._entry_columns)}
+        fields = ("name", "flags", "mode", "size", "mtime", "hardlinks", "uid", "gid", "hash", "symlink")
+        return tuple(where[n] for n in fields) + (where.get("mtimens", -1), where.get("xattr", -1))
+
     def _entry_select(self) -> sa.Select[Any]:
         table = schema.catalog.c
         cols = [table[n] if n in table else sa.literal_column(n) for n in self._entry_columns]
@@ -500,16 +524,7 @@ class Catalog:
         )
 
     def _check_type(self, flags: int, mode: int, what: str) -> None:
-        fmt = stat.S_IFMT(mode)
-        if flags & FLAG_DIR:
-            ok = fmt == stat.S_IFDIR and not flags & FLAG_FILE
-        elif flags & FLAG_LINK:
-            ok = fmt == stat.S_IFLNK
-        elif flags & FLAG_SPECIAL:
-            ok = fmt in _SPECIAL_TYPES
-        else:
-            ok = fmt == stat.S_IFREG
-        if not ok:
+        if not _type_agrees(flags, mode):
             raise self._hostile(what, f"flags {flags:#x} disagree with mode {mode:#o}")
 
     def _content_hash(self, raw: object, flags: int, what: str) -> ContentHash | None:
@@ -549,6 +564,59 @@ class Catalog:
             ) from None
         if row is None:
             return None
+        return self._decode_row(row, cpath)
+
+    def _decode_row(self, row: Sequence[Any], cpath: str) -> DirEntry:
+        """:meth:`_make_entry` for the usual row, ~2x faster (cold reads look up every file).
+
+        Same checks; any row it is not sure about (a legacy schema, xattrs, anything that would
+        fail a check) is decoded by :meth:`_make_entry`, which names the problem.
+        """
+        fast = self._fast_columns
+        if fast is not None:
+            name, flags, mode, size, mtime, hardlinks, uid, gid, raw_hash, symlink, mtime_ns, xattr = (
+                row[i] if i >= 0 else None for i in fast
+            )
+            if (
+                xattr is None
+                and type(flags) is int
+                and type(mode) is int
+                and type(size) is int
+                and type(mtime) is int
+                and type(hardlinks) is int
+                and type(uid) is int
+                and type(gid) is int
+                and (mtime_ns is None or type(mtime_ns) is int)
+                and (symlink is None or type(symlink) is str)
+                and size >= 0
+                and 0 <= mode <= _LOW32
+                and type(name) is str
+                and name == cpath.rpartition("/")[2]
+                and _type_agrees(flags, mode)
+                and (raw_hash is None or (type(raw_hash) is bytes and len(raw_hash) in (0, DIGEST_SIZE)))
+            ):
+                content_hash = None
+                if raw_hash:
+                    algo = _ALGORITHMS_BY_ID.get((flags >> 8) & 7)
+                    if algo is None:
+                        return self._make_entry(dict(zip(self._entry_columns, row, strict=True)), cpath)
+                    content_hash = ContentHash(algo, raw_hash)
+                repo_path = self._to_repo(cpath)
+                return DirEntry(
+                    repo_path,
+                    repo_path.rpartition("/")[2],
+                    mode,
+                    size,
+                    mtime,
+                    flags,
+                    mtime_ns,
+                    uid,
+                    gid,
+                    hardlinks,
+                    content_hash,
+                    symlink or "",
+                    {},
+                )
         return self._make_entry(dict(zip(self._entry_columns, row, strict=True)), cpath)
 
     def _raw_connection(self) -> sqlite3.Connection:

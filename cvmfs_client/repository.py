@@ -278,7 +278,17 @@ class Repository:
         :class:`PathNotFound`, :class:`NotADirectory`, :class:`SymlinkLoop` (more than
         40 links) or :class:`OutsideRepository`.
         """
-        todo = [p for p in self.normalize(path).split("/") if p][::-1]  # a stack, next on top
+        normalized = self.normalize(path)
+        parent = normalized.rpartition("/")[0]
+        if "/." not in normalized and normalized and parent in self._dir_entries:
+            # Fast path (every file of a cold read): the parent was resolved to a real directory
+            # before, and no component is "." or "..": one lookup of the path itself.
+            found = self._entry(normalized)
+            if found is None:
+                raise PathNotFound(self.mount_prefix + normalized)
+            if not (found.is_symlink and follow):
+                return found
+        todo = [p for p in normalized.split("/") if p][::-1]  # a stack, next on top
         current: list[str] = []
         entry = self._entry("")
         if entry is None:

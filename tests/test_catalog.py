@@ -18,7 +18,7 @@ from cvmfs_client.catalog import (
     parse_xattrs,
 )
 from cvmfs_client.catalog_writer import CatalogWriter, make_flags
-from cvmfs_client.errors import CatalogError, CorruptObject, HostileCatalog
+from cvmfs_client.errors import CatalogError, CorruptObject, HostileCatalog, UnknownHashAlgorithm
 from cvmfs_client.hashing import ContentHash, HashAlgorithm, ObjectType
 from cvmfs_client.objects import Compression, decode_bytes
 
@@ -617,3 +617,52 @@ def test_legacy_schema_uses_inode_column(tmp_path: Path) -> None:
         f = cat.lookup("/f")
         assert f is not None and f.content_hash == HELLO and f.nlink == 1 and f.hardlink_group == 0
         assert cat.nested_catalogs() == [NestedRef("/n", None, 0, False)]
+
+
+def _all_rows(cat: Catalog) -> list[tuple[str, tuple[object, ...]]]:
+    """(catalog path, raw row) of every entry reachable by listing from the catalog's root."""
+    conn = cat._raw_connection()
+
+    def row(path: str) -> tuple[str, tuple[object, ...]]:
+        cpath = cat._to_catalog(path)
+        return cpath, conn.execute(cat._lookup_sql, md5path(cpath)).fetchone()
+
+    found, todo = [row(cat.mountpoint)], [cat.mountpoint]
+    while todo:
+        for e in cat.listdir(todo.pop()):
+            found.append(row(e.path))
+            if e.is_dir:
+                todo.append(e.path)
+    return found
+
+
+@pytest.mark.parametrize(("repo", "root"), [(TOOLS, TOOLS_ROOT), (TOOLS, TOOLS_FORMATS), (SHAKE, SHAKE_ROOT)])
+def test_fast_row_decoding_equals_the_general_one(
+    real_fixtures: Path, tmp_path: Path, repo: str, root: str
+) -> None:
+    with open_real(real_fixtures, repo, root, tmp_path) as cat:
+        rows = _all_rows(cat)
+        assert len(rows) > 5
+        for cpath, row in rows:
+            general = cat._make_entry(dict(zip(cat._entry_columns, row, strict=True)), cpath)
+            assert cat._decode_row(row, cpath) == general
+
+
+@pytest.mark.parametrize(
+    "cols",
+    [
+        {"size": -1},
+        {"size": "twelve"},
+        {"mode": 1 << 33},
+        {"mtime": 1.5},
+        {"uid": None},
+        {"symlink": b"/target"},
+        {"flags": make_flags("f", algorithm=SHA) | (6 << 8), "hash": HELLO.digest},  # unknown algorithm
+        {"flags": 8, "mode": 0o100644},  # a "symlink" with a file mode
+    ],
+)
+def test_hostile_row_fields_are_refused_by_lookup(tmp_path: Path, cols: dict[str, object]) -> None:
+    db = make_catalog(tmp_path)
+    raw_insert(db, "/d/x", "x", **cols)
+    with Catalog(db, "crafted") as cat, pytest.raises((HostileCatalog, CatalogError, UnknownHashAlgorithm)):
+        cat.lookup("/d/x")

@@ -97,6 +97,13 @@ def test_symlinks_resolve_inside_the_repository(real_fixtures, tmp_path):
             repo.listdir("/etc/tools.conf")
         with pytest.raises(PathNotFound):
             repo.lookup("/no/such/path")
+        # /cases is known now: the one-lookup path must give the same answers
+        assert repo.stat("/cases/./rel-link").path == "/bin/clear"
+        assert repo.lookup("/cases/rel-link").is_symlink
+        with pytest.raises(PathNotFound, match="tools.example.org/cases/missing"):
+            repo.stat("/cases/missing")
+        with pytest.raises(NotADirectory):
+            repo.stat("/etc/tools.conf/x")
 
 
 def test_nested_catalog_mountpoint_lists_from_child(real_fixtures, tmp_path):
