@@ -287,6 +287,38 @@ def test_open_descriptor_survives_eviction(tmp_path: Path) -> None:
             assert job_file.read() == content[first]
 
 
+def test_open_of_a_fresh_small_object_reads_what_was_stored(tmp_path: Path) -> None:
+    """A cold read gets a just-downloaded small object from memory; the cache has its file."""
+    small, small_stored = make_objects(3, 5_000, seed=6)
+    (big,), big_stored = make_objects(1, cache_mod.KEPT_CONTENT_MAX + 1, seed=7)
+    raw, raw_stored = make_objects(1, 3_000, seed=8, compression=Compression.NONE)
+    src = FakeSource({**small_stored, **big_stored, **raw_stored}, piece=700)
+    with NodeCache(tmp_path, None) as cache:
+        for h, data in small.items():
+            with cache.open(h, src, expected_size=len(data)) as f:
+                assert f.read() == data
+                assert not hasattr(f, "name")  # from memory, not the file
+            assert cache.path_for(h).read_bytes() == data
+            with cache.open(h, src, expected_size=len(data)) as f:  # a hit: the file
+                assert f.name == str(cache.path_for(h)) and f.read() == data
+        (h_raw,) = raw
+        with cache.open(h_raw, src, compression=Compression.NONE, expected_size=3_000) as f:
+            assert f.read() == raw[h_raw]
+        with cache.open(big, src, expected_size=cache_mod.KEPT_CONTENT_MAX + 1) as f:
+            assert f.name == str(cache.path_for(big))
+    assert all(src.calls[k.object_path()] == 1 for k in small)
+
+
+def test_a_corrupted_download_opened_from_memory_leaves_nothing(tmp_path: Path) -> None:
+    content, stored = make_objects(1, 5_000, seed=10)
+    (h,) = content
+    bad = bytearray(stored[h.object_path()])
+    bad[100] ^= 1
+    with NodeCache(tmp_path, None) as cache, pytest.raises((HashMismatch, FormatError)):
+        cache.open(h, FakeSource({h.object_path(): bytes(bad)}), expected_size=5_000)
+    assert files_under_final_names(tmp_path) == {}
+
+
 def _slow_worker(
     directory: Path, content: dict[ContentHash, bytes], stored: dict[str, bytes], seed: int
 ) -> None:
