@@ -745,3 +745,14 @@ def test_empty_proxy_list_is_refused_like_the_real_client(proxy):
 def test_missing_server_list_is_refused():
     with pytest.raises(ConfigError, match="CVMFS_SERVER_URL"):
         FetcherSettings.from_parameters({"CVMFS_HTTP_PROXY": "DIRECT"}, FQRN)
+
+
+def test_names_with_reserved_characters_are_quoted(make):
+    """Object names never need quoting, but other names (e.g. a tag's file) may: '?', '#',
+    '%' and spaces must reach the server as part of the path."""
+    odd = "files/a b?c#d%e.txt"
+    origin = make(Origin, {f"{FQRN}/{odd}": b"odd"})
+    f, _ = fetcher(settings([origin.url]))
+    with f:
+        assert f.fetch(odd, lambda pieces, url: b"".join(pieces)) == b"odd"
+    assert origin.names()[0] == f"/cvmfs/{FQRN}/{odd}"
