@@ -1471,7 +1471,7 @@ class NodeCache:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
         self._clean_txn()
-        self._collect_links()
+        self._collect_linked_trees()
         return removed
 
     def close(self) -> None:
@@ -1580,9 +1580,9 @@ class NodeCache:
             return
         self._flush_records()
         if self._evict(self.quota_bytes, self.quota_bytes // 2, protect):
-            self._collect_links()
+            self._collect_linked_trees()
 
-    def _collect_links(self) -> None:
+    def _collect_linked_trees(self) -> None:
         """Objects left: free the bytes that trees of links to them still hold (cache_links)."""
         note_removal(self.directory)
         for tree in linked_trees(self.directory):

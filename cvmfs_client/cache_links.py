@@ -38,6 +38,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,14 +120,15 @@ def linked_trees(cache_dir: Path) -> list[Path]:
     return _targets(Path(cache_dir) / LINKED_DIR)
 
 
+def _touch(path: Path) -> None:
+    """Create ``path`` empty, or set its times to now."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    os.utime(path)
+
+
 def note_removal(cache_dir: Path) -> None:
     """Called by the cache after removing objects: links to them may now hold stray bytes."""
-    stamp = Path(cache_dir) / EVICTED_STAMP
-    try:
-        os.utime(stamp)
-    except FileNotFoundError:
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    _touch(Path(cache_dir) / EVICTED_STAMP)
 
 
 def _mtime_ns(path: Path) -> int:
@@ -145,8 +147,8 @@ def needs_collection(tree: Path, unit: Path) -> bool:
 def retire_unit(unit: Path) -> None:
     """Mark ``unit`` for removal: the next collection that finds it idle deletes all of it
     (the interposer: a revision that no mount state names any more)."""
-    with contextlib.suppress(FileNotFoundError, FileExistsError):
-        os.close(os.open(unit / _RETIRED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    with contextlib.suppress(FileNotFoundError):  # the unit is gone already
+        _touch(unit / _RETIRED)
 
 
 def _remove_tree(top: str) -> None:
@@ -260,19 +262,27 @@ def _collect_copies(
             result.copies_removed += 1
 
 
-def _collect_links(directory: str, dev: int, inodes: set[tuple[int, int]], result: Collection) -> None:
-    """Remove regular files under ``directory`` whose inode is not live; depth-first, no recursion."""
-    stack = [directory]
+def _non_directories(tops: list[str]) -> Iterator[os.DirEntry[str]]:
+    """Every entry but directories below ``tops``, depth first, without recursion; a directory
+    removed meanwhile (by a concurrent collector) is skipped."""
+    stack = list(tops)
     while stack:
         try:
             with os.scandir(stack.pop()) as entries:
                 for e in entries:
                     if e.is_dir(follow_symlinks=False):
                         stack.append(e.path)
-                    elif (dev, e.inode()) not in inodes and _unlink_counted(e.path, result):
-                        result.links_removed += 1
+                    else:
+                        yield e
         except FileNotFoundError:
             continue
+
+
+def _collect_links(directory: str, dev: int, inodes: set[tuple[int, int]], result: Collection) -> None:
+    """Remove the files under ``directory`` whose inode is not live."""
+    for e in _non_directories([directory]):
+        if (dev, e.inode()) not in inodes and _unlink_counted(e.path, result):
+            result.links_removed += 1
 
 
 def held_outside(cache_dir: Path) -> int:
@@ -282,20 +292,11 @@ def held_outside(cache_dir: Path) -> int:
     for tree in linked_trees(cache_dir):
         _names, inodes = _live_objects(_targets(tree / CACHES_DIR))
         tops = [str(tree / COPIES_DIR)] + [str(unit / _LINKS) for unit in _units(tree)]
-        stack = tops
-        while stack:
-            try:
-                with os.scandir(stack.pop()) as entries:
-                    for e in entries:
-                        if e.is_dir(follow_symlinks=False):
-                            stack.append(e.path)
-                            continue
-                        st = e.stat(follow_symlinks=False)
-                        key = (st.st_dev, st.st_ino)
-                        if stat.S_ISREG(st.st_mode) and key not in inodes:
-                            held[key] = st.st_size
-            except FileNotFoundError:
-                continue
+        for e in _non_directories(tops):
+            with contextlib.suppress(FileNotFoundError):
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in inodes:
+                    held[(st.st_dev, st.st_ino)] = st.st_size
     return sum(held.values())
 
 
@@ -323,9 +324,11 @@ def collect(tree: Path, only: Path | None = None) -> Collection:
     if not caches:
         return result
     try:
-        started = time.time_ns() - _CLOCK_SLACK_NS
-        names, inodes = _live_objects(caches)
-        _collect_copies(tree, names, inodes, started, result)
+        inodes: set[tuple[int, int]] | None = None
+        if only is None or not os.path.exists(only / _RETIRED):  # else removed whole: no scan
+            started = time.time_ns() - _CLOCK_SLACK_NS
+            names, inodes = _live_objects(caches)
+            _collect_copies(tree, names, inodes, started, result)
         for unit in [only] if only is not None else _units(tree):
             _collect_unit(unit, inodes, result)
     except OSError as exc:
@@ -343,7 +346,7 @@ def collect(tree: Path, only: Path | None = None) -> Collection:
     return result
 
 
-def _collect_unit(unit: Path, inodes: set[tuple[int, int]], result: Collection) -> None:
+def _collect_unit(unit: Path, inodes: set[tuple[int, int]] | None, result: Collection) -> None:
     try:
         fd = os.open(unit / _LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except FileNotFoundError:  # the unit is gone
@@ -360,11 +363,9 @@ def _collect_unit(unit: Path, inodes: set[tuple[int, int]], result: Collection) 
             _remove_tree(str(unit))  # a process waiting for the lock finds its file gone, and retries
             result.units_removed += 1
             return
-        marker = unit / _COLLECTED
-        try:
-            os.utime(marker)
-        except FileNotFoundError:
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        if inodes is None:  # it was retired when collect() looked, and made again since
+            return
+        _touch(unit / _COLLECTED)
         links = unit / _LINKS
         try:
             dev = os.stat(links).st_dev

@@ -146,7 +146,7 @@ class Mount:
         self.fqrn = fqrn
         self.root_hash = root_hash
         self._open_repo = open_repo
-        self._repo = None
+        self._repo: Repository | None = None  # set by _adopt(), when opened
         self._nodes: dict[str, dict[str, Node]] = {}
         self._catalog: dict[str, dict[str, DirEntry]] = {}
         self.root_node = Node("d")
