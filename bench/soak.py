@@ -36,12 +36,14 @@ from /proc and printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -229,6 +231,7 @@ class Totals:
     unclean: list[str] = field(default_factory=list)
     hung: list[str] = field(default_factory=list)
     fsck: list[tuple[int, str]] = field(default_factory=list)  # (exit status, last line) per round
+    over_quota: list[str] = field(default_factory=list)  # rounds that ended with the disk over --quota
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, returncode: int | None, result: JobResult) -> None:
@@ -300,6 +303,23 @@ def worker(index: int, seed: int, setup: Setup, until: float, totals: Totals, sa
                 totals.hung.append(" ".join(paths))
 
 
+def held_bytes(cache_base: Path) -> int:
+    """Bytes of the distinct files the node cache and the interposer's links keep on disk
+    (objects, assembled files, ``d/`` links, ``x/`` copies; not the index or shadow metadata)."""
+    held: dict[tuple[int, int], int] = {}
+    tops = [cache_base / "shared", cache_base / "interposer" / "x"]
+    tops += list((cache_base / "interposer" / "r").glob("*/*/d"))
+    for top in tops:
+        for dirpath, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in ("index", "locks", "txn", "linked", "manifests")]
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.lstat(os.path.join(dirpath, name))
+                    if stat.S_ISREG(st.st_mode):
+                        held[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(held.values())
+
+
 def fsck_and_wipe(cache_base: Path, env: dict[str, str]) -> tuple[int, str]:
     """``cvmfs-client cache fsck`` of the node cache, then remove the whole cache base."""
     shared = cache_base / "shared"
@@ -337,6 +357,8 @@ def failures(totals: Totals, faults_injected: int, proxy_alive: bool) -> list[st
         bad.append(f"{len(totals.unexplained)} files neither read nor reported failed")
     if totals.unclean:
         bad.append(f"{len(totals.unclean)} tracer runs ended badly, e.g. {totals.unclean[0]}")
+    if totals.over_quota:
+        bad.append(f"disk over the quota once every job had ended: {totals.over_quota}")
     if any(code != 0 for code, _ in totals.fsck):
         bad.append(f"cache fsck found damage: {[line for code, line in totals.fsck if code]}")
     if not totals.jobs or not totals.bytes_ok:
@@ -427,6 +449,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--job-deadline", type=float, default=120.0, help="a job running longer is hung (default 120)"
     )
     ap.add_argument("--no-failover", action="store_true", help="the fault origin is the only server")
+    ap.add_argument(
+        "--quota",
+        type=int,
+        default=None,
+        help="CVMFS_QUOTA_LIMIT in MiB: jobs evict while others read, and each round must end "
+        "with the cache and the interposer's links within it (default: unlimited)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     return ap.parse_args(argv)
 
@@ -474,6 +503,7 @@ def main(argv: Sequence[str]) -> int:
             "CVMFS_HTTP_PROXY": proxy.url,
             "CVMFS_KEYS_DIR": str(trusted),
             "CVMFS_CACHE_BASE": str(cache_base),
+            **({"CVMFS_QUOTA_LIMIT": str(args.quota)} if args.quota is not None else {}),
             "CVMFS_TIMEOUT": "3",
             "CVMFS_TIMEOUT_DIRECT": "3",
             "CVMFS_BACKOFF_INIT": "0.1",
@@ -501,6 +531,8 @@ def main(argv: Sequence[str]) -> int:
                 t.start()
             for t in threads:
                 t.join()
+            if args.quota is not None and (held := held_bytes(cache_base)) > args.quota << 20:
+                totals.over_quota.append(f"round {round_no}: {mib(held)} on disk, quota {args.quota} MiB")
             totals.fsck.append(fsck_and_wipe(cache_base, env))
             stats = origin.stats
             line = round_line(round_no, time.monotonic() - start, totals, stats.total_faults, stats.requests)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,9 +56,24 @@ def test_every_broken_invariant_fails_the_run(soak):
     totals.add(1, soak.judge(1, "", f"sha256sum: {M}/c.bin: No such file or directory\n", ["c.bin"], TRUTH))
     totals.hung.append("d.bin")
     totals.fsck.append((3, "removed 1"))
+    totals.over_quota.append("round 2: 30.0 MiB on disk, quota 20 MiB")
     bad = soak.failures(totals, faults_injected=3, proxy_alive=True)
-    assert len(bad) == 4 and "20 wrong bytes" in bad[0] and "hung" in bad[1]
-    assert "No such file" in bad[2] and "fsck" in bad[3]
+    assert len(bad) == 5 and "20 wrong bytes" in bad[0] and "hung" in bad[1]
+    assert "No such file" in bad[2] and "over the quota" in bad[3] and "fsck" in bad[4]
+
+
+def test_held_bytes_counts_each_file_once(soak, tmp_path):
+    """Objects, links to them and links to evicted objects: distinct inodes, index left out."""
+    obj = tmp_path / "shared" / "ab" / "cdef"
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"x" * 1000)
+    (tmp_path / "shared" / "index").mkdir()
+    (tmp_path / "shared" / "index" / "cache.db").write_bytes(b"i" * 5000)
+    links = tmp_path / "interposer" / "r" / "repo.example.org" / "abc" / "d" / "lib"
+    links.mkdir(parents=True)
+    os.link(obj, links / "a")
+    (links / "evicted").write_bytes(b"y" * 300)
+    assert soak.held_bytes(tmp_path) == 1300
 
 
 def test_a_short_soak_passes(tmp_path):
