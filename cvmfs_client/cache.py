@@ -1085,6 +1085,8 @@ class NodeCache:
         kind: ObjectType = ObjectType.FILE,
         compression: Compression = Compression.ZLIB,
         expected_size: int | None = None,
+        *,
+        local: bool = False,
     ) -> Path:
         """Local path of the verified, decoded object, downloading it first if needed.
 
@@ -1093,8 +1095,12 @@ class NodeCache:
         ``expected_size`` (decoded bytes, the catalog's) is checked on every hit as well.
         Open the path promptly: the object is at the most recently used end now, but a later
         eviction removes the name (an open descriptor keeps working).
+
+        ``local``: the path must be on the node cache's file system (the interposer hardlinks
+        it): an alien object on another file system is copied into the node cache first, where
+        the quota counts it, rather than returned in place.
         """
-        return self._get(content_hash, source, kind, compression, expected_size, keep=False)[0]
+        return self._get(content_hash, source, kind, compression, expected_size, keep=False, local=local)[0]
 
     def _get(
         self,
@@ -1104,6 +1110,7 @@ class NodeCache:
         compression: Compression,
         expected_size: int | None,
         keep: bool,
+        local: bool = False,
     ) -> tuple[Path, bytes | None]:
         """:meth:`get`; with ``keep``, also the decoded content of a small object that was just
         downloaded (None otherwise), which :meth:`open` hands out instead of reading it back."""
@@ -1116,6 +1123,8 @@ class NodeCache:
             found = self.alien.lookup(content_hash, expected_size)
             if found is not None:
                 self._count("alien_hits")
+                if local and os.stat(found).st_dev != os.stat(self.directory).st_dev:
+                    return self._copy_in(name, final, found, kind), None
                 return found, None
         keep = keep and expected_size is not None and expected_size <= KEPT_CONTENT_MAX
         # Exclusive per-object lock: one download per object on the node; others wait here.
@@ -1319,6 +1328,30 @@ class NodeCache:
         )
 
     # -- derived files ------------------------------------------------------------------
+
+    def _copy_in(self, name: str, final: Path, verified: Path, kind: ObjectType) -> Path:
+        """``verified`` (an alien object: verified when it was published) copied into the node
+        cache as object ``name``, recorded and quota-accounted like a download."""
+        with self._locks.hold(name):
+            if self._claim(name, final, os.stat(verified).st_size):
+                return final
+            fd, tmp = self._new_file(None)
+            try:
+                adler, size = 1, 0
+                with open(verified, "rb") as src:
+                    while piece := src.read(_READ_PIECE):
+                        adler, size = zlib.adler32(piece, adler), size + len(piece)
+                        _write_all(fd, piece)
+                self._publish(fd, tmp, name)
+            except BaseException:
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
+            self._index.insert(name, size, kind.value, _adler32_text(adler))
+        self._maybe_evict(protect=name)
+        return final
 
     def get_derived(self, key: str, build: Callable[[BinaryIO], None]) -> Path:
         """``assembled/XX/rest`` for ``key``, built once by ``build(file)`` and quota-accounted.

@@ -362,7 +362,9 @@ class Repository:
         entry = self.stat(path)
         return self.materialize_entry(entry)
 
-    def materialize_entry(self, entry: DirEntry) -> Path:
+    def materialize_entry(self, entry: DirEntry, *, local: bool = False) -> Path:
+        """:meth:`materialize` of a row; ``local``: on the node cache's file system (see
+        :meth:`NodeCache.get`), for callers that hardlink the file."""
         if entry.is_dir:
             raise IsADirectory(self.mount_prefix + entry.path)
         if not entry.is_regular:
@@ -375,7 +377,9 @@ class Repository:
             if entry.size == 0:
                 return self._empty_file()
             raise LookupFailure(self.mount_prefix + entry.path, "regular file without a content hash")
-        return self.store.get(entry.content_hash, self.source, ObjectType.FILE, entry.compression, entry.size)
+        return self.store.get(
+            entry.content_hash, self.source, ObjectType.FILE, entry.compression, entry.size, local=local
+        )
 
     def _assemble(self, entry: DirEntry) -> Path:
         """Concatenate verified chunks into one local file, named by the chunk list."""

@@ -255,7 +255,11 @@ class Mount:
         return self.shadow.meta + inner
 
     def content(self, inner: str) -> str:
-        return self.shadow.content(inner, lambda: self.repo.materialize_entry(self.catalog_entry(inner)))
+        # local: d/ hardlinks the file, so an alien object on a cluster file system is copied
+        # into the node cache (within its quota) rather than into d/ (outside it).
+        return self.shadow.content(
+            inner, lambda: self.repo.materialize_entry(self.catalog_entry(inner), local=True)
+        )
 
 
 class Namespace:

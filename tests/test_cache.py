@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import stat
+import tempfile
 import threading
 import time
 import zlib
@@ -459,6 +460,36 @@ def test_alien_read_only_hit_is_returned_in_place(tmp_path: Path) -> None:
         cache.get(other, src)  # not in the tier: network, and no publishing when read-only
         assert src.calls[other.object_path()] == 1 and not alien.path_for(other).exists()
         assert cache.stat().alien_hits == 1
+
+
+def test_alien_object_on_another_file_system_is_copied_in_when_a_local_path_is_needed(
+    tmp_path: Path,
+) -> None:
+    """The interposer hardlinks what it gets: an alien object on a cluster file system would
+    be copied outside the quota, so it is copied into the node cache instead (no network)."""
+    content, stored = make_objects(1, 10_000, seed=11)
+    ((h, data),) = content.items()
+    plain = tmp_path / "plain"
+    plain.write_bytes(data)
+    elsewhere = Path(tempfile.mkdtemp(prefix="alien-", dir="/dev/shm"))
+    try:
+        assert os.stat(elsewhere).st_dev != os.stat(tmp_path).st_dev, "needs two file systems"
+        AlienCache(elsewhere, writable=True).publish(h, plain)
+        src = FakeSource(stored)
+        with NodeCache(tmp_path / "node", 1 << 20, alien=AlienCache(elsewhere)) as cache:
+            assert cache.get(h, src) == AlienCache(elsewhere).path_for(h)  # in place by default
+            path = cache.get(h, src, local=True)
+            assert path == cache.path_for(h) and path.read_bytes() == data
+            assert cache.get(h, src, local=True) == path  # now a node cache hit
+            st = cache.stat()
+            assert (st.objects, st.size_bytes, src.calls[h.object_path()]) == (1, 10_000, 0)
+            assert cache.fsck().clean  # recorded with a checksum that fsck accepts
+        same = AlienCache(tmp_path / "alien", writable=True)  # same file system: in place still
+        same.publish(h, plain)
+        with NodeCache(tmp_path / "node2", None, alien=AlienCache(tmp_path / "alien")) as cache:
+            assert cache.get(h, src, local=True) == same.path_for(h)
+    finally:
+        shutil.rmtree(elsewhere)
 
 
 def test_alien_writable_publishes_and_holds_no_database(tmp_path: Path) -> None:

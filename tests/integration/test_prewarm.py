@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,6 +147,35 @@ def test_alien_directory_alone_serves_a_node_with_an_empty_cache_and_no_network(
     assert out.stdout == digests(src, subtree)
     # Small files were read in place from the alien tier; only chunked files were assembled locally.
     assert not objects_in(node_cache / "shared")
+
+
+def test_alien_tier_on_another_file_system_feeds_interposed_jobs_within_the_quota(
+    published, tmp_path, nginx_server
+):
+    """An alien tier on a cluster file system cannot be hardlinked by cvmfs-client run: its
+    objects are copied into the node cache (quota-counted, evictable), not into the job's
+    shadow tree where no quota sees them."""
+    from cvmfs_client.cache_links import held_outside
+
+    base, src, files = published
+    server = nginx_server(base / "s0")
+    alien = Path(tempfile.mkdtemp(prefix="alien-", dir="/dev/shm"))
+    try:
+        assert os.stat(alien).st_dev != os.stat(tmp_path).st_dev, "needs two file systems"
+        subtree = [f for f in files if f.startswith("/d03/")]
+        login = env_for(base, server, tmp_path / "login-cache")
+        done = run(prewarm_cmd(f"/cvmfs/{FQRN}/d03", "--alien-cache", str(alien)), login)
+        assert done.returncode == 0, done.stderr
+        server.stop()
+        node_base = tmp_path / "node"
+        node = env_for(base, server, node_base, CVMFS_ALIEN_CACHE=str(alien))
+        out = sha256sum_offline(node, subtree)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout == expected_sums(src, subtree)
+        assert len(objects_in(node_base / "shared")) == len(subtree)
+        assert held_outside(node_base / "shared") == 0
+    finally:
+        shutil.rmtree(alien)
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
