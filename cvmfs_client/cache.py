@@ -94,7 +94,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
@@ -497,6 +497,7 @@ class _Seen(enum.Enum):
     """What the index says about a file found under a final name."""
 
     OK = "recorded with this size (or adopted)"
+    AGING = "recorded with this size, and due to move to the most recently used end"
     WRONG_SIZE = "its size differs from the recorded one"
     UNRECORDED = "no record"
 
@@ -539,6 +540,7 @@ class _Index:
     def __init__(self, directory: Path, recovery_lock: Path) -> None:
         self.directory = directory
         self._db = self._open(recovery_lock)
+        self._view: tuple[float, int] | None = None  # see _count_view
         if self.built() and self._db.get(_FORMAT) != _FORMAT_VERSION:
             self.recount()  # an index written by an earlier version: LRU entries rewritten
 
@@ -593,6 +595,26 @@ class _Index:
             self._put(name, size, kind, checksum)
 
     @_advisory(None)
+    def write_batch(
+        self, records: Sequence[tuple[str, int, str, str | None]], used: Mapping[str, int]
+    ) -> None:
+        """New records (see :meth:`insert_many`) and objects used again (name -> size on disk,
+        moved to the most recently used end if their record still agrees), in one transaction."""
+        with self._db.transact():
+            self.insert_many(records)
+            moved = []
+            for name, size in used.items():
+                rec = self._get(name)
+                if rec is not None and rec.size == size:  # else replaced or removed meanwhile
+                    moved.append((name, rec))
+            if moved:
+                seq = self._db.incr(_SEQ, len(moved)) - len(moved) + 1  # one seq per batch, as inserts
+                for name, rec in moved:
+                    self._db.set(_OBJ + name, tuple(rec._replace(seq=seq)))
+                self._db.set(_lru_key(seq), tuple(name for name, _ in moved))  # old entries go stale
+        self._view = None
+
+    @_advisory(None)
     def insert_many(self, records: Sequence[tuple[str, int, str, str | None]]) -> None:
         """(name, size, kind, checksum) records in one transaction (one commit for a batch)."""
         if not records:
@@ -618,32 +640,37 @@ class _Index:
 
     @_advisory(_Seen.OK)
     def touch(self, name: str, size_on_disk: int, adopt: bool = True) -> _Seen:
-        """Move ``name`` to the most recently used end, if its record agrees with ``size_on_disk``.
+        """Check ``name``'s record against ``size_on_disk``; AGING if it should now move to the
+        most recently used end (the caller queues that for :meth:`write_batch`).
 
         Without a record it is adopted when ``adopt`` (linked into place by a process killed
-        before its insert, or the index was lost). Skipped (reads only, no write lock) while the
-        object is still among the newest 1/LRU_SLACK_FRACTION of the cache.
+        before its insert, or the index was lost). Reads only while the object is still among
+        the newest 1/LRU_SLACK_FRACTION of the cache. The newest sequence number is read every
+        time (other processes advance it by thousands a second); the object count at most once
+        per _RECORDS_FLUSH_SECONDS: even right after an eviction halved it, the slack it gives
+        stays within the newest half, which eviction keeps.
         """
         rec = self._get(name)
         if rec is not None:
             if rec.size != size_on_disk:
                 return _Seen.WRONG_SIZE
             newest = int(self._db.get(_SEQ, 0))
-            if newest - rec.seq <= int(self._db.get(_COUNT, 0)) // LRU_SLACK_FRACTION:
-                return _Seen.OK
-        elif not adopt:
+            return _Seen.OK if newest - rec.seq <= self._count_view() // LRU_SLACK_FRACTION else _Seen.AGING
+        if not adopt:
             return _Seen.UNRECORDED
         with self._db.transact():
             rec = self._get(name)
             if rec is None:
                 self._put(name, size_on_disk, _UNKNOWN_KIND, None)
                 return _Seen.OK
-            if rec.size != size_on_disk:  # replaced meanwhile (we only hold a shared lock)
-                return _Seen.WRONG_SIZE
-            seq = self._db.incr(_SEQ)
-            self._db.set(_OBJ + name, tuple(rec._replace(seq=seq)))
-            self._db.set(_lru_key(seq), (name,))  # the old entry goes stale (see _LRU)
-        return _Seen.OK
+            return _Seen.OK if rec.size == size_on_disk else _Seen.WRONG_SIZE
+
+    def _count_view(self) -> int:
+        """The object count, re-read when older than a flush interval."""
+        now = time.monotonic()
+        if self._view is None or now - self._view[0] > _RECORDS_FLUSH_SECONDS:
+            self._view = (now, int(self._db.get(_COUNT, 0)))
+        return self._view[1]
 
     @_advisory(False)
     def adopt(self, name: str, size: int, checksum: str | None = None) -> bool:
@@ -824,46 +851,64 @@ _IndexRecord = tuple[str, int, str, str | None]  # name, size, kind, checksum
 
 
 class _Pending:
-    """Index records of objects already in place, written in batches (thread-safe).
+    """Index records of objects already in place, and objects used again, written in batches
+    (thread-safe).
 
-    One index transaction per object was the largest part of the CPU cost of a cold read. Until
-    its record is written, another process that finds such an object adopts it after checking
-    its size (:meth:`_Index.insert_many` then replaces that record with the full one); a process
-    killed with records pending leaves objects that are adopted like that when next used, or by
+    One index transaction per object was the largest part of the CPU cost of a cold read, and
+    of a hit on an object that has to move to the most recently used end. Until its record is
+    written, another process that finds such an object adopts it after checking its size
+    (:meth:`_Index.insert_many` then replaces that record with the full one); a process killed
+    with records pending leaves objects that are adopted like that when next used, or by
     ``cache fsck``. Only objects whose size the caller knows are deferred (adopting the others
-    means verifying them).
+    means verifying them). A use not yet written leaves the object where it was in the LRU
+    order for up to _RECORDS_FLUSH_SECONDS (this process flushes before it evicts; another one
+    may evict it meanwhile, which costs a download), as the real client's quota manager, which
+    also takes LRU updates in batches.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, _IndexRecord] = {}
+        self._used: dict[str, int] = {}
         self._first = 0.0
         self.nbytes = 0
+
+    def _note(self) -> bool:
+        """Called under the lock after adding: True when it is time to write."""
+        return (
+            len(self._records) + len(self._used) >= _RECORDS_BATCH
+            or time.monotonic() - self._first >= _RECORDS_FLUSH_SECONDS
+        )
 
     def add(self, record: _IndexRecord) -> bool:
         """Remember one record; True when it is time to write them."""
         with self._lock:
-            if not self._records:
+            if not self._records and not self._used:
                 self._first = time.monotonic()
             self._records[record[0]] = record
             self.nbytes += record[1]
-            return (
-                len(self._records) >= _RECORDS_BATCH
-                or time.monotonic() - self._first >= _RECORDS_FLUSH_SECONDS
-            )
+            return self._note()
+
+    def use(self, name: str, size: int) -> bool:
+        """Remember that ``name`` (of ``size`` bytes on disk) was used; True when it is time to write."""
+        with self._lock:
+            if not self._records and not self._used:
+                self._first = time.monotonic()
+            self._used[name] = size
+            return self._note()
 
     def due(self) -> bool:
         """Records have waited long enough (checked on every cache use, not by a timer)."""
-        return bool(self._records) and time.monotonic() - self._first >= _RECORDS_FLUSH_SECONDS
+        return bool(self._records or self._used) and time.monotonic() - self._first >= _RECORDS_FLUSH_SECONDS
 
     def size_of(self, name: str) -> int | None:
         record = self._records.get(name)
         return record[1] if record is not None else None
 
-    def take(self) -> list[_IndexRecord]:
+    def take(self) -> tuple[list[_IndexRecord], dict[str, int]]:
         with self._lock:
-            out = list(self._records.values())
-            self._records = {}
+            out = list(self._records.values()), self._used
+            self._records, self._used = {}, {}
             self.nbytes = 0
             return out
 
@@ -1575,6 +1620,8 @@ class NodeCache:
         seen = self._index.touch(name, size, adopt=expected_size is not None)
         if seen is _Seen.WRONG_SIZE:
             return False
+        if seen is _Seen.AGING and self._pending.use(name, size):
+            self._flush_records()
         if seen is _Seen.UNRECORDED:
             problem, digest = self._verify(name, final, None, size)
             if problem is not None:
@@ -1602,10 +1649,11 @@ class NodeCache:
             self._index.add_counts(counts)
 
     def _flush_records(self) -> bool:
-        """Write the records of this process's new objects; True if there were any."""
-        records = self._pending.take()
-        if records:
-            self._index.insert_many(records)
+        """Write the records of this process's new objects and the uses of old ones; True if
+        there were new records (the total grew)."""
+        records, used = self._pending.take()
+        if records or used:
+            self._index.write_batch(records, used)
         return bool(records)
 
     def _maybe_evict(self, protect: str) -> None:

@@ -249,6 +249,51 @@ def test_quota_keeps_total_under_limit_and_recently_used_objects(tmp_path: Path)
         assert not cache.path_for(hashes[5]).exists()  # cold ones went
 
 
+def test_uses_of_aging_objects_are_written_in_one_batch(tmp_path: Path) -> None:
+    """A hit on an object outside the newest 1/8 moves it to the most recently used end, but
+    not in a write transaction of its own: uses are written with the next batch."""
+    content, stored = make_objects(40, 1_000, seed=12)
+    src = FakeSource(stored)
+    hashes = list(content)
+    with NodeCache(tmp_path, None) as cache:
+        for h in hashes:
+            cache.get(h, src, expected_size=1_000)
+    transactions = []
+    with NodeCache(tmp_path, None) as cache:
+        seq_of = {h: cache._index.get(h.cache_name()).seq for h in hashes}
+        real = cache._index._db.transact
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            transactions.append(1)
+            return real(*args, **kwargs)
+
+        cache._index._db.transact = counted
+        oldest = hashes[:10]
+        for h in oldest:
+            assert cache.get(h, src, expected_size=1_000) == cache.path_for(h)
+        assert transactions == [] and all(cache._index.get(h.cache_name()).seq == seq_of[h] for h in oldest)
+    assert len(transactions) == 2  # at close: the ten uses in one, the hit counters in the other
+    with NodeCache(tmp_path, None) as cache:
+        newest = max(seq_of.values())
+        assert all(cache._index.get(h.cache_name()).seq > newest for h in oldest)
+        assert [seq for seq, _ in cache._index.lru()][-1] > newest
+    assert all(src.calls[h.object_path()] == 1 for h in hashes)
+
+
+def test_an_evicting_process_writes_its_pending_uses_first(tmp_path: Path) -> None:
+    content, stored = make_objects(30, 10_000, seed=13)
+    src = FakeSource(stored)
+    hashes = list(content)
+    hot = hashes[:3]
+    with NodeCache(tmp_path, 100_000) as cache:
+        for h in hashes:
+            cache.get(h, src, expected_size=10_000)
+            for k in hot:
+                cache.get(k, src, expected_size=10_000)
+        assert cache.stat().size_bytes <= 100_000
+    assert all(src.calls[k.object_path()] == 1 for k in hot)
+
+
 def _pin_and_exit(directory: Path, h: ContentHash) -> None:
     NodeCache(directory, None).pin(h)
 
