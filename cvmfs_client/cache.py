@@ -213,6 +213,13 @@ class CacheStats:
     outside_bytes: int = 0
 
 
+class WipeReport(NamedTuple):
+    """Outcome of :meth:`NodeCache.wipe`."""
+
+    objects: int  # removed
+    revisions_in_use: int  # shadow trees of running `cvmfs-client run` jobs, left to them
+
+
 @dataclass
 class FsckReport:
     """Outcome of :meth:`NodeCache.fsck`; ``removed`` lists (name, reason) of quarantined files."""
@@ -1529,11 +1536,13 @@ class NodeCache:
             self._index.mark_built()
         self._maybe_evict(protect="")
 
-    def wipe(self) -> int:
-        """Remove every object, pinned or not, as ``cvmfs_config wipecache``; return the count.
+    def wipe(self) -> WipeReport:
+        """Remove every object, pinned or not, as ``cvmfs_config wipecache``.
 
         Runs under the eviction lock and try-locks each object: one being downloaded or read
-        right now is skipped (its download completes normally). Open descriptors keep working.
+        right now is skipped (its download completes normally). Open descriptors keep working,
+        and so do running jobs of ``cvmfs-client run``: the links of the revisions they hold are
+        removed when they end (counted in the report).
         """
         self._check_fork()
         self._flush_records()
@@ -1549,8 +1558,8 @@ class NodeCache:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
         self._clean_txn()
-        self._collect_linked_trees()
-        return removed
+        busy = self._collect_linked_trees()
+        return WipeReport(removed, busy)
 
     def close(self) -> None:
         self._check_fork()
@@ -1663,11 +1672,11 @@ class NodeCache:
         if self._evict(self.quota_bytes, self.quota_bytes // 2, protect):
             self._collect_linked_trees()
 
-    def _collect_linked_trees(self) -> None:
-        """Objects left: free the bytes that trees of links to them still hold (cache_links)."""
+    def _collect_linked_trees(self) -> int:
+        """Objects left: free the bytes that trees of links to them still hold (cache_links).
+        Returns how many units (revisions) were in use and left for their holders to collect."""
         note_removal(self.directory)
-        for tree in linked_trees(self.directory):
-            collect(tree)
+        return sum(len(collect(tree).units_busy) for tree in linked_trees(self.directory))
 
     def _evict(self, threshold: int, target: int, protect: str) -> bool:
         """Remove LRU unpinned objects until the total is <= ``target`` (real client: limit/2).

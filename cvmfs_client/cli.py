@@ -267,8 +267,14 @@ def cache_fsck_cmd(cache_dir: Path | None) -> None:
 def cache_wipe_cmd(cache_dir: Path | None) -> None:
     """Remove every cached object."""
     with _node_cache(cache_dir) as cache:
-        n = cache.wipe()
-    click.echo(f"removed {n} objects")
+        report = cache.wipe()
+    click.echo(f"removed {report.objects} objects")
+    n = report.revisions_in_use
+    if n:
+        click.echo(
+            f"{n} repository revision{'s are' if n > 1 else ' is'} in use by running `cvmfs-client run` "
+            "jobs: the files they opened are removed when those jobs end"
+        )
 
 
 def _chunk_sizes(value: str | None) -> tuple[int, int, int] | None:

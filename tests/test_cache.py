@@ -603,7 +603,7 @@ def test_wipe_removes_everything_and_objects_come_back(tmp_path: Path) -> None:
         for h in content:
             cache.get(h, src)
         cache.pin(next(iter(content)))
-        assert cache.wipe() == 5
+        assert cache.wipe() == (5, 0)
         assert files_under_final_names(tmp_path) == {}
         s = cache.stat()
         assert (s.objects, s.size_bytes) == (0, 0)

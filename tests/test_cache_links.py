@@ -121,6 +121,23 @@ def test_cache_eviction_and_wipe_collect_linked_trees(tmp_path: Path) -> None:
     assert not any(p.exists() for p in links)
 
 
+def test_wipe_reports_revisions_in_use_and_leaves_their_links(tmp_path: Path) -> None:
+    content, stored = make_objects(3, 1_000, seed=6)
+    src = FakeSource(stored)
+    tree = tmp_path / "tree"
+    held, idle = tree / "r" / "repo.example.org" / "held", tree / "r" / "repo.example.org" / "idle"
+    with NodeCache(tmp_path / "cache", None) as cache:
+        register(tree, cache.directory)
+        paths = [cache.get(h, src) for h in content]
+        kept = [_link(p, held, f"f{i}") for i, p in enumerate(paths)]
+        gone = [_link(p, idle, f"f{i}") for i, p in enumerate(paths)]
+        hold = UnitLock(held)
+        assert cache.wipe() == (3, 1)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in gone)
+    hold.release()
+    assert needs_collection(tree, held) and collect(tree, only=held).links_removed == 3
+
+
 def test_unit_lock_taken_through_a_removed_unit_is_taken_again(tmp_path: Path) -> None:
     unit = tmp_path / "r" / "a" / "b"
     unit.mkdir(parents=True)

@@ -186,6 +186,11 @@ def test_quota_holds_for_jobs_under_the_interposer(many_files, tmp_path, nginx_s
     shown = re.search(rb"outside: +([0-9.]+) MiB outside the quota", stat_run.stdout)
     assert shown is not None, stat_run.stdout.decode()
     assert abs(float(shown.group(1)) * 2**20 - (_held_bytes(cache) - _object_bytes(cache))) < 0.1 * 2**20
+    wiped = subprocess.run(
+        [sys.executable, "-m", "cvmfs_client.cli", "cache", "wipe"], env=env, cwd=ROOT, capture_output=True
+    )
+    assert wiped.returncode == 0, wiped.stderr.decode()
+    assert b"1 repository revision is in use" in wiped.stdout  # the holder's: left to it
     go.touch()
     out, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err.decode()[-2000:]
