@@ -593,15 +593,15 @@ def _int(text: str | None) -> int:
 
 
 def _state(path: Path) -> tuple[str, float] | None:
-    """(root hash, expiry time) remembered in ``path``, expired or not; None if unreadable."""
-    import json  # start-up time: only jobs that use /cvmfs need it
+    """(root hash, expiry time) remembered in ``path``, expired or not; None if unreadable.
 
+    One line "ROOT_HASH EXPIRES" (no json: 1.6 ms of start-up for every job; a state file in
+    an older format reads as none, and costs one remount)."""
     try:
-        data = json.loads(path.read_text())
-        root_hash, expires = data["root_hash"], float(data["expires"])
-        if isinstance(root_hash, str) and re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", root_hash):
-            return root_hash, expires
-    except (OSError, ValueError, KeyError, TypeError):
+        root_hash, expires = path.read_text().split()
+        if re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", root_hash):
+            return root_hash, float(expires)
+    except (OSError, ValueError):
         pass
     return None
 
@@ -625,9 +625,7 @@ def remembered_roots(repo_dir: Path) -> set[str]:
 
 
 def _write_state(path: Path, root_hash: str, expires: float) -> None:
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"root_hash": root_hash, "expires": expires}))
+    tmp.write_text(f"{root_hash} {expires!r}\n")
     os.replace(tmp, path)

@@ -2,7 +2,7 @@
 
 A warm job is answered by the shadow trees and the mount state file, so the fetch stack
 (catalogs in SQLite, the fetcher, the node cache, signatures) and the configuration model are
-imported only on a cache miss; OpenSSL (hashlib) and json only once a job touches /cvmfs. An
+imported only on a cache miss; OpenSSL (hashlib) only once a job touches /cvmfs, json never. An
 eager import re-added anywhere on the way (cli, session, job, tracer, vfs...) fails here.
 """
 
@@ -76,3 +76,4 @@ def test_a_warm_job_on_cvmfs_needs_no_fetch_stack(job_env: dict[str, str]) -> No
     imported = _imported_by_run(["/bin/sh", "-c", script], job_env)
     assert "interposer.vfs" in imported
     assert imported & FETCH_STACK == set()
+    assert "json" not in imported  # the mount state is one line of text
