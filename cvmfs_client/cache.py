@@ -1336,6 +1336,22 @@ class NodeCache:
         assert dec.adler32 is not None  # set by finish()
         return size, _adler32_text(dec.adler32), b"".join(pieces_kept) if keep else None
 
+    @contextlib.contextmanager
+    def _writing(self, name: str) -> Iterator[int]:
+        """A new file (its descriptor) that gets the final name ``name`` when the block ends
+        normally; if it raises, nothing is kept. The caller holds ``name``'s lock exclusively.
+        (:meth:`_write_object` does the same inline: it runs once per object of a cold read.)"""
+        fd, tmp = self._new_file(None)
+        try:
+            yield fd
+            self._publish(fd, tmp, name)
+        except BaseException:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+
     def _new_file(self, content_hash: ContentHash | None) -> tuple[int, str | None]:
         """A new read-write file for an object being written: (descriptor, its txn name or None).
 
@@ -1387,20 +1403,11 @@ class NodeCache:
         with self._locks.hold(name):
             if self._claim(name, final, os.stat(verified).st_size):
                 return final
-            fd, tmp = self._new_file(None)
-            try:
-                adler, size = 1, 0
-                with open(verified, "rb") as src:
-                    while piece := src.read(_READ_PIECE):
-                        adler, size = zlib.adler32(piece, adler), size + len(piece)
-                        _write_all(fd, piece)
-                self._publish(fd, tmp, name)
-            except BaseException:
-                if tmp is not None:
-                    Path(tmp).unlink(missing_ok=True)
-                raise
-            finally:
-                os.close(fd)
+            adler, size = 1, 0
+            with self._writing(name) as fd, open(verified, "rb") as src:
+                while piece := src.read(_READ_PIECE):
+                    adler, size = zlib.adler32(piece, adler), size + len(piece)
+                    _write_all(fd, piece)
             self._index.insert(name, size, kind.value, _adler32_text(adler))
         self._maybe_evict(protect=name)
         return final
@@ -1424,20 +1431,11 @@ class NodeCache:
                 self._count("hits")
                 return final
             self._count("misses")
-            fd, tmp = self._new_file(None)
-            try:
-                with os.fdopen(fd, "w+b", closefd=False) as out:
-                    build(out)
-                    out.flush()
-                    out.seek(0)
-                    adler, size = _adler32_of(out)  # in the page cache: cheap next to building
-                self._publish(fd, tmp, name)
-            except BaseException:
-                if tmp is not None:
-                    Path(tmp).unlink(missing_ok=True)
-                raise
-            finally:
-                os.close(fd)
+            with self._writing(name) as fd, os.fdopen(fd, "w+b", closefd=False) as out:
+                build(out)
+                out.flush()
+                out.seek(0)
+                adler, size = _adler32_of(out)  # in the page cache: cheap next to building
             self._index.insert(name, size, _DERIVED_KIND, _adler32_text(adler))
         self._maybe_evict(protect=name)
         return final
