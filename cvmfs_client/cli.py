@@ -265,7 +265,8 @@ def cache_fsck_cmd(cache_dir: Path | None) -> None:
 @_cache_dir_option
 @_fail_cleanly
 def cache_wipe_cmd(cache_dir: Path | None) -> None:
-    """Remove every cached object."""
+    """Remove every cached object, and what `cvmfs-client run` keeps of them (the files of
+    running jobs when those jobs end)."""
     with _node_cache(cache_dir) as cache:
         report = cache.wipe()
     click.echo(f"removed {report.objects} objects")
