@@ -219,9 +219,9 @@ def _node_cache(cache_dir: Path | None):  # type: ignore[no-untyped-def]
 
 _cache_dir_option = click.option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, exists=True, path_type=Path),  # a typo must not make a cache
     default=None,
-    help="Cache directory to use.",
+    help="Cache directory to use (an existing one).",
 )
 
 

@@ -184,6 +184,13 @@ def test_cache_stat_fsck_wipe(env, tmp_path):
     assert "objects:   0" in run(["cache", "stat"], env).stdout.decode()
 
 
+def test_cache_commands_refuse_a_cache_dir_that_does_not_exist(env, tmp_path):
+    for command in ("stat", "fsck", "wipe"):
+        r = run(["cache", command, "--cache-dir", str(tmp_path / "typo")], env)
+        assert r.returncode == 2 and b"does not exist" in r.stderr
+    assert not (tmp_path / "typo").exists()
+
+
 def test_missing_public_key_is_named(env, tmp_path):
     env.pop("CVMFS_KEYS_DIR")
     missing = tmp_path / "nowhere" / "key.pub"
