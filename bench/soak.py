@@ -36,14 +36,12 @@ from /proc and printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import random
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -57,6 +55,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvmfs_client.publisher import publish  # noqa: E402
+from tests.disk_usage import held_bytes  # noqa: E402
 from tests.faultorigin import ALL_FAULTS, FaultOrigin  # noqa: E402
 from tests.integration.nginx import NginxServer, start_nginx  # noqa: E402
 from tests.proxy.procs import ProxyProcess, start_proxy  # noqa: E402
@@ -301,23 +300,6 @@ def worker(index: int, seed: int, setup: Setup, until: float, totals: Totals, sa
         if returncode is None:
             with totals.lock:
                 totals.hung.append(" ".join(paths))
-
-
-def held_bytes(cache_base: Path) -> int:
-    """Bytes of the distinct files the node cache and the interposer's links keep on disk
-    (objects, assembled files, ``d/`` links, ``x/`` copies; not the index or shadow metadata)."""
-    held: dict[tuple[int, int], int] = {}
-    tops = [cache_base / "shared", cache_base / "interposer" / "x"]
-    tops += list((cache_base / "interposer" / "r").glob("*/*/d"))
-    for top in tops:
-        for dirpath, dirs, names in os.walk(top):
-            dirs[:] = [d for d in dirs if d not in ("index", "locks", "txn", "linked", "manifests")]
-            for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    st = os.lstat(os.path.join(dirpath, name))
-                    if stat.S_ISREG(st.st_mode):
-                        held[(st.st_dev, st.st_ino)] = st.st_size
-    return sum(held.values())
 
 
 def fsck_and_wipe(cache_base: Path, env: dict[str, str]) -> tuple[int, str]:

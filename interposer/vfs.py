@@ -412,11 +412,12 @@ class Namespace:
 
     def _mount(self, name: str) -> Mount:
         state = self._state_file(name)
-        root_hash = _read_state(state)
-        if root_hash is not None and os.path.isdir(self.base / "r" / name / root_hash / "m"):
-            log.info("mounted /cvmfs/%s at %s (verified revision still within its TTL)", name, root_hash)
-            return Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash))
         previous = _state(state)
+        if previous is not None and time.time() < previous[1]:
+            root_hash = previous[0]
+            if os.path.isdir(self.base / "r" / name / root_hash / "m"):
+                log.info("mounted /cvmfs/%s at %s (verified revision still within its TTL)", name, root_hash)
+                return Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash))
         repo = self._opener(name, None)
         root_hash = repo.root_hash.hex
         m = Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash), repo)
@@ -604,12 +605,6 @@ def _state(path: Path) -> tuple[str, float] | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _read_state(path: Path) -> str | None:
-    """The root hash remembered in ``path`` if it has not expired."""
-    found = _state(path)
-    return found[0] if found is not None and time.time() < found[1] else None
 
 
 def remembered_roots(repo_dir: Path) -> set[str]:

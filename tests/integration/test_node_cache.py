@@ -6,7 +6,6 @@ import os
 import random
 import re
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from cvmfs_client.cache import NodeCache
 from cvmfs_client.publisher import publish
+from tests.disk_usage import held_bytes
 
 FQRN = "many.example.org"
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,21 +132,6 @@ def test_kill_9_at_random_moments_leaves_cache_consistent(many_files, tmp_path, 
     assert out.decode() == expected_digests(src, files)
 
 
-def _held_bytes(cache: Path) -> int:
-    """Bytes of distinct files that the cache's objects and the interposer's links keep on disk."""
-    seen: dict[tuple[int, int], int] = {}
-    roots = [cache / "shared", cache / "interposer" / "x", *(cache / "interposer" / "r").glob("*/*/d")]
-    for root in roots:
-        for dirpath, _dirs, names in os.walk(root):
-            if Path(dirpath).name in ("index", "locks", "txn", "linked", "manifests"):
-                continue
-            for name in names:
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISREG(st.st_mode) and st.st_size:
-                    seen[(st.st_dev, st.st_ino)] = st.st_size
-    return sum(seen.values())
-
-
 def _object_bytes(cache: Path) -> int:
     with NodeCache(cache / "shared", None) as c:
         return c.stat().size_bytes
@@ -185,7 +170,7 @@ def test_quota_holds_for_jobs_under_the_interposer(many_files, tmp_path, nginx_s
     # The holder's revision is in use: what the reader's links keep of evicted objects is shown.
     shown = re.search(rb"outside: +([0-9.]+) MiB outside the quota", stat_run.stdout)
     assert shown is not None, stat_run.stdout.decode()
-    assert abs(float(shown.group(1)) * 2**20 - (_held_bytes(cache) - _object_bytes(cache))) < 0.1 * 2**20
+    assert abs(float(shown.group(1)) * 2**20 - (held_bytes(cache) - _object_bytes(cache))) < 0.1 * 2**20
     wiped = subprocess.run(
         [sys.executable, "-m", "cvmfs_client.cli", "cache", "wipe"], env=env, cwd=ROOT, capture_output=True
     )
@@ -195,12 +180,12 @@ def test_quota_holds_for_jobs_under_the_interposer(many_files, tmp_path, nginx_s
     out, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err.decode()[-2000:]
     assert out.decode() == expected_digests(src, [first]).replace("  /", f"  {mount}/")
-    assert _held_bytes(cache) <= 4 << 20
+    assert held_bytes(cache) <= 4 << 20
     wipe = subprocess.run(
         [sys.executable, "-m", "cvmfs_client.cli", "cache", "wipe"], env=env, cwd=ROOT, capture_output=True
     )
     assert wipe.returncode == 0, wipe.stderr.decode()
-    assert _held_bytes(cache) == 0
+    assert held_bytes(cache) == 0
 
 
 def test_trees_of_a_replaced_revision_go_when_its_last_job_ends(tmp_path, nginx_server):
