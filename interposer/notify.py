@@ -22,9 +22,15 @@ returns ``SECCOMP_RET_USER_NOTIF`` instead, and this thread answers from the lis
   reserved fd takes the job's fd with ``pidfd_getfd`` and hands the copy back the same way.
 
 ``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`` (Linux 6.6) makes the kernel hand the notification and
-its answer over on one CPU (an fd handed over still takes two cross-CPU wake-ups: the job
-installs it). Decisions are the translator's, made under the tracer's lock (the two threads
-share its state and the ptrace helpers' buffers). Under a file-system policy too: the kernel
+its answer over on one CPU. An fd handed over has no such variant (the job installs it while
+this thread waits): the job thread is moved to this thread's CPU for that moment
+(:mod:`.cpu_pin`), the fd goes over, the job's CPU mask is put back, then the answer. A signal
+that interrupts the call between the fd and the answer leaves the job that fd (unnamed by any
+result, like an fd a signal handler's longjmp skips); ``ADDFD_FLAG_SEND`` would close that
+window but lets the job run on before its mask is back.
+
+Decisions are the translator's, made under the tracer's lock (the two threads share its state
+and the ptrace helpers' buffers). Under a file-system policy too: the kernel
 reads a ``CONTINUE``-d path again after the check (seccomp_unotify(2)), as it does for a ptrace
 stop resumed unchanged, and rewritten calls are made here on the checked path, as the stub makes
 them on its copy (docs/security.md).
@@ -45,6 +51,7 @@ import threading
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
+from .cpu_pin import SameCpu
 from .syscalls import BY_NR, Kind, Spec
 from .tracer import Tracer, _Ctx, _tgid_of, describe_call
 from .translate import Return, Rewrite, WriteReturn
@@ -128,6 +135,7 @@ class Supervisor:
         self._out = ctypes.create_string_buffer(pt.PATH_MAX + STATX_SIZE)
         self._path = ctypes.create_string_buffer(pt.PATH_MAX + 64)  # room for /proc/TID/root
         self._addfd = ctypes.create_string_buffer(_ADDFD.size)
+        self._same_cpu = SameCpu()
         self._pidfds: dict[int, int] = {}  # tgid -> pidfd, for pidfd_getfd
         self._root = os.geteuid() == 0
         self._gid = os.getegid()
@@ -396,27 +404,30 @@ class Supervisor:
     ) -> tuple[int, int, int]:
         """Give the job our ``fd`` as the answer to ``notif_id`` (at ``target`` if given).
 
-        A job that lowered its RLIMIT_NOFILE below the reserved range gets the lowest free
-        number instead (the range is an optimisation, as ``F_DUPFD`` failing is in the stub).
+        The job installs the fd on this thread's CPU when it can be moved here for the moment
+        (:mod:`.cpu_pin`): the fd goes over first, the job gets its CPU mask back, then the
+        answer. Otherwise fd and answer go together (``ADDFD_FLAG_SEND``). A job that lowered
+        its RLIMIT_NOFILE below the reserved range gets the lowest free number instead (the
+        range is an optimisation, as ``F_DUPFD`` failing is in the stub).
         """
-        while True:
-            _ADDFD.pack_into(
-                self._addfd,
-                0,
-                notif_id,
-                ADDFD_FLAG_SEND | (ADDFD_FLAG_SETFD if target is not None else 0),
-                fd,
-                target or 0,
-                os.O_CLOEXEC if cloexec else 0,
-            )
-            if _ioctl(self.listener, IOCTL_ADDFD, self._addfd) >= 0:
-                return _RESPONDED
-            err = ctypes.get_errno()
-            if err == errno.ENOENT:  # the call was interrupted meanwhile: nothing to answer
-                return _RESPONDED
-            if target is None or err not in (errno.EBADF, errno.EMFILE, errno.EINVAL):
-                return 0, -err, 0  # EMFILE and the like: the job's call fails with it
-            target = None
+        pinned = self._same_cpu.pin(tid)
+        try:
+            while True:
+                flags = (0 if pinned else ADDFD_FLAG_SEND) | (ADDFD_FLAG_SETFD if target is not None else 0)
+                cloexec_flag = os.O_CLOEXEC if cloexec else 0
+                _ADDFD.pack_into(self._addfd, 0, notif_id, flags, fd, target or 0, cloexec_flag)
+                installed = _ioctl(self.listener, IOCTL_ADDFD, self._addfd)
+                if installed >= 0:
+                    return (installed, 0, 0) if pinned else _RESPONDED
+                err = ctypes.get_errno()
+                if err == errno.ENOENT:  # the call was interrupted meanwhile: nothing to answer
+                    return _RESPONDED
+                if target is None or err not in (errno.EBADF, errno.EMFILE, errno.EINVAL):
+                    return 0, -err, 0  # EMFILE and the like: the job's call fails with it
+                target = None
+        finally:
+            if pinned:
+                self._same_cpu.unpin()
 
     def _open_here(
         self, notif_id: int, tid: int, spec: Spec, action: Rewrite, args: list[int]
