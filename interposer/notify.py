@@ -128,7 +128,9 @@ class Supervisor:
         self.listener: int | None = None
         self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="seccomp-notify", daemon=True)
-        self.ctx = _Ctx(tracer.cwds)
+        self._mem = pt.ProcMem()
+        tracer.mem = self._mem  # told of execs and exits (under the lock)
+        self.ctx = _Ctx(tracer.cwds, self._mem)
         self._req = ctypes.create_string_buffer(_NOTIF.size)
         self._resp = ctypes.create_string_buffer(_RESP.size)
         self._id = ctypes.c_uint64()
@@ -157,6 +159,7 @@ class Supervisor:
                 os.close(self.listener)
                 self.listener = None
             self._close_pidfds()
+            self._mem.close()
         self.sock.close()
 
     # -- the thread ---------------------------------------------------------------------------

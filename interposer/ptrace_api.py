@@ -183,6 +183,80 @@ def read_cstring(tid: int, addr: int, limit: int = PATH_MAX) -> bytes | None:
     return data[:end] if end >= 0 else None
 
 
+class ProcMem:
+    """Paths in the tracees' memory read through ``/proc/TID/mem``, one fd kept per thread.
+
+    ``pread`` on it costs ~1.5 us, ``process_vm_readv`` ~4 us: the latter checks ptrace access
+    on every call, the file once, when opened. For the supervisor, which reads a path in every
+    notification. An fd outlives its address space (``execve``, exit, a tid used again): it then
+    reads nothing, and is opened again once. Where the file cannot be opened (a non-dumpable
+    job under a tracer without CAP_SYS_PTRACE) :func:`read_cstring` reads instead.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self._fds: dict[int, int] = {}
+        self._limit = limit
+        self._refused: set[int] = set()
+
+    def read_cstring(self, tid: int, addr: int, limit: int = PATH_MAX) -> bytes | None:
+        """As the module's :func:`read_cstring`: ``None`` if unreadable or too long."""
+        data = self._read(tid, addr, _SHORT)
+        if data is None:
+            return read_cstring(tid, addr, limit) if tid in self._refused else None
+        end = data.find(b"\0")
+        if end >= 0:
+            return data[:end]
+        if len(data) < _SHORT:
+            return None  # the next page is not mapped
+        data = self._read(tid, addr, limit + 1)
+        end = data.find(b"\0") if data is not None else -1
+        return data[:end] if data is not None and end >= 0 else None
+
+    def _read(self, tid: int, addr: int, size: int) -> bytes | None:
+        if not 0 < addr < 1 << 63:
+            return None
+        for _ in (0, 1):
+            fd = self._fds.get(tid)
+            if fd is None:
+                fd = self._open(tid)
+                if fd is None:
+                    return None
+            try:
+                data = os.pread(fd, size, addr)
+            except OSError:
+                return None  # EIO: not mapped (EFAULT for the job)
+            if data:
+                return data
+            self.forget(tid)  # its address space is gone: perhaps a new one (execve)
+        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+
+    def _open(self, tid: int) -> int | None:
+        if tid in self._refused:
+            return None
+        if len(self._fds) >= self._limit:
+            self.close()
+        try:
+            fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone") from exc
+        except OSError:
+            self._refused.add(tid)
+            return None
+        self._fds[tid] = fd
+        return fd
+
+    def forget(self, tid: int) -> None:
+        fd = self._fds.pop(tid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._refused.clear()
+
+
 _U64_BUF = ctypes.c_uint64()
 _pair_local = (_IoVec * 2)((ctypes.addressof(_U64_BUF), 8), (_READ_ADDR, _SHORT))
 _pair_remote = (_IoVec * 3)()

@@ -151,19 +151,20 @@ class Stats:
 class _Ctx:
     """The translator's view of one stopped thread (see translate.Context)."""
 
-    __slots__ = ("tid", "tgid", "_cwds", "pf_addr", "pf_path")
+    __slots__ = ("tid", "tgid", "_cwds", "pf_addr", "pf_path", "_read_cstring")
 
-    def __init__(self, cwds: dict[int, str]) -> None:
+    def __init__(self, cwds: dict[int, str], mem: pt.ProcMem | None = None) -> None:
         self.tid = 0
         self.tgid = 0
         self._cwds = cwds
         self.pf_addr = 0  # a path read ahead together with the stub depth counter
         self.pf_path: bytes | None = None
+        self._read_cstring = mem.read_cstring if mem is not None else pt.read_cstring
 
     def read_path(self, addr: int) -> bytes | None:
         if addr == self.pf_addr and addr:
             return self.pf_path
-        return pt.read_cstring(self.tid, addr) if addr else None
+        return self._read_cstring(self.tid, addr) if addr else None
 
     def read_memory(self, addr: int, size: int) -> bytes | None:
         return pt.read_memory(self.tid, addr, size) if addr else None
@@ -216,6 +217,9 @@ class Tracer:
         # Held while a stop is handled: notify.Supervisor serves calls from another thread
         # with the same translator and ptrace_api buffers.
         self.lock = threading.Lock()
+        # The supervisor's /proc/TID/mem files: a thread's is dropped when it execs or ends,
+        # before it runs again (a vfork child's would otherwise still read its parent's memory).
+        self.mem: pt.ProcMem | None = None
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -270,6 +274,8 @@ class Tracer:
     def _forget(self, pid: int) -> None:
         task = self.tasks.pop(pid, None)
         self.early.pop(pid, None)
+        if self.mem is not None:
+            self.mem.forget(pid)
         if task is not None:
             task.mm.release(pid)
 
@@ -344,11 +350,16 @@ class Tracer:
             for tid, other in list(self.tasks.items()):
                 if other.tgid == task.tgid:
                     del self.tasks[tid]
+                    if self.mem is not None:
+                        self.mem.forget(tid)
         old = task.mm
         if task.exec_frame is not None:
             self._lower_counter(task, old, *task.exec_frame)
             task.exec_frame = None
         old.release(former)
+        if self.mem is not None:
+            self.mem.forget(former)
+            self.mem.forget(pid)
         task.tid = pid
         task.tgid = pid
         task.mm = AddressSpace()

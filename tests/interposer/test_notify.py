@@ -364,3 +364,24 @@ def test_abandon_closes_the_listener_and_kills_the_job():
     with pytest.raises(OSError):
         os.fstat(r)
     assert job.wait(10) == -signal.SIGKILL
+
+
+def test_paths_are_read_from_the_new_program_after_a_vfork_child_execs(job_env):
+    """The supervisor reads paths through /proc/TID/mem files it keeps open; a vfork child's
+    file names its parent's address space until the child execs, and must be dropped then
+    (posix_spawn's child opens its stdin, a notified call, in the parent's memory)."""
+    conf = f"{MOUNT}/etc/example.conf"
+    spawn = textwrap.dedent(
+        f"""
+        import os
+        for _ in range(4):
+            pid = os.posix_spawn("/usr/bin/stat", ["stat", "-c", "%s %n", {conf!r}, "/etc/hostname"],
+                                 os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 0, {conf!r}, 0, 0)])
+            assert os.waitpid(pid, 0)[1] == 0
+        """
+    )
+    r = cvmfs_run(["python3", "-c", spawn], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stdout.decode().splitlines()
+    host = f"{os.stat('/etc/hostname').st_size} /etc/hostname"
+    assert lines == [lines[0], host] * 4 and lines[0].endswith(f" {conf}"), lines
