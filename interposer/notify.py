@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import logging
 import os
 import select
@@ -138,6 +139,7 @@ class Supervisor:
         self._path = ctypes.create_string_buffer(pt.PATH_MAX + 64)  # room for /proc/TID/root
         self._addfd = ctypes.create_string_buffer(_ADDFD.size)
         self._same_cpu = SameCpu()
+        self._cursor: dict[tuple[int, int], int] = {}  # (tgid, range) -> where to look first
         self._pidfds: dict[int, int] = {}  # tgid -> pidfd, for pidfd_getfd
         self._root = os.geteuid() == 0
         self._gid = os.getegid()
@@ -256,14 +258,14 @@ class Supervisor:
             log.debug("[%d] %s%s -> %s (notified)", tid, spec.name, describe_call(ctx, spec, args), action)
         if action is None:
             return 0, 0, FLAG_CONTINUE
-        if not self._still_waiting(notif_id):
-            return 0, -errno.ESRCH, 0  # gone: its tid may be another process's by now
-        if type(action) is Return:
+        if type(action) is Return:  # nothing done to the job: a stale answer is refused
             tracer.stats.actions["return"] += 1
             return _result(action.value)
+        if not self._still_waiting(notif_id):
+            return 0, -errno.ESRCH, 0  # gone: its tid may be another process's by now
         if type(action) is WriteReturn:
             tracer.stats.actions["emulate"] += 1
-            if action.data and not pt.write_bytes(tid, action.addr, action.data):
+            if action.data and not self._mem.write(tid, action.addr, action.data):
                 return 0, -errno.EFAULT, 0
             return _result(action.value)
         if type(action) is Rewrite:
@@ -311,7 +313,7 @@ class Supervisor:
                 self._restore()
         if out is not None:
             written = res if action.nr in (arch.NR["readlink"], arch.NR["readlinkat"]) else size
-            if written and not pt.write_bytes(tid, target, self._out.raw[:written]):
+            if written and not self._mem.write(tid, target, self._out.raw[:written]):
                 return 0, -errno.EFAULT, 0
         return res, 0, 0
 
@@ -363,6 +365,27 @@ class Supervisor:
         _setgroups(self._groups)
         _capset(*self._caps)
 
+    def _free_fd(self, tid: int, minimum: int) -> int | None:
+        """A number for an fd handed to the job: free, at or above ``minimum``.
+
+        In a reserved range the search starts after the number handed last in it to the same
+        process and wraps around (the numbers handed before are mostly still open: programs
+        close what they opened last, find keeps a chain of directories), so that one probe
+        usually finds one; a full range spills above it, as ``F_DUPFD`` would.
+        """
+        ranges = self.tracer.translator.ranges
+        if ranges is None or minimum not in (ranges.content, ranges.dirs):
+            return _free_fd(tid, minimum, minimum)
+        end = ranges.dirs if minimum == ranges.content else ranges.top
+        key = (self.ctx.tgid, minimum)
+        start = self._cursor.get(key, minimum)
+        found = _free_fd(tid, start, minimum, end)
+        if found is not None and found < end:
+            if len(self._cursor) >= 4096:
+                self._cursor.clear()
+            self._cursor[key] = found + 1 if found + 1 < end else minimum
+        return found
+
     def _dup_here(self, notif_id: int, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
         """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at the lowest free
         number from the action's minimum, as the kernel would, handed over with the answer."""
@@ -375,7 +398,7 @@ class Supervisor:
         except OSError as exc:
             return 0, -(exc.errno or errno.EBADF), 0
         try:
-            return self._hand_over(notif_id, tid, mine, _free_fd(tid, minimum), cmd == F_DUPFD_CLOEXEC)
+            return self._hand_over(notif_id, tid, mine, self._free_fd(tid, minimum), cmd == F_DUPFD_CLOEXEC)
         finally:
             os.close(mine)
 
@@ -490,17 +513,17 @@ class Supervisor:
         try:
             if blocking:
                 os.set_blocking(fd, True)
-            target = _free_fd(tid, action.reloc_base) if action.reloc_base else None
+            target = self._free_fd(tid, action.reloc_base) if action.reloc_base else None
             return self._hand_over(notif_id, tid, fd, target, bool(flags & os.O_CLOEXEC))
         finally:
             os.close(fd)
 
 
-def _free_fd(tid: int, base: int) -> int | None:
-    """The lowest fd number at or above ``base`` that ``tid`` does not use (None: none found).
-
-    The tracer's own ranges are far above what programs use, so this usually probes once."""
-    for n in range(base, base + 1024):
+def _free_fd(tid: int, start: int, base: int, end: int = 0) -> int | None:
+    """A number ``tid`` does not use: from ``start`` to ``end``, then from ``base`` to ``start``,
+    then upwards from ``end`` (``end`` <= ``start``: from ``start`` upwards). None: none found."""
+    end = max(end, start)
+    for n in itertools.chain(range(start, end), range(base, start), range(end, end + 1024)):
         try:
             os.lstat(f"/proc/{tid}/fd/{n}")
         except FileNotFoundError:

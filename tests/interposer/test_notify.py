@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from interposer import arch_x86_64 as arch
-from interposer import notify, seccomp
+from interposer import notify, ptrace_api, seccomp
 from interposer.translate import Rewrite
 from tests.interposer.conftest import assert_a_bug_kills_the_job, cvmfs_run
 from tests.interposer.trees import MOUNT
@@ -331,6 +331,7 @@ def test_a_rewritten_call_is_made_here_and_copied_into_the_job():
     sup._path = ctypes.create_string_buffer(4097)
     sup._out = ctypes.create_string_buffer(4096 + 256)
     sup._root, sup._gid, sup._groups = os.geteuid() == 0, os.getegid(), sorted(os.getgroups())
+    sup._mem = ptrace_api.ProcMem()
     buf = ctypes.create_string_buffer(arch.STAT_SIZE)
     at_fdcwd = -100
     rw = Rewrite(arch.NR["newfstatat"], args={0: at_fdcwd, 3: 0}, path=b"/etc/hostname", path_arg=1)
@@ -385,3 +386,41 @@ def test_paths_are_read_from_the_new_program_after_a_vfork_child_execs(job_env):
     lines = r.stdout.decode().splitlines()
     host = f"{os.stat('/etc/hostname').st_size} /etc/hostname"
     assert lines == [lines[0], host] * 4 and lines[0].endswith(f" {conf}"), lines
+
+
+def test_free_fd_looks_after_the_last_one_then_wraps_then_spills():
+    base = 700
+    held = [os.dup2(0, n) for n in (700, 701, 703, 705)]
+    try:
+        me = os.getpid()
+        assert notify._free_fd(me, 700, 700) == 702  # from the minimum up (no range)
+        assert notify._free_fd(me, 704, base, 706) == 704  # from where the last one was handed
+        assert notify._free_fd(me, 705, base, 706) == 702  # 705 taken, range end: wraps
+        os.dup2(0, 702)
+        os.dup2(0, 704)
+        held += [702, 704]
+        assert notify._free_fd(me, 705, base, 706) == 706  # the range is full: above it
+    finally:
+        for n in held:
+            os.close(n)
+
+
+def test_a_job_holding_more_files_than_the_range_reads_each_right(job_env):
+    """Content fds fill the reserved range, wrap around it as they are closed, and spill
+    above it when it is full: every fd still reads its own file."""
+    code = textwrap.dedent(
+        f"""
+        import os
+        paths = ["{MOUNT}/etc/example.conf", "{MOUNT}/README.txt"] * 100
+        fds = [os.open(p, os.O_RDONLY) for p in paths]
+        ok = all(os.read(fd, 1 << 16) == open(p, "rb").read() for fd, p in zip(fds, paths))
+        for fd in fds[::3]:
+            os.close(fd)
+        again = [os.open(p, os.O_RDONLY) for p in paths[:50]]
+        ok = ok and all(os.read(fd, 1 << 16) == open(p, "rb").read() for fd, p in zip(again, paths))
+        print(ok, len(set(fds)), len(set(again) | set(fds[1::3]) | set(fds[2::3])))
+        """
+    )
+    r = cvmfs_run(["python3", "-c", code], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.split() == [b"True", b"200", str(50 + 200 - 67).encode()]

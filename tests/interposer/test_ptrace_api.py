@@ -52,6 +52,19 @@ def test_reads_what_process_vm_readv_reads(child):
         mem.close()
 
 
+def test_writes_an_answer_into_the_tracee(child):
+    proc, addr = child
+    mem = ProcMem()
+    try:
+        assert mem.write(proc.pid, addr + 7, b"SW")
+        assert read_cstring(proc.pid, addr) == b"/cvmfs/SW.example.org/README.txt"
+        assert mem.write(proc.pid, addr + 4094, b"AB\0")  # across the page boundary
+        assert read_cstring(proc.pid, addr + 4094) == b"AB"
+        assert not mem.write(proc.pid, 4096, b"x") and not mem.write(proc.pid, 0, b"x")
+    finally:
+        mem.close()
+
+
 def test_an_fd_outlived_by_its_address_space_is_opened_again(child):
     proc, addr = child
     mem = ProcMem()
