@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -279,15 +280,15 @@ def _filtered_child(body):  # type: ignore[no-untyped-def]
 
 
 def _recv(listener: int) -> tuple[int, int, int, list[int]]:
-    req = ctypes.create_string_buffer(notify._NOTIF.size)
-    assert notify._ioctl(listener, notify.IOCTL_RECV, req) == 0, os.strerror(ctypes.get_errno())
-    notif_id, tid, _, nr, _, _, *args = notify._NOTIF.unpack(req.raw)
+    req = bytearray(notify._NOTIF.size)
+    fcntl.ioctl(listener, notify.IOCTL_RECV, req, True)
+    notif_id, tid, _, nr, _, _, *args = notify._NOTIF.unpack(req)
     return notif_id, tid, nr, args
 
 
 def _send(listener: int, notif_id: int, value: int, error: int, flags: int) -> None:
-    resp = ctypes.create_string_buffer(notify._RESP.pack(notif_id, value, error, flags))
-    assert notify._ioctl(listener, notify.IOCTL_SEND, resp) == 0, os.strerror(ctypes.get_errno())
+    resp = bytearray(notify._RESP.pack(notif_id, value, error, flags))
+    fcntl.ioctl(listener, notify.IOCTL_SEND, resp, True)
 
 
 def test_the_filter_notifies_metadata_calls_and_continue_runs_them(tmp_path):
