@@ -116,7 +116,7 @@ def best_time(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float,
 
 
 def interposer_cmd(script: str, options: list[str] | None = None) -> list[str]:
-    run = [sys.executable, "-m", "cvmfs_client.cli", "run", "--stats", *(options or [])]
+    run = [sys.executable, "-m", "cvmfs_client", "run", "--stats", *(options or [])]
     return [*run, "--", "/bin/sh", "-c", script]
 
 
@@ -196,7 +196,7 @@ def per_call_costs(env: dict[str, str]) -> dict[str, float]:
 
 
 def _stat_loop_under_run(env: dict[str, str], code: str, path: str) -> float:
-    argv = [sys.executable, "-m", "cvmfs_client.cli", "run", "--", sys.executable, "-c", code, path]
+    argv = [sys.executable, "-m", "cvmfs_client", "run", "--", sys.executable, "-c", code, path]
     return float(subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout)
 
 

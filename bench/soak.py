@@ -261,7 +261,7 @@ def run_job(setup: Setup, paths: list[str], sampler: Sampler) -> tuple[int | Non
     cmd = [
         sys.executable,
         "-m",
-        "cvmfs_client.cli",
+        "cvmfs_client",
         "run",
         "--",
         "sha256sum",

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _installed_command() -> list[str]:
     script = shutil.which("cvmfs-client")
-    return [script] if script else [sys.executable, "-m", "cvmfs_client.cli"]
+    return [script] if script else [sys.executable, "-m", "cvmfs_client"]
 
 
 def compile_packages() -> None:

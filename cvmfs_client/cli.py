@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import sys
 import time
@@ -16,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import CvmfsError
+from .run_job import LOG_FORMAT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,7 +62,7 @@ def main(ctx: click.Context, verbose: int, debug: bool, config_dir: Path | None)
     """
     ctx.obj = {"config_dir": config_dir}
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
 def _config_dir() -> Path | None:
@@ -554,55 +554,27 @@ def run_cmd(
     environment lists are understood.
     --private-tmp, --deny and --sandbox are mount-list entries too (see interposer/README.md).
     """
-    import traceback
+    from .run_job import run_job
 
-    from interposer.job import EX_SOFTWARE, RunError, exit_like, run
-    from interposer.session import prepare
-
-    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else None
-    if level is not None:
-        logging.getLogger().setLevel(level)
-    try:
-        options = prepare(
-            repos,
-            cache_dir,
-            parrot_repos,
-            debug or verbose > 1,
-            mount_lists=mount_lists,
-            mounts=mounts,
-            private_tmp=private_tmp,
-            clean_tmp=clean_tmp,
-            deny=deny,
-            sandbox=sandbox,
-            allow_write=allow_write,
-        )
-        for given in (name_list, env_list):
-            if given is not None and not os.access(given.absolute().parent, os.W_OK | os.X_OK):
-                raise RunError(f"{given}: its directory is missing or not writable")
-        options.name_list = name_list.absolute() if name_list is not None else None
-        options.env_list = env_list.absolute() if env_list is not None else None
-        options.notify = not ptrace_only
-        try:
-            status = run(list(command), options)
-        finally:
-            if options.private_tmp is not None:
-                note = options.private_tmp.finish()
-                if note:
-                    click.echo(f"cvmfs-client run: {note}", err=True)
-    except RunError as exc:
-        click.echo(f"cvmfs-client run: {exc}", err=True)
-        sys.exit(125)
-    except CvmfsError as exc:
-        click.echo(f"cvmfs-client run: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - a tracer bug: say so, never hang or hide it
-        click.echo(f"cvmfs-client run: internal error: {exc!r} (the job was killed)", err=True)
-        if level == logging.DEBUG:
-            traceback.print_exc()
-        sys.exit(EX_SOFTWARE)
-    if stats:
-        click.echo(f"cvmfs-client run: stops {options.stats}", err=True)
-    exit_like(status)
+    run_job(
+        command,
+        repos,
+        cache_dir,
+        parrot_repos,
+        mount_lists,
+        mounts,
+        private_tmp,
+        clean_tmp,
+        deny,
+        sandbox,
+        allow_write,
+        name_list,
+        env_list,
+        verbose,
+        debug,
+        stats,
+        ptrace_only,
+    )
 
 
 @main.group("package")

@@ -84,7 +84,7 @@ def _run_job(params: dict[str, str], echo: Callable[[str], object]) -> int:
     """Run ``_JOB`` under the interposer (``cvmfs-client run``) as a real, separate process."""
     env = {**os.environ, **params, "CVMFS_REPOSITORIES": FQRN}
     # In the one-file executable sys.executable is the bundle itself, which takes subcommands.
-    me = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "cvmfs_client.cli"]
+    me = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "cvmfs_client"]
     cmd = [*me, "run", "--", "/bin/sh", "-c", _JOB]
     echo(f"6. $ cvmfs-client run -- sh -c '...'   (an unmodified shell; /cvmfs/{FQRN} without FUSE or root)")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -64,9 +64,9 @@ def main() -> None:
         if found is not None:
             os.environ[CONFIG_DIR_ENV] = str(found)
 
-    from cvmfs_client.cli import main as cli_main
+    from cvmfs_client.entry import main as entry_main
 
-    cli_main(prog_name="cvmfs-client")
+    entry_main(prog_name="cvmfs-client")
 
 
 if __name__ == "__main__":

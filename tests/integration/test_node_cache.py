@@ -139,7 +139,7 @@ def _object_bytes(cache: Path) -> int:
 
 def _interposed(env: dict[str, str], script: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
+        [sys.executable, "-m", "cvmfs_client", "run", "--", "sh", "-c", script],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -211,7 +211,7 @@ def test_trees_of_a_replaced_revision_go_when_its_last_job_ends(tmp_path, nginx_
     publish(src, fqrn, s0 / fqrn, keys, ttl=1)
     time.sleep(1.5)  # the first revision's TTL
     new_job = subprocess.run(
-        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "cat", f"/cvmfs/{fqrn}/b.txt"],
+        [sys.executable, "-m", "cvmfs_client", "run", "--", "cat", f"/cvmfs/{fqrn}/b.txt"],
         env=env, cwd=ROOT, capture_output=True, timeout=60,
     )  # fmt: skip
     assert new_job.returncode == 0, new_job.stderr.decode()

@@ -236,7 +236,7 @@ LISTED = ["/current/f003.bin", "/d05/f005.bin", "/d00/large1.bin"]  # a symlinke
 
 
 def cvmfs_run_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cvmfs_client.cli", "run", *args]
+    return [sys.executable, "-m", "cvmfs_client", "run", *args]
 
 
 def record_name_list(base: Path, server, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]

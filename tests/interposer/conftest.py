@@ -84,7 +84,7 @@ def cvmfs_run(
 ) -> subprocess.CompletedProcess[bytes]:
     """``cvmfs-client run [options] -- command`` as a subprocess; output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "cvmfs_client.cli", "run", *options, "--", *command],
+        [sys.executable, "-m", "cvmfs_client", "run", *options, "--", *command],
         env=env,
         cwd=cwd,
         input=input,

@@ -61,7 +61,7 @@ def tmux(job_env) -> Iterator[Tmux]:
     subprocess.run(["tmux", "kill-session", "-t", session], check=False)
 
 
-RUN = f"{shlex.quote(sys.executable)} -m cvmfs_client.cli run --"
+RUN = f"{shlex.quote(sys.executable)} -m cvmfs_client run --"
 
 
 def test_interactive_shell_with_job_control(tmux):

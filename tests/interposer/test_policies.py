@@ -171,7 +171,7 @@ def test_sandbox_tmp_link_to_home(job_env):
 
 
 def test_private_tmp_interactive_login_shell(tmux: Tmux, job_env):  # noqa: F811
-    run = f"cd / && {shlex.quote(sys.executable)} -m cvmfs_client.cli run --private-tmp --"
+    run = f"cd / && {shlex.quote(sys.executable)} -m cvmfs_client run --private-tmp --"
     tmux.line(f"{run} sh -l; echo outer-status=$?")
     tmux.line("PS1='inner$ '")
     tmux.wait_for(lambda s: "inner$" in s)

@@ -77,7 +77,7 @@ def attempt(
     if prefix is None:
         r = cvmfs_run(command, job_env, options=options)
     else:
-        argv = [*prefix, sys.executable, "-m", "cvmfs_client.cli", "run", *options, "--", *command]
+        argv = [*prefix, sys.executable, "-m", "cvmfs_client", "run", *options, "--", *command]
         r = subprocess.run(argv, env=job_env, capture_output=True, timeout=JOB_TIMEOUT)
     out = r.stdout.decode()
     assert r.returncode == 0, f"exit {r.returncode}\n{out}{r.stderr.decode()}"
@@ -287,7 +287,7 @@ def test_the_tracer_cannot_be_blinded(job_env, escape, layout, tmp_path):
     xonly = tmp_path / "xonly"
     xonly.write_bytes(escape.read_bytes())
     xonly.chmod(0o111)  # execute-only: the kernel marks the process not dumpable
-    argv = [*NO_CAPS, sys.executable, "-m", "cvmfs_client.cli", "run", *layout.deny, "--"]
+    argv = [*NO_CAPS, sys.executable, "-m", "cvmfs_client", "run", *layout.deny, "--"]
     r = subprocess.run([*argv, str(xonly), "open", layout.secret], env=job_env, capture_output=True)
     assert r.returncode == 126 and b"not readable, cannot be confined" in r.stderr, r.stderr
     r = subprocess.run(

@@ -162,7 +162,7 @@ def test_sigterm_to_the_tracer_reaches_the_job(job_env, tmp_path):
         f"trap 'echo > {marker}; exit 3' TERM; ls {MOUNT} >/dev/null; echo ready; while :; do sleep 0.1; done"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
+        [sys.executable, "-m", "cvmfs_client", "run", "--", "sh", "-c", script],
         env=job_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,7 +177,7 @@ def test_sigterm_to_the_tracer_reaches_the_job(job_env, tmp_path):
 def test_killing_the_tracer_kills_the_job(job_env, tmp_path):
     pidfile = tmp_path / "pid"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", f"echo $$ > {pidfile}; sleep 60"],
+        [sys.executable, "-m", "cvmfs_client", "run", "--", "sh", "-c", f"echo $$ > {pidfile}; sleep 60"],
         env=job_env,
     )
     deadline = time.monotonic() + 30
@@ -226,7 +226,7 @@ def test_concurrent_jobs_share_a_cold_cache_safely(job_env, sw_src, tmp_path):
     script = f"cd {MOUNT} && find cases etc share lib -type f -print0 | sort -z | xargs -0 sha256sum"
     jobs = [
         subprocess.Popen(
-            [sys.executable, "-m", "cvmfs_client.cli", "run", "--", "sh", "-c", script],
+            [sys.executable, "-m", "cvmfs_client", "run", "--", "sh", "-c", script],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,6 +1,7 @@
 """What ``cvmfs-client run`` imports: every job pays for it before its command starts.
 
-A warm job is answered by the shadow trees and the mount state file, so the fetch stack
+``run``'s command line is parsed without click (cvmfs_client/run_args.py). A warm job is
+answered by the shadow trees and the mount state file, so the fetch stack
 (catalogs in SQLite, the fetcher, the node cache, signatures) and the configuration model are
 imported only on a cache miss; OpenSSL (hashlib) only once a job touches /cvmfs, json never. An
 eager import re-added anywhere on the way (cli, session, job, tracer, vfs...) fails here.
@@ -52,7 +53,7 @@ def _modules(args: Sequence[str], env: dict[str, str]) -> set[str]:
 
 def _imported_by_run(command: Sequence[str], env: dict[str, str], options: Sequence[str] = ()) -> set[str]:
     """Modules ``cvmfs-client run`` imports beyond the interpreter's own start (site, .pth files)."""
-    run = _modules(["-m", "cvmfs_client.cli", "run", *options, "--", *command], env)
+    run = _modules(["-m", "cvmfs_client", "run", *options, "--", *command], env)
     return run - _modules(["-c", "pass"], env)
 
 
@@ -68,6 +69,7 @@ def test_a_job_off_cvmfs_starts_without_fetch_stack_configuration_or_openssl(tmp
     imported = _imported_by_run(["/bin/true"], env, options=["--repo", FQRN])
     assert "interposer.tracer" in imported  # the job really ran under the tracer
     assert imported & (FETCH_STACK | FOR_CVMFS_ONLY) == set()
+    assert "click" not in imported  # the command line was parsed by cvmfs_client.run_args
 
 
 def test_a_warm_job_on_cvmfs_needs_no_fetch_stack(job_env: dict[str, str]) -> None:
