@@ -17,6 +17,7 @@ refuses (another cpuset, a deadline task), the hand-over goes the slow way, whic
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -59,10 +60,12 @@ class SameCpu:
         self._tid = tid
         return True
 
-    def unpin(self) -> None:
-        """Give the pinned thread its own mask back (a thread that is gone needs none)."""
+    def unpin(self) -> str | None:
+        """Give the pinned thread its own mask back; why not, if it could not be (a thread
+        that is gone needs none)."""
         tid, self._tid = self._tid, 0
         if tid and _setaffinity(tid, MASK_BYTES, self._saved) != 0:
             err = ctypes.get_errno()
-            if err != 3:  # ESRCH: killed meanwhile
-                raise OSError(err, f"sched_setaffinity({tid}): {os.strerror(err)}")
+            if err != errno.ESRCH:  # ESRCH: killed meanwhile
+                return f"sched_setaffinity({tid}): {os.strerror(err)}"
+        return None

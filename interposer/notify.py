@@ -396,8 +396,8 @@ class Supervisor:
         return found
 
     def _dup_here(self, notif_id: int, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
-        """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at the lowest free
-        number from the action's minimum, as the kernel would, handed over with the answer."""
+        """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at a free number
+        at or above the action's minimum (:meth:`_free_fd`), handed over with the answer."""
         call = list(args)
         for index, value in action.args.items():
             call[index] = value
@@ -464,7 +464,9 @@ class Supervisor:
                 target = None
         finally:
             if pinned:
-                self._same_cpu.unpin()
+                failed = self._same_cpu.unpin()
+                if failed:  # its cpuset changed meanwhile: it runs on, on the CPU it was given
+                    log.warning("cannot give job thread %d its CPUs back: %s", tid, failed)
 
     def _open_here(
         self, notif_id: int, tid: int, spec: Spec, action: Rewrite, args: list[int]
@@ -474,8 +476,8 @@ class Supervisor:
         A Rewrite without a path (a host directory moved into the reserved range) opens the
         job's own path through ``/proc/TID/cwd`` or ``/proc/TID/fd/N``, which the kernel
         resolves in the job's view. The fd lands where the job's kernel would have put it, or
-        at the lowest free number from ``reloc_base`` (as ``F_DUPFD`` would); non-blocking
-        first, so that a FIFO among the shadow entries cannot hold this thread.
+        at a free number in the reserved range from ``reloc_base`` (:meth:`_free_fd`);
+        non-blocking first, so that a FIFO among the shadow entries cannot hold this thread.
         """
         assert spec.flags is not None and spec.path is not None
         flags = args[spec.flags] & 0xFFFFFFFF

@@ -34,7 +34,7 @@ def test_pin_moves_the_thread_here_and_unpin_puts_its_mask_back(sleeper, cpu):
         pin = SameCpu()
         assert pin.pin(sleeper.pid)
         assert os.sched_getaffinity(sleeper.pid) == {cpu}
-        pin.unpin()
+        assert pin.unpin() is None
         assert os.sched_getaffinity(sleeper.pid) == set(CPUS)
     finally:
         os.sched_setaffinity(0, CPUS)
@@ -59,7 +59,7 @@ def test_a_thread_that_is_gone_is_not_an_error():
     assert pin.pin(child.pid)
     child.kill()
     child.wait()
-    pin.unpin()
+    assert pin.unpin() is None  # nothing to give back to a thread that is gone
     assert not pin.pin(child.pid)
 
 
