@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
+from typing import Any
 
 from .arch_x86_64 import Regs
 
@@ -201,7 +203,7 @@ class ProcMem:
 
     def read_cstring(self, tid: int, addr: int, limit: int = PATH_MAX) -> bytes | None:
         """As the module's :func:`read_cstring`: ``None`` if unreadable or too long."""
-        data = self._read(tid, addr, _SHORT)
+        data = self._transfer(os.pread, tid, _SHORT, addr)
         if data is None:
             return read_cstring(tid, addr, limit) if tid in self._refused else None
         end = data.find(b"\0")
@@ -209,7 +211,7 @@ class ProcMem:
             return data[:end]
         if len(data) < _SHORT:
             return None  # the next page is not mapped
-        data = self._read(tid, addr, limit + 1)
+        data = self._transfer(os.pread, tid, limit + 1, addr)
         end = data.find(b"\0") if data is not None else -1
         return data[:end] if data is not None and end >= 0 else None
 
@@ -218,24 +220,15 @@ class ProcMem:
         range is not mapped. Like ``process_vm_writev`` but for one case, a read-only private
         page: the file writes it (a copy of the page, as a debugger's poke), where the job's
         own call would have failed with EFAULT. Shared mappings are refused by the kernel."""
-        if not 0 < addr < 1 << 63:
-            return False
-        for _ in (0, 1):
-            fd = self._fds.get(tid)
-            if fd is None:
-                fd = self._open(tid)
-                if fd is None:
-                    return write_bytes(tid, addr, data)
-            try:
-                n = os.pwrite(fd, data, addr)
-            except OSError:
-                return False
-            if n:
-                return n == len(data)
-            self.forget(tid)
-        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+        written = self._transfer(os.pwrite, tid, data, addr)
+        if written is None:
+            return write_bytes(tid, addr, data) if tid in self._refused else False
+        return written == len(data)
 
-    def _read(self, tid: int, addr: int, size: int) -> bytes | None:
+    def _transfer(self, io: Callable[[int, Any, int], Any], tid: int, what: Any, addr: int) -> Any:
+        """``io(fd, what, addr)`` (pread, pwrite) on the thread's file: its result, or None if
+        the range is not mapped (EFAULT for the job) or the file cannot be opened. A file whose
+        address space is gone (it reads and writes nothing) is opened again once."""
         if not 0 < addr < 1 << 63:
             return None
         for _ in (0, 1):
@@ -245,11 +238,11 @@ class ProcMem:
                 if fd is None:
                     return None
             try:
-                data = os.pread(fd, size, addr)
+                done = io(fd, what, addr)
             except OSError:
-                return None  # EIO: not mapped (EFAULT for the job)
-            if data:
-                return data
+                return None  # EIO: not mapped
+            if done:
+                return done
             self.forget(tid)  # its address space is gone: perhaps a new one (execve)
         raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
 

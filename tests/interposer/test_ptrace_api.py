@@ -39,57 +39,67 @@ def child():
     proc.wait()
 
 
-def test_reads_what_process_vm_readv_reads(child):
+@pytest.fixture
+def mem():
+    files = ProcMem()
+    yield files
+    files.close()
+
+
+def test_reads_what_process_vm_readv_reads(child, mem):
     proc, addr = child
-    mem = ProcMem()
-    try:
-        assert mem.read_cstring(proc.pid, addr) == b"/cvmfs/sw.example.org/README.txt"
-        assert mem.read_cstring(proc.pid, addr + 4094) == read_cstring(proc.pid, addr + 4094) == b"/x"
-        assert mem.read_cstring(proc.pid, addr + 4) == b"fs/sw.example.org/README.txt"
-        assert mem.read_cstring(proc.pid, 4096) is None  # not mapped: EFAULT for the job
-        assert mem.read_cstring(proc.pid, 0) is None and mem.read_cstring(proc.pid, 1 << 64 - 1) is None
-    finally:
-        mem.close()
+    assert mem.read_cstring(proc.pid, addr) == b"/cvmfs/sw.example.org/README.txt"
+    assert mem.read_cstring(proc.pid, addr + 4094) == read_cstring(proc.pid, addr + 4094) == b"/x"
+    assert mem.read_cstring(proc.pid, addr + 4) == b"fs/sw.example.org/README.txt"
+    assert mem.read_cstring(proc.pid, 4096) is None  # not mapped: EFAULT for the job
+    assert mem.read_cstring(proc.pid, 0) is None and mem.read_cstring(proc.pid, (1 << 64) - 1) is None
 
 
-def test_writes_an_answer_into_the_tracee(child):
+def test_writes_an_answer_into_the_tracee(child, mem):
     proc, addr = child
-    mem = ProcMem()
-    try:
-        assert mem.write(proc.pid, addr + 7, b"SW")
-        assert read_cstring(proc.pid, addr) == b"/cvmfs/SW.example.org/README.txt"
-        assert mem.write(proc.pid, addr + 4094, b"AB\0")  # across the page boundary
-        assert read_cstring(proc.pid, addr + 4094) == b"AB"
-        assert not mem.write(proc.pid, 4096, b"x") and not mem.write(proc.pid, 0, b"x")
-    finally:
-        mem.close()
+    assert mem.write(proc.pid, addr + 7, b"SW")
+    assert read_cstring(proc.pid, addr) == b"/cvmfs/SW.example.org/README.txt"
+    assert mem.write(proc.pid, addr + 4094, b"AB\0")  # across the page boundary
+    assert read_cstring(proc.pid, addr + 4094) == b"AB"
+    assert not mem.write(proc.pid, 4096, b"x") and not mem.write(proc.pid, 0, b"x")
 
 
-def test_an_fd_outlived_by_its_address_space_is_opened_again(child):
+def test_an_fd_outlived_by_its_address_space_is_opened_again(child, mem):
     proc, addr = child
-    mem = ProcMem()
-    try:
-        assert mem.read_cstring(proc.pid, addr) is not None  # the file is open now
-        proc.stdin.write("exec\n")
-        proc.stdin.flush()
-        _wait_for_exec(proc.pid)
-        arg_start = int(Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[45])
-        assert mem.read_cstring(proc.pid, arg_start) == b"sleep"  # the new program's argv[0]
-    finally:
-        mem.close()
+    assert mem.read_cstring(proc.pid, addr) is not None  # the file is open now
+    proc.stdin.write("exec\n")
+    proc.stdin.flush()
+    _wait_for_exec(proc.pid)
+    arg_start = int(Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[45])
+    assert mem.read_cstring(proc.pid, arg_start) == b"sleep"  # the new program's argv[0]
 
 
-def test_a_thread_that_is_gone_raises_tracee_gone(child):
+def test_a_thread_that_is_gone_raises_tracee_gone(child, mem):
     proc, addr = child
-    mem = ProcMem()
-    try:
-        assert mem.read_cstring(proc.pid, addr) is not None
-        proc.kill()
-        proc.wait()
-        with pytest.raises(TraceeGone):
-            mem.read_cstring(proc.pid, addr)
-    finally:
-        mem.close()
+    assert mem.read_cstring(proc.pid, addr) is not None
+    proc.kill()
+    proc.wait()
+    with pytest.raises(TraceeGone):
+        mem.read_cstring(proc.pid, addr)
+
+
+def test_a_file_refused_falls_back_to_process_vm_readv_and_writev(child, mem, monkeypatch):
+    """A non-dumpable job under a tracer without CAP_SYS_PTRACE: /proc/TID/mem is refused."""
+    proc, addr = child
+    real_open = os.open
+
+    def refuse_mem(path, *args, **kwargs):
+        if str(path).endswith("/mem"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_mem)
+    assert mem.read_cstring(proc.pid, addr) == b"/cvmfs/sw.example.org/README.txt"
+    assert (
+        mem.write(proc.pid, addr + 1, b"C")
+        and read_cstring(proc.pid, addr) == b"/Cvmfs/sw.example.org/README.txt"
+    )
+    assert mem.read_cstring(proc.pid, 4096) is None and not mem.write(proc.pid, 4096, b"x")
 
 
 def test_the_number_of_open_files_is_bounded(child):
