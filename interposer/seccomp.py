@@ -11,7 +11,9 @@ into two reserved ranges, so that the filter can tell them apart without asking 
 
 - ``dirs``: directory fds. ``newfstatat``/``statx``/``readlinkat`` relative to them with
   ``AT_SYMLINK_NOFOLLOW`` (or ``AT_EMPTY_PATH``) run natively: ``find``, ``du`` and ``tar`` walk a
-  shadow tree of directories, symlinks and size-correct placeholders without stopping.
+  shadow tree of directories, symlinks and size-correct placeholders without stopping. Copies
+  made with ``F_DUPFD`` stop so that they stay in the range, unless their minimum is below
+  :data:`DIR_COPY_MIN` (find's per-entry copies, ``os.dup``).
 - ``content``: fds of verified file content. ``fstat`` on them is trapped so that it reports the
   catalog's metadata (glibc's ``fstat`` is ``newfstatat(fd, "", AT_EMPTY_PATH)``); ``fstat`` on
   every other fd is not trapped at all.
@@ -94,8 +96,14 @@ DIRFD_ALLOWED = (("readlinkat", 0),)
 # tree or the cache); other fds are the job's own business.
 FD_OURS = (("fchmod", 0), ("fchown", 0), ("fsetxattr", 0), ("fremovexattr", 0), ("dup", 0))
 # fcntl(fd, F_DUPFD[_CLOEXEC], min) on a reserved fd: stop, so that the copy stays in its range
-# (fts duplicates every directory fd it opens to a low number).
+# (fts makes every directory fd it opens its working directory through such a copy, min 3,
+# and then calls fstatat relative to it)...
 F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
+# ...except a copy of a directory fd with a minimum below this, left to the kernel: find takes one
+# per entry it visits (min 0) and closes it unused, Python's os.dup() and os.scandir(fd) make
+# theirs so. Such a copy lands below the ranges, where calls relative to it stop again (slower,
+# still right), as after a dup2() of a reserved fd, which was never trapped.
+DIR_COPY_MIN = 3
 ENOSYS = ("io_uring_setup",)
 # With a listener (see notify.py): these calls go to the supervisor thread instead of stopping.
 # Each only reads metadata into a buffer of a known size, which the supervisor can fill itself.
@@ -377,8 +385,14 @@ def build_filter(
         _in_range(a, ranges.content, ranges.top, "fcntl_ours", "fcntl_allow")
         a.label("fcntl_ours")
         a.ld(_arg_lo(1))
-        a.jump(JEQ_K, F_DUPFD, "fcntl_trace", 0)
-        a.jump(JEQ_K, F_DUPFD_CLOEXEC, "fcntl_trace", "fcntl_allow")
+        a.jump(JEQ_K, F_DUPFD, "fcntl_dup", 0)
+        a.jump(JEQ_K, F_DUPFD_CLOEXEC, "fcntl_dup", "fcntl_allow")
+        a.label("fcntl_dup")  # a copy of a content fd stops; of a directory fd, see DIR_COPY_MIN
+        a.ld(_arg_lo(0))
+        _in_range(a, ranges.content, ranges.dirs, "fcntl_trace", "fcntl_dir")
+        a.label("fcntl_dir")
+        a.ld(_arg_lo(2))
+        a.jump(JGE_K, DIR_COPY_MIN, "fcntl_trace", "fcntl_allow")
         a.label("fcntl_allow")
         a.ret(RET_ALLOW)
         a.label("fcntl_trace")

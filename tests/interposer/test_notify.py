@@ -89,6 +89,16 @@ SURVEY = textwrap.dedent(
     out["dups"] = [dirs_base <= d2 < top, content_base <= c3 < dirs_base, d2 != d1, c3 != c1]
     out["dup-cloexec"] = [bool(fcntl.fcntl(f, fcntl.F_GETFD) & fcntl.FD_CLOEXEC) for f in (d2, c3)]
     out["dup-same-file"] = [os.path.samestat(os.fstat(d2), os.fstat(d1)), os.read(c3, 3)]
+    # ...except a directory copy with a minimum below 3 (find's per-entry copies, os.dup): the
+    # kernel makes it, low, and calls relative to it are translated like any other fd's
+    d4 = os.dup(d1)
+    out["low-dir-copy"] = [
+        d4 < content_base,
+        meta(os.stat, "example.conf", dir_fd=d4) == meta(os.stat, "example.conf", dir_fd=d1),
+        sorted(os.listdir(d4)) == sorted(os.listdir(M + "/etc")),
+        os.readlink(f"/proc/self/fd/{{d4}}") == M + "/etc",
+        os.read(os.open("example.conf", os.O_RDONLY, dir_fd=d4), 9),
+    ]
     h1 = os.open("/usr", os.O_RDONLY | os.O_DIRECTORY)
     h2 = os.open("lib", os.O_RDONLY | os.O_DIRECTORY, dir_fd=h1)
     os.chdir("/usr")
@@ -150,6 +160,7 @@ def test_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     assert answers["dups"] == [True] * 4 and answers["dup-cloexec"] == [True, False]
     assert answers["selves"] == [True] * 4
     assert answers["dup-same-file"] == [True, b" co"]  # c1 and its copy share the offset (9)
+    assert answers["low-dir-copy"] == [True, True, True, True, b"# example"]
     assert answers["open-errors"] == ["ENOENT", "ENOTDIR"] and answers["open-dir-as-file"] == "ENOTDIR"
     # the supervisor served them: no ptrace stop for the stat family, and none the other way
     assert notified["stats"]["actions"]["notified"] > 50

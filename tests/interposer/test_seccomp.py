@@ -4,6 +4,7 @@ so a child that installs the filter shows exactly which calls would stop."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import resource
 
@@ -70,6 +71,10 @@ def test_path_calls_stop_and_io_runs_untrapped(tmp_path):
         out["fstatat-follow-dirs-range"] = _try(lambda: os.stat("x", dir_fd=d))
         out["readlinkat-dirs-range"] = _try(lambda: os.readlink("x", dir_fd=d))
         out["readlinkat-low"] = _try(lambda: os.readlink("x", dir_fd=0))
+        out["copy-dir-min-0"] = _try(fcntl.fcntl, d, fcntl.F_DUPFD_CLOEXEC, 0)  # find's per-entry copy
+        out["copy-dir-min-3"] = _try(fcntl.fcntl, d, fcntl.F_DUPFD_CLOEXEC, 3)  # fts's working directory
+        out["copy-content-min-0"] = _try(fcntl.fcntl, high, fcntl.F_DUPFD, 0)
+        out["copy-low-min-3"] = _try(fcntl.fcntl, 0, fcntl.F_DUPFD, 3)
         return out
 
     got = _in_filtered_child(ranges, checks)
@@ -87,6 +92,10 @@ def test_path_calls_stop_and_io_runs_untrapped(tmp_path):
         "fstatat-follow-dirs-range": "ENOSYS",
         "readlinkat-dirs-range": "ENOTDIR",
         "readlinkat-low": "ENOSYS",
+        "copy-dir-min-0": "ok",
+        "copy-dir-min-3": "ENOSYS",
+        "copy-content-min-0": "ENOSYS",
+        "copy-low-min-3": "ok",
     }
 
 
