@@ -107,3 +107,32 @@ def _parse(out: str) -> tuple[list[list[int]], int, bytes]:
     masks_text, _, rest = out.strip().rpartition("] ")
     child, head = rest.split(" ", 1)
     return ast.literal_eval(masks_text + "]"), int(child), ast.literal_eval(head)
+
+
+THREADS = textwrap.dedent(
+    f"""
+    import os, threading
+    full = os.sched_getaffinity(0)
+    seen = []
+    def work():
+        for _ in range(200):
+            fd = os.open("{MOUNT}/etc/example.conf", os.O_RDONLY)
+            copy = os.dup(fd)
+            seen.append(os.sched_getaffinity(0) == full and os.read(copy, 9) == b"# example")
+            os.close(fd)
+            os.close(copy)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(len(seen), all(seen))
+    """
+)
+
+
+def test_threads_handed_fds_at_once_each_keep_their_mask(job_env):
+    """One supervisor pins one waiting thread at a time; the others run on meanwhile."""
+    r = cvmfs_run([sys.executable, "-c", THREADS], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.split() == [b"800", b"True"]
