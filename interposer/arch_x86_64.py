@@ -114,6 +114,7 @@ SYSCALL: dict[str, int] = {
     "setns": 308,
     "process_vm_readv": 310,
     "process_vm_writev": 311,
+    "kcmp": 312,
     "renameat2": 316,
     "seccomp": 317,
     "execveat": 322,

@@ -42,6 +42,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import itertools
 import logging
 import os
@@ -50,6 +51,7 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Callable
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
@@ -75,6 +77,10 @@ _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data: nr, arch, instructi
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 _ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _U64 = struct.Struct("<Q")
+KCMP_FILE = 0
+_kcmp = ctypes.CDLL(None, use_errno=True).syscall
+_kcmp.argtypes = [ctypes.c_long] * 6
+_kcmp.restype = ctypes.c_long
 _RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd already
 
 
@@ -139,6 +145,8 @@ class Supervisor:
         self._addfd = bytearray(_ADDFD.size)
         self._same_cpu = SameCpu()
         self._cursor: dict[tuple[int, int], int] = {}  # (tgid, range) -> where to look first
+        self._kcmp = True  # until the kernel says it has none
+        self._pid = os.getpid()
         self._pidfds: dict[int, int] = {}  # tgid -> pidfd, for pidfd_getfd
         self._root = os.geteuid() == 0
         self._gid = os.getegid()
@@ -383,17 +391,42 @@ class Supervisor:
         usually finds one; a full range spills above it, as ``F_DUPFD`` would.
         """
         ranges = self.tracer.translator.ranges
+        used = functools.partial(self._fd_used, tid)
         if ranges is None or minimum not in (ranges.content, ranges.dirs):
-            return _free_fd(tid, minimum, minimum)
+            return _free_fd(used, minimum, minimum)
         end = ranges.dirs if minimum == ranges.content else ranges.top
         key = (self.ctx.tgid, minimum)
         start = self._cursor.get(key, minimum)
-        found = _free_fd(tid, start, minimum, end)
+        found = _free_fd(used, start, minimum, end)
         if found is not None and found < end:
             if len(self._cursor) >= 4096:
                 self._cursor.clear()
             self._cursor[key] = found + 1 if found + 1 < end else minimum
         return found
+
+    def _fd_used(self, tid: int, n: int) -> bool | None:
+        """Whether the job's fd ``n`` is open (None: cannot tell, the job is gone).
+
+        ``kcmp(KCMP_FILE)`` of it against one of our fds answers EBADF for a free number: one
+        system call, where a lookup of ``/proc/TID/fd/N`` walks procfs (4-16 us). The lookup
+        stays for kernels without kcmp (CONFIG_KCMP) or where it is refused.
+        """
+        if self._kcmp:
+            if _kcmp(arch.NR["kcmp"], tid, self._pid, KCMP_FILE, n, self.listener) >= 0:
+                return True
+            err = ctypes.get_errno()
+            if err == errno.EBADF:
+                return False
+            if err == errno.ESRCH:
+                return None
+            self._kcmp = False
+        try:
+            os.lstat(f"/proc/{tid}/fd/{n}")
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        return True
 
     def _dup_here(self, notif_id: int, tid: int, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
         """``dup``/``fcntl(F_DUPFD[_CLOEXEC])`` of a reserved fd: the copy at a free number
@@ -532,17 +565,14 @@ class Supervisor:
             os.close(fd)
 
 
-def _free_fd(tid: int, start: int, base: int, end: int = 0) -> int | None:
-    """A number ``tid`` does not use: from ``start`` to ``end``, then from ``base`` to ``start``,
+def _free_fd(used: Callable[[int], bool | None], start: int, base: int, end: int = 0) -> int | None:
+    """A number ``used`` says is free: from ``start`` to ``end``, then from ``base`` to ``start``,
     then upwards from ``end`` (``end`` <= ``start``: from ``start`` upwards). None: none found."""
     end = max(end, start)
     for n in itertools.chain(range(start, end), range(base, start), range(end, end + 1024)):
-        try:
-            os.lstat(f"/proc/{tid}/fd/{n}")
-        except FileNotFoundError:
-            return n
-        except OSError:
-            return None
+        state = used(n)
+        if not state:
+            return None if state is None else n
     return None
 
 

@@ -401,20 +401,29 @@ def test_paths_are_read_from_the_new_program_after_a_vfork_child_execs(job_env):
 
 
 def test_free_fd_looks_after_the_last_one_then_wraps_then_spills():
-    base = 700
-    held = [os.dup2(0, n) for n in (700, 701, 703, 705)]
+    held = {700, 701, 703, 705}
+    assert notify._free_fd(held.__contains__, 700, 700) == 702  # from the minimum up (no range)
+    assert notify._free_fd(held.__contains__, 704, 700, 706) == 704  # after the last one handed
+    assert notify._free_fd(held.__contains__, 705, 700, 706) == 702  # 705 taken, range end: wraps
+    held |= {702, 704}
+    assert notify._free_fd(held.__contains__, 705, 700, 706) == 706  # the range is full: above it
+    assert notify._free_fd(lambda n: None, 700, 700) is None  # the job is gone
+
+
+@pytest.mark.parametrize("kcmp", [True, False], ids=["kcmp", "proc"])
+def test_a_jobs_fd_numbers_are_probed_in_use_or_free(kcmp):
+    sup = notify.Supervisor.__new__(notify.Supervisor)
+    sup._kcmp, sup._pid, sup.listener = kcmp, os.getpid(), os.open("/dev/null", os.O_RDONLY)
+    child = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL)
     try:
-        me = os.getpid()
-        assert notify._free_fd(me, 700, 700) == 702  # from the minimum up (no range)
-        assert notify._free_fd(me, 704, base, 706) == 704  # from where the last one was handed
-        assert notify._free_fd(me, 705, base, 706) == 702  # 705 taken, range end: wraps
-        os.dup2(0, 702)
-        os.dup2(0, 704)
-        held += [702, 704]
-        assert notify._free_fd(me, 705, base, 706) == 706  # the range is full: above it
+        assert [sup._fd_used(child.pid, n) for n in (0, 1, 2, 9, 900)] == [True, True, True, False, False]
+        assert sup._kcmp is kcmp  # kcmp answered (the machine's kernel has it)
+        child.kill()
+        child.wait()
+        assert not sup._fd_used(child.pid, 0)  # gone: nothing to hand an fd to
     finally:
-        for n in held:
-            os.close(n)
+        child.kill()
+        os.close(sup.listener)
 
 
 def test_a_job_holding_more_files_than_the_range_reads_each_right(job_env):
