@@ -393,11 +393,11 @@ class Supervisor:
         ranges = self.tracer.translator.ranges
         used = functools.partial(self._fd_used, tid)
         if ranges is None or minimum not in (ranges.content, ranges.dirs):
-            return _free_fd(used, minimum, minimum)
+            return _first_free(used, minimum, minimum)
         end = ranges.dirs if minimum == ranges.content else ranges.top
         key = (self.ctx.tgid, minimum)
         start = self._cursor.get(key, minimum)
-        found = _free_fd(used, start, minimum, end)
+        found = _first_free(used, start, minimum, end)
         if found is not None and found < end:
             if len(self._cursor) >= 4096:
                 self._cursor.clear()
@@ -565,7 +565,7 @@ class Supervisor:
             os.close(fd)
 
 
-def _free_fd(used: Callable[[int], bool | None], start: int, base: int, end: int = 0) -> int | None:
+def _first_free(used: Callable[[int], bool | None], start: int, base: int, end: int = 0) -> int | None:
     """A number ``used`` says is free: from ``start`` to ``end``, then from ``base`` to ``start``,
     then upwards from ``end`` (``end`` <= ``start``: from ``start`` upwards). None: none found."""
     end = max(end, start)

@@ -400,14 +400,14 @@ def test_paths_are_read_from_the_new_program_after_a_vfork_child_execs(job_env):
     assert lines == [lines[0], host] * 4 and lines[0].endswith(f" {conf}"), lines
 
 
-def test_free_fd_looks_after_the_last_one_then_wraps_then_spills():
+def test_first_free_looks_after_the_last_one_then_wraps_then_spills():
     held = {700, 701, 703, 705}
-    assert notify._free_fd(held.__contains__, 700, 700) == 702  # from the minimum up (no range)
-    assert notify._free_fd(held.__contains__, 704, 700, 706) == 704  # after the last one handed
-    assert notify._free_fd(held.__contains__, 705, 700, 706) == 702  # 705 taken, range end: wraps
+    assert notify._first_free(held.__contains__, 700, 700) == 702  # from the minimum up (no range)
+    assert notify._first_free(held.__contains__, 704, 700, 706) == 704  # after the last one handed
+    assert notify._first_free(held.__contains__, 705, 700, 706) == 702  # 705 taken, range end: wraps
     held |= {702, 704}
-    assert notify._free_fd(held.__contains__, 705, 700, 706) == 706  # the range is full: above it
-    assert notify._free_fd(lambda n: None, 700, 700) is None  # the job is gone
+    assert notify._first_free(held.__contains__, 705, 700, 706) == 706  # the range is full: above it
+    assert notify._first_free(lambda n: None, 700, 700) is None  # the job is gone
 
 
 @pytest.mark.parametrize("kcmp", [True, False], ids=["kcmp", "proc"])
