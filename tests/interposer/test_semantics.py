@@ -242,6 +242,31 @@ def test_concurrent_jobs_share_a_cold_cache_safely(job_env, sw_src, tmp_path):
         assert out == want
 
 
+def test_a_cache_base_reached_through_a_symlink_serves_content(job_env, sw_src, tmp_path):
+    """The kernel names a job's fds by their real path: with CVMFS_CACHE_BASE through a symlink,
+    files opened relative to a /cvmfs directory fd (tar, find, Python's os.fwalk) read their
+    bytes, not the zeros of the shadow tree's placeholders, and fstat shows the catalog's."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    env = dict(job_env, CVMFS_CACHE_BASE=str(tmp_path / "link"))
+    code = textwrap.dedent(
+        f"""
+        import os
+        d = os.open("{MOUNT}/etc", os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open("example.conf", os.O_RDONLY, dir_fd=d)
+        same = os.fstat(fd).st_mtime == os.stat("{MOUNT}/etc/example.conf").st_mtime
+        print(os.read(fd, 100).decode(), same)
+        """
+    )
+    want = (sw_src / "etc" / "example.conf").read_text()[:100]
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run([sys.executable, "-c", code], env, options=options)
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.decode() == f"{want} True\n"
+        r = cvmfs_run(["tar", "cf", "-", "-C", f"{MOUNT}/etc", "example.conf"], env, options=options)
+        assert r.returncode == 0 and want.encode() in r.stdout, r.stderr.decode()
+
+
 BROKEN_TRACER = """
 import interposer.tracer as tracer
 def broken(self, task):
