@@ -155,6 +155,26 @@ def _allowed(options: RunOptions) -> Callable[[str], bool]:
     return allowed
 
 
+def _warn_if_noexec(shadow_dir: Path) -> None:
+    """Programs and libraries from /cvmfs run from the cache's file system: say so up front when
+    it is mounted noexec (a node's /tmp or scratch often is), rather than leave the job with
+    "Permission denied" for a file that is 0755 in the repository. Reading files still works."""
+    where = shadow_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        noexec = os.statvfs(where).f_flag & os.ST_NOEXEC
+    except OSError:
+        return
+    if noexec:
+        log.warning(
+            "%s is on a file system mounted noexec: programs and libraries from /cvmfs cannot be "
+            "run or loaded from it (EACCES); give --cache-dir (or CVMFS_CACHE_BASE) a directory "
+            "on a file system that allows execution",
+            shadow_dir,
+        )
+
+
 def run(argv: Sequence[str], options: RunOptions) -> int:
     """Run ``argv`` under the interposer; returns the first process's wait status.
 
@@ -162,6 +182,7 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     """
     if not argv:
         raise RunError("no command given")
+    _warn_if_noexec(options.shadow_dir)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     ranges = seccomp.FdRanges.for_limit(soft)
     policy = None

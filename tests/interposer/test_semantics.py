@@ -267,6 +267,27 @@ def test_a_cache_base_reached_through_a_symlink_serves_content(job_env, sw_src, 
         assert r.returncode == 0 and want.encode() in r.stdout, r.stderr.decode()
 
 
+def test_a_cache_on_a_noexec_file_system_is_named_up_front(job_env, tmp_path):
+    """Programs from /cvmfs run from the cache's file system: mounted noexec, the job's exec
+    fails (EACCES) and the user is told why, before the job starts; reading still works."""
+    assert os.geteuid() == 0, "the suite runs as root (.ci/run): mounting a tmpfs needs it"
+    where = tmp_path / "noexec"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs", str(where)], check=True)
+    try:
+        script = f"head -c 9 {MOUNT}/README.txt; echo; {MOUNT}/bin/tput -T xterm cols; echo rc=$?"
+        r = cvmfs_run(["sh", "-c", script], dict(job_env, CVMFS_CACHE_BASE=str(where / "cache")))
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.decode().splitlines() == ["Example s", "rc=126"]
+        stderr = r.stderr.decode()
+        assert f"{where}/cache/interposer is on a file system mounted noexec" in stderr
+        assert stderr.index("noexec") < stderr.index("Permission denied")  # said before the job ran
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+    r = cvmfs_run(["true"], job_env)
+    assert r.returncode == 0 and b"noexec" not in r.stderr
+
+
 BROKEN_TRACER = """
 import interposer.tracer as tracer
 def broken(self, task):
