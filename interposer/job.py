@@ -155,17 +155,26 @@ def _allowed(options: RunOptions) -> Callable[[str], bool]:
     return allowed
 
 
-def _warn_if_noexec(shadow_dir: Path) -> None:
-    """Programs and libraries from /cvmfs run from the cache's file system: say so up front when
-    it is mounted noexec (a node's /tmp or scratch often is), rather than leave the job with
-    "Permission denied" for a file that is 0755 in the repository. Reading files still works."""
-    where = shadow_dir
-    while not where.exists() and where != where.parent:
-        where = where.parent
+def _check_shadow_dir(shadow_dir: Path) -> None:
+    """The shadow trees' directory, under the cache base: made now, before the job starts, so
+    that an unwritable cache (a read-only home on compute nodes) is named as such rather than
+    found half-way (:class:`RunError`). Programs and libraries from /cvmfs run from this file
+    system: when it is mounted noexec (a node's /tmp or scratch often is), say so up front
+    rather than leave the job with "Permission denied" for a file that is 0755 in the
+    repository (reading files still works, so the job runs)."""
     try:
-        noexec = os.statvfs(where).f_flag & os.ST_NOEXEC
-    except OSError:
-        return
+        shadow_dir.mkdir(parents=True, exist_ok=True)
+        noexec = os.statvfs(shadow_dir).f_flag & os.ST_NOEXEC
+    except OSError as exc:
+        raise RunError(
+            f"cannot use the cache directory {shadow_dir}: {exc.strerror}; give --cache-dir "
+            "(or CVMFS_CACHE_BASE) a writable directory"
+        ) from None
+    if not os.access(shadow_dir, os.W_OK | os.X_OK):
+        raise RunError(
+            f"cannot use the cache directory {shadow_dir}: not writable; give --cache-dir "
+            "(or CVMFS_CACHE_BASE) a writable directory"
+        )
     if noexec:
         log.warning(
             "%s is on a file system mounted noexec: programs and libraries from /cvmfs cannot be "
@@ -182,7 +191,7 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     """
     if not argv:
         raise RunError("no command given")
-    _warn_if_noexec(options.shadow_dir)
+    _check_shadow_dir(options.shadow_dir)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     ranges = seccomp.FdRanges.for_limit(soft)
     policy = None

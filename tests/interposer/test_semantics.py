@@ -288,6 +288,25 @@ def test_a_cache_on_a_noexec_file_system_is_named_up_front(job_env, tmp_path):
     assert r.returncode == 0 and b"noexec" not in r.stderr
 
 
+def test_an_unwritable_cache_is_named_before_the_job_starts(job_env, tmp_path):
+    """A read-only cache base (a read-only home on compute nodes) is an error that names the
+    directory (exit 125), not an internal error after the job was started and killed."""
+    assert os.geteuid() == 0, "the suite runs as root (.ci/run): mounting a tmpfs needs it"
+    where = tmp_path / "ro"
+    where.mkdir()
+    marker = tmp_path / "started"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], check=True)
+    try:
+        r = cvmfs_run(["sh", "-c", f"touch {marker}"], dict(job_env, CVMFS_CACHE_BASE=str(where / "c")))
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+    assert r.returncode == 125 and not marker.exists()
+    assert r.stderr.decode() == (
+        f"cvmfs-client run: cannot use the cache directory {where}/c/interposer: Read-only file system;"
+        " give --cache-dir (or CVMFS_CACHE_BASE) a writable directory\n"
+    )
+
+
 BROKEN_TRACER = """
 import interposer.tracer as tracer
 def broken(self, task):
