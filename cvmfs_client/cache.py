@@ -1092,8 +1092,14 @@ class NodeCache:
         self.txn = self.directory / "txn"
         self.quarantine = self.directory / "quarantaine"
         self.locks = self.directory / "locks"
-        for d in (self.txn, self.quarantine, self.locks):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.txn, self.quarantine, self.locks):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only home on compute nodes, a typo under a file...
+            raise ConfigError(
+                f"{self.directory}: cannot be used as the node cache: {exc.strerror} ({exc.filename}); "
+                "set CVMFS_CACHE_BASE (or --cache-dir) to a writable directory on node-local disk"
+            ) from None
         fstype = _filesystem_type(self.directory)
         if fstype in NETWORK_FILESYSTEMS:
             raise ConfigError(

@@ -627,6 +627,11 @@ def test_node_cache_on_a_network_file_system_is_refused(tmp_path: Path, monkeypa
         NodeCache(tmp_path, None)
 
 
+def test_a_node_cache_that_cannot_be_made_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"file/c: cannot be used as the node cache: Not a directory"):
+        NodeCache(tmp_path / "file" / "c", None)
+
 def _cut_short(path: Path, size: int) -> None:
     """What a power cut can leave of a file linked shortly before it: the name, not all the data."""
     os.chmod(path, 0o644)

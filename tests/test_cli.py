@@ -191,6 +191,19 @@ def test_cache_commands_refuse_a_cache_dir_that_does_not_exist(env, tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_an_unusable_cache_base_is_a_one_line_error(env, tmp_path):
+    """A cache base that cannot be written (here: under a regular file; a read-only home on
+    compute nodes alike) names the directory and the fix, exit 2, no traceback."""
+    (tmp_path / "file").write_text("")
+    base = tmp_path / "file" / "cache"
+    for args in (["ls", f"/cvmfs/{TOOLS}"], ["prewarm", f"/cvmfs/{TOOLS}"]):
+        r = run(args, {**env, "CVMFS_CACHE_BASE": str(base)})
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"cvmfs-client: {base}/") and "cannot be used as the node cache" in err
+        assert "CVMFS_CACHE_BASE" in err
+
+
 def test_missing_public_key_is_named(env, tmp_path):
     env.pop("CVMFS_KEYS_DIR")
     missing = tmp_path / "nowhere" / "key.pub"
