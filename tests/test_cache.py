@@ -632,6 +632,7 @@ def test_a_node_cache_that_cannot_be_made_is_a_configuration_error(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"file/c: cannot be used as the node cache: Not a directory"):
         NodeCache(tmp_path / "file" / "c", None)
 
+
 def _cut_short(path: Path, size: int) -> None:
     """What a power cut can leave of a file linked shortly before it: the name, not all the data."""
     os.chmod(path, 0o644)
