@@ -6,6 +6,7 @@ import logging
 import stat
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -32,6 +33,12 @@ def _fail_cleanly(func: F) -> F:
             sys.exit(exc.exit_code)
         except BrokenPipeError:
             sys.exit(141)
+        except OSError as exc:  # the machine's answer (read-only, no space, permission): say which file
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"cvmfs-client: {where}{exc.strerror or exc}", err=True)
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                traceback.print_exc()
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 

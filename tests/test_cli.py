@@ -204,6 +204,21 @@ def test_an_unusable_cache_base_is_a_one_line_error(env, tmp_path):
         assert "CVMFS_CACHE_BASE" in err
 
 
+def test_a_file_system_error_is_one_line_naming_the_file(env, tmp_path):
+    """OSErrors from the machine (read-only, no space, not a directory...) are reported like our
+    own errors: the file and the reason, exit 1, no traceback."""
+    (tmp_path / "file").write_text("")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a\n")
+    stratum0 = tmp_path / "file" / "s0"
+    r = run(["publish", str(src), "--fqrn", "x.example.org", "--stratum0", str(stratum0), "--keys",
+             str(tmp_path / "keys")], env)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.decode() == f"cvmfs-client: {stratum0}: Not a directory\n"
+    r = run(["demo", "--workdir", str(tmp_path / "file" / "demo")], env)
+    assert r.returncode == 1 and r.stderr.decode().endswith("demo: Not a directory\n"), r.stderr
+
+
 def test_missing_public_key_is_named(env, tmp_path):
     env.pop("CVMFS_KEYS_DIR")
     missing = tmp_path / "nowhere" / "key.pub"
