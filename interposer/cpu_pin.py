@@ -48,7 +48,7 @@ class SameCpu:
         if _getaffinity(tid, MASK_BYTES, self._saved) != 0:
             return False
         byte, bit = divmod(cpu, 8)
-        if not self._saved.raw[byte] >> bit & 1:
+        if not self._saved[byte][0] >> bit & 1:  # one byte, not a copy of the whole mask
             return False  # the job may not run here: it chose its CPUs, leave them
         one = self._one
         if self._cpu != cpu:

@@ -78,6 +78,7 @@ _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 _ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _U64 = struct.Struct("<Q")
 KCMP_FILE = 0
+_NR_KCMP = arch.NR["kcmp"]
 _kcmp = ctypes.CDLL(None, use_errno=True).syscall
 _kcmp.argtypes = [ctypes.c_long] * 6
 _kcmp.restype = ctypes.c_long
@@ -412,7 +413,7 @@ class Supervisor:
         stays for kernels without kcmp (CONFIG_KCMP) or where it is refused.
         """
         if self._kcmp:
-            if _kcmp(arch.NR["kcmp"], tid, self._pid, KCMP_FILE, n, self.listener) >= 0:
+            if _kcmp(_NR_KCMP, tid, self._pid, KCMP_FILE, n, self.listener) >= 0:
                 return True
             err = ctypes.get_errno()
             if err == errno.EBADF:

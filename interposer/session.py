@@ -93,9 +93,7 @@ def prepare(
         private_tmp=tmp,
         params=params,
         env=env,
-        # the kernel names fds, cwd and /proc/self/exe by their real path: so must the shadow
-        # trees' prefix be, or a cache base through a symlink would read placeholders as content
-        shadow_dir=Path(os.path.realpath(base)) / "interposer",
+        shadow_dir=base.absolute() / "interposer",
         repos=list(repos) or None,
         listed=listed,
         per_repo=parrot.params_for if parrot else None,

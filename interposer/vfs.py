@@ -284,6 +284,9 @@ class Namespace:
         allowed: Callable[[str], bool] = lambda name: True,
         params: Mapping[str, str] | None = None,
     ) -> None:
+        # The kernel names fds, cwds and /proc/self/exe by their real path; shadow paths must
+        # be compared in the same terms (a base through a symlink read placeholders as content).
+        base = Path(os.path.realpath(base))
         self.base = base
         self.base_prefix = str(base) + "/"
         self._opener = opener
