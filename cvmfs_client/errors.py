@@ -104,15 +104,20 @@ class CatalogError(CvmfsError):
 
 
 class FetchError(CvmfsError):
-    """An object could not be downloaded from any source; ``attempts`` lists what was tried."""
+    """An object could not be downloaded from any source; ``attempts`` lists what was tried.
+
+    ``not_found``: every server answered that it has no such file (HTTP 404), rather than
+    failing; for a repository's manifest that means there is no such repository.
+    """
 
     exit_code = 4
 
-    def __init__(self, what: str, attempts: list[str]) -> None:
+    def __init__(self, what: str, attempts: list[str], *, not_found: bool = False) -> None:
         tried = "; ".join(attempts) if attempts else "no source configured"
         super().__init__(f"cannot fetch {what}: {tried}")
         self.what = what
         self.attempts = attempts
+        self.not_found = not_found and bool(attempts)
 
 
 class ConfigError(CvmfsError):

@@ -275,10 +275,11 @@ class FetcherSettings:
 class _AttemptFailed(Exception):
     """One attempt failed below the consumer (network, status, short body). Never leaves this module."""
 
-    def __init__(self, error: ErrorClass, reason: str) -> None:
+    def __init__(self, error: ErrorClass, reason: str, *, missing: bool = False) -> None:
         super().__init__(reason)
         self.error = error
         self.reason = reason
+        self.missing = missing  # the server said it has no such file (HTTP 404)
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -507,6 +508,7 @@ class Fetcher:
         state = RequestState()
         attempts: list[str] = []
         integrity: list[IntegrityError] = []
+        missing = True
         while True:
             route = self._failover.route()
             try:
@@ -514,19 +516,27 @@ class Fetcher:
             except IntegrityError as exc:
                 integrity.append(exc)
                 error, reason = ErrorClass.BAD_DATA, _without_source(str(exc), f"{route.host}/{quoted}")
+                missing = quiet = False
             except _AttemptFailed as exc:
                 error, reason = exc.error, exc.reason
+                missing = missing and exc.missing
+                quiet = exc.missing
             where = route.describe(quoted)
             attempts.append(f"{where}: {reason}")
             decision = self._failover.record(state, route, error)
-            log.warning("%s: %s [%s]; %s", where, reason, error.value, decision.action.value)
+            # A failure that is failed over is worth a warning (the next attempt may hide it);
+            # the last one is not (the error raised below lists every attempt), nor a server
+            # saying it has no such file (a job probing /cvmfs/package.json asks for one).
+            quiet = quiet or decision.action is Action.GIVE_UP
+            level = logging.INFO if quiet else logging.WARNING
+            log.log(level, "%s: %s [%s]; %s", where, reason, error.value, decision.action.value)
             if decision.action is Action.GIVE_UP:
                 break
             if decision.backoff > 0:
                 self._sleep(decision.backoff)
         if len(integrity) == len(attempts):
             raise integrity[-1]
-        raise FetchError(name, attempts)
+        raise FetchError(name, attempts, not_found=missing)
 
     def fetch_bytes(
         self,
@@ -625,7 +635,7 @@ class Fetcher:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below, after the consumer is done
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise _AttemptFailed(ErrorClass.HOST_HTTP, "no such file") from None
+            raise _AttemptFailed(ErrorClass.HOST_HTTP, "no such file", missing=True) from None
         except PermissionError:
             raise _AttemptFailed(ErrorClass.HOST_HTTP, "permission denied") from None
         except OSError as exc:
@@ -668,7 +678,11 @@ class Fetcher:
         with resp:
             error = classify_status(resp.status_code, resp.headers, via_proxy=via_proxy)
             if error is not None:
-                raise _AttemptFailed(error, _status_reason(resp))
+                raise _AttemptFailed(
+                    error,
+                    _status_reason(resp),
+                    missing=resp.status_code == 404 and error is ErrorClass.HOST_HTTP,
+                )
             return consume(self._stream(resp, timeout, via_proxy), url)
 
     def _attempt_plain(
@@ -710,7 +724,11 @@ class Fetcher:
         try:
             error = classify_status(resp.status, resp.headers, via_proxy=via_proxy)
             if error is not None:
-                raise _AttemptFailed(error, _status_reason_of(resp.status, resp.headers))
+                raise _AttemptFailed(
+                    error,
+                    _status_reason_of(resp.status, resp.headers),
+                    missing=resp.status == 404 and error is ErrorClass.HOST_HTTP,
+                )
             expected = resp.framing if resp.framing >= 0 else None
             body = self._checked(resp.body(), expected, timeout, via_proxy)
             result = consume(body, url)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cvmfs_client.errors import CvmfsError, LookupFailure
+from cvmfs_client.errors import CvmfsError, FetchError, LookupFailure
 
 if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first repository mounts
     from cvmfs_client.catalog import DirEntry
@@ -399,6 +399,15 @@ class Namespace:
                 self._roots[m.shadow.meta] = f"/cvmfs/{name}"
                 self._roots[m.shadow.data] = f"/cvmfs/{name}"
                 self._list(name)
+            except FetchError as exc:
+                # Every server says it has no such repository: what a job probing names such as
+                # /cvmfs/package.json meets (ENOENT, as under autofs), not worth a warning.
+                log.log(
+                    logging.INFO if exc.not_found else logging.WARNING,
+                    "cannot mount /cvmfs/%s: %s",
+                    name,
+                    exc,
+                )
             except CvmfsError as exc:
                 log.warning("cannot mount /cvmfs/%s: %s", name, exc)
             except OSError as exc:

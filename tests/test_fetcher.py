@@ -509,7 +509,7 @@ def test_everything_failing_lists_every_attempt(make, caplog):
     proxy = make(Proxy)
     dead = dead_url()
     f, sleeps = fetcher(settings([dead, broken.url], f"{proxy.url};DIRECT"))
-    with f, caplog.at_level(logging.WARNING), pytest.raises(FetchError) as info:
+    with f, caplog.at_level(logging.INFO), pytest.raises(FetchError) as info:
         f.fetch(NAME, verify(DIGEST))
     attempts = info.value.attempts
     assert attempts == [
@@ -521,9 +521,26 @@ def test_everything_failing_lists_every_attempt(make, caplog):
     ]
     assert len(sleeps) == 1
     assert str(info.value).startswith(f"cannot fetch {NAME}: ")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == len(attempts)
-    assert all(a in w for a, w in zip(attempts, warnings, strict=True))
+    assert not info.value.not_found
+    # Each attempt failed over is a warning; the last one is in the error raised (said once).
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "cvmfs_client.fetcher"]
+    assert [level for level, _ in logged] == [logging.WARNING] * (len(attempts) - 1) + [logging.INFO]
+    assert all(a in m for a, (_, m) in zip(attempts, logged, strict=True))
+
+
+def test_a_file_no_server_has_is_not_found(make, caplog):
+    """Every server answering 404 (a repository none of them has) is told apart from failures."""
+    empty, also_empty, broken = make(Origin, {}), make(Origin, {}), make(Origin, {})
+    broken.behave["*"] = 503
+    f, _ = fetcher(settings([empty.url, also_empty.url]))
+    with f, caplog.at_level(logging.INFO), pytest.raises(FetchError) as info:
+        f.fetch(NAME, verify(DIGEST))
+    assert info.value.not_found and len(info.value.attempts) == 2
+    assert [r.levelno for r in caplog.records if r.name == "cvmfs_client.fetcher"] == [logging.INFO] * 2
+    f, _ = fetcher(settings([empty.url, broken.url]))
+    with f, pytest.raises(FetchError) as info:
+        f.fetch(NAME, verify(DIGEST))
+    assert not info.value.not_found
 
 
 def test_concurrent_threads_share_the_failover_state(make):
