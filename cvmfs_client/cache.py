@@ -136,6 +136,10 @@ _READ_PIECE = 1 << 20
 _OPEN_ATTEMPTS = 3
 # NodeCache.open hands out a just-downloaded object up to this size from memory.
 KEPT_CONTENT_MAX = 64 << 10
+# Objects are read-only; executable too, so that the interposer can run (execve) a program
+# through a hard link to its object instead of a copy outside the quota (older caches hold
+# 0444 objects; the interposer copes with both).
+OBJECT_MODE = 0o555
 # CVMFS_QUOTA_LIMIT is in MB meaning MiB (the real client multiplies by 1024 * 1024).
 _MB = 1024 * 1024
 
@@ -925,7 +929,7 @@ def _store_new_file(pieces: Iterator[bytes], url: str, w: Wanted, tmp: Path, fin
 
     On any error the file is removed, so nothing unverified ever has a final name.
     """
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE)
     try:
         try:
             dec = ObjectDecoder(
@@ -1015,7 +1019,7 @@ class AlienCache:
                 shutil.copyfileobj(src, out, _READ_PIECE)
                 out.flush()
                 os.fsync(out.fileno())  # on NFS also forces the data to the server before the rename
-                os.fchmod(out.fileno(), 0o444)
+                os.fchmod(out.fileno(), OBJECT_MODE)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
         except OSError as exc:
@@ -1368,14 +1372,14 @@ class NodeCache:
         """
         if self._anonymous:
             try:
-                return os.open(self.txn, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o444), None
+                return os.open(self.txn, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, OBJECT_MODE), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
                 log.debug("%s: no O_TMPFILE here (%s); using named temporary files", self.txn, exc)
                 self._anonymous = False
         fd, tmp = self.temporary(content_hash.hex[:12] + "." if content_hash is not None else "derived.")
-        os.fchmod(fd, 0o444)
+        os.fchmod(fd, OBJECT_MODE)
         return fd, tmp
 
     def _publish(self, fd: int, tmp: str | None, name: str) -> None:

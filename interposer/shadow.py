@@ -12,8 +12,9 @@ Two trees per revision, under ``<base>/r/<fqrn>/<root hash>/``:
 
 ``d/`` (data)
     The same relative paths, created on first open, as hardlinks to verified objects of the
-    cache (or copies when a hardlink is impossible). Executables link to a mode-0555 copy of
-    the object (``<base>/x/``), since cache objects are 0444 and ``execve`` needs an x bit.
+    cache (or copies when a hardlink is impossible). ``execve`` needs an x bit: cache objects
+    have it (0555); a 0444 object of another user (a cache shared between users and written
+    by an older version) is linked through a mode-0555 copy of it (``<base>/x/``).
     Because every path has its own name here, ``/proc/PID/fd/N``, ``/proc/PID/exe`` and
     ``/proc/PID/maps`` name ``d/<path>`` and map back to ``/cvmfs/FQRN/<path>`` exactly.
 
@@ -241,7 +242,7 @@ class ShadowTree:
             source = materialize()
             try:
                 if os.lstat(self.meta + inner).st_mode & 0o111:
-                    source = self._executable_copy(source)
+                    source = self._executable(source)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 _link_or_copy(str(source), path, self._tmp_name)
             except FileNotFoundError:
@@ -252,6 +253,17 @@ class ShadowTree:
                     raise
         self._content[inner] = path
         return path
+
+    def _executable(self, obj: Path) -> Path:
+        """The object itself if it can be run: cache objects are 0555 (``OBJECT_MODE``), those
+        of an older cache are made so; another user's 0444 object gets a copy of ours."""
+        if os.stat(obj).st_mode & 0o111 == 0o111:
+            return obj
+        try:
+            os.chmod(obj, 0o555)
+        except OSError:  # not ours (EPERM), or a read-only file system
+            return self._executable_copy(obj)
+        return obj
 
     def _executable_copy(self, obj: Path) -> Path:
         """A mode-0555 copy of a 0444 cache object, shared by every path and revision using it."""

@@ -113,6 +113,7 @@ def test_insert_is_verified_decoded_and_read_only(tmp_path: Path) -> None:
         assert path == cache.path_for(h) == tmp_path / h.hex[:2] / h.hex[2:]
         assert path.read_bytes() == data  # decompressed
         assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o555  # the interposer runs programs from it
         assert cache.get(h, src) == path
         with cache.open(h, src) as f:
             assert f.read() == data
@@ -488,6 +489,20 @@ def test_lost_or_corrupt_index_is_rebuilt_and_fsck_verifies_by_name(tmp_path: Pa
         for h, data in zipped.items():
             assert cache.get(h, src).read_bytes() == data
         assert sum(src.calls.values()) == 5  # nothing downloaded again
+
+
+def test_objects_are_read_only_and_executable_however_written(tmp_path: Path) -> None:
+    """Named temporaries (no O_TMPFILE) and the alien tier give objects the same mode."""
+    content, stored = make_objects(1, 10_000, seed=12)
+    ((h, data),) = content.items()
+    with NodeCache(tmp_path / "node", None) as cache:
+        cache._anonymous = False
+        assert stat.S_IMODE(cache.get(h, FakeSource(stored)).stat().st_mode) == 0o555
+    plain = tmp_path / "plain"
+    plain.write_bytes(data)
+    alien = AlienCache(tmp_path / "alien", writable=True)
+    alien.publish(h, plain)
+    assert stat.S_IMODE(alien.path_for(h).stat().st_mode) == 0o555
 
 
 def test_alien_read_only_hit_is_returned_in_place(tmp_path: Path) -> None:

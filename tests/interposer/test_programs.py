@@ -27,6 +27,9 @@ def test_dynamic_binary_with_libraries_in_the_repository(job_env):
     assert lines[0] == "80"
     assert f"libtinfo.so.6 => {MOUNT}/lib/libtinfo.so.6" in lines[1]
     assert "033" in lines[2]  # clear wrote an escape sequence
+    # Programs and libraries ran through links to their cache objects, not copies of them.
+    copies = Path(job_env["CVMFS_CACHE_BASE"]) / "interposer" / "x"
+    assert not copies.is_dir() or list(copies.iterdir()) == []
 
 
 def test_runpath_with_origin_finds_libraries_in_the_repository(job_env):
