@@ -441,7 +441,7 @@ def test_alien_batch_writes_only_verified_complete_files(tmp_path):
         True,
     ]
     assert list((tmp_path / "alien" / "txn").iterdir()) == []
-    assert all(oct(p.stat().st_mode)[-3:] == "444" for p in (tmp_path / "alien").glob("??/*"))
+    assert all(oct(p.stat().st_mode)[-3:] == "555" for p in (tmp_path / "alien").glob("??/*"))
 
 
 def test_breadcrumbs_take_the_most_recently_fetched_copy_among_cache_and_alien(tmp_path):
