@@ -512,24 +512,30 @@ class Fetcher:
         while True:
             route = self._failover.route()
             try:
-                return self._attempt(route, quoted, consume, nocache=state.nocache, revalidate=revalidate)
+                result = self._attempt(route, quoted, consume, nocache=state.nocache, revalidate=revalidate)
             except IntegrityError as exc:
                 integrity.append(exc)
                 error, reason = ErrorClass.BAD_DATA, _without_source(str(exc), f"{route.host}/{quoted}")
-                missing = quiet = False
+                missing = False
             except _AttemptFailed as exc:
                 error, reason = exc.error, exc.reason
                 missing = missing and exc.missing
-                quiet = exc.missing
+            else:
+                if attempts:
+                    # Said once, here: a failure that failover hid would otherwise go unseen. A
+                    # fetch that fails says it in the error it raises (every attempt listed).
+                    log.warning(
+                        "%s: fetched from %s after %d failed attempt(s): %s",
+                        name,
+                        route.host if route.direct else f"{route.host} via {route.proxy}",
+                        len(attempts),
+                        "; ".join(attempts),
+                    )
+                return result
             where = route.describe(quoted)
             attempts.append(f"{where}: {reason}")
             decision = self._failover.record(state, route, error)
-            # A failure that is failed over is worth a warning (the next attempt may hide it);
-            # the last one is not (the error raised below lists every attempt), nor a server
-            # saying it has no such file (a job probing /cvmfs/package.json asks for one).
-            quiet = quiet or decision.action is Action.GIVE_UP
-            level = logging.INFO if quiet else logging.WARNING
-            log.log(level, "%s: %s [%s]; %s", where, reason, error.value, decision.action.value)
+            log.info("%s: %s [%s]; %s", where, reason, error.value, decision.action.value)
             if decision.action is Action.GIVE_UP:
                 break
             if decision.backoff > 0:
@@ -893,18 +899,24 @@ class Fetcher:
             return bytes(buf)
 
         asked = self._rng.sample(range(len(servers)), min(MAX_SERVERS_ASKED, len(servers)))
+        failures: list[str] = []
         for index in asked:
             geo_route = Route(index, servers[index], proxy, route.proxy_group, route.proxy_member)
             url = f"{servers[index]}/{path}"
             try:
                 body = self._attempt(geo_route, path, collect, nocache=False, revalidate=False)
                 order = parse_geo_reply(body, len(query.names), url)
-            except (_AttemptFailed, FormatError) as exc:
-                log.warning("Geo API: %s: %s", geo_route.describe(path), exc)
+            except (_AttemptFailed, FormatError) as exc:  # a FormatError names its URL itself
+                failures.append(
+                    str(exc) if isinstance(exc, FormatError) else f"{geo_route.describe(path)}: {exc}"
+                )
+                log.info("Geo API: %s", failures[-1])
                 continue
             host_order, fallback_order = apply_geo_order(query, order)
             self._failover.reorder(host_order, fallback_order, keep)
             log.info("Geo API: server order %s", ", ".join(self._failover.hosts.hosts))
             return
-        log.warning("Geo API: no usable answer; keeping the configured server order")
+        log.warning(
+            "Geo API: no usable answer (%s); keeping the configured server order", "; ".join(failures)
+        )
         self._failover.reorder(range(len(servers)), (), keep)

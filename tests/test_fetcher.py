@@ -522,10 +522,21 @@ def test_everything_failing_lists_every_attempt(make, caplog):
     assert len(sleeps) == 1
     assert str(info.value).startswith(f"cannot fetch {NAME}: ")
     assert not info.value.not_found
-    # Each attempt failed over is a warning; the last one is in the error raised (said once).
+    # Every attempt is logged as it happens (-v); the error raised says it all, once.
     logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "cvmfs_client.fetcher"]
-    assert [level for level, _ in logged] == [logging.WARNING] * (len(attempts) - 1) + [logging.INFO]
+    assert [level for level, _ in logged] == [logging.INFO] * len(attempts)
     assert all(a in m for a, (_, m) in zip(attempts, logged, strict=True))
+
+
+def test_failures_that_failover_hid_are_one_warning(make, caplog):
+    dead, broken, good = dead_url(), make(Origin, FILES), make(Origin, FILES)
+    broken.behave["*"] = "corrupt"
+    f, _ = fetcher(settings([dead, broken.url, good.url]))
+    with f, caplog.at_level(logging.WARNING):
+        assert f.fetch(NAME, verify(DIGEST)) == STORED
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cvmfs_client.fetcher"]
+    assert warning.startswith(f"{NAME}: fetched from {good.url} after ")
+    assert f"{dead}/{NAME}: connection refused" in warning and broken.url in warning
 
 
 def test_a_file_no_server_has_is_not_found(make, caplog):
@@ -615,7 +626,9 @@ def test_bad_geo_reply_is_ignored_with_a_warning(make, caplog):
     with f, caplog.at_level(logging.WARNING):
         f.fetch(NAME, verify(DIGEST))
         assert f.failover.hosts.hosts == (b.url,)  # configured order, truncated to 1
-    assert any("Geo API" in r.getMessage() for r in caplog.records)
+    # One warning naming each server asked and why its answer was not used.
+    (warning,) = [r.getMessage() for r in caplog.records if "Geo API" in r.getMessage()]
+    assert warning.startswith("Geo API: no usable answer (") and warning.count("/api/v1.0/geo/") == 2
 
 
 # -- end to end ---------------------------------------------------------------------------------
