@@ -98,6 +98,10 @@ class Line:
     mode: int
     below_only: bool
     origin: str
+    # TARGET is a host path as it stands, not resolved through earlier entries: the directory
+    # --private-tmp made (or was given) on the host, which a --sandbox denial of /home must
+    # not turn away when the cache, and so the private /tmp, lives in the user's home.
+    host_target: bool = False
 
 
 def parse_line(text: str, origin: str) -> Line | None:
@@ -193,7 +197,7 @@ class MountTable:
 
     def add(self, line: Line) -> Entry:
         target = line.target
-        if line.action == REDIRECT:
+        if line.action == REDIRECT and not line.host_target:
             before = self.match(target)  # as Parrot: the target is resolved by earlier entries
             if before is not None:
                 if before.action in (DENY, ENOENT):

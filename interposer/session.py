@@ -131,7 +131,7 @@ def _mount_lines(
         lines += parse_file(name)
     lines += [parse_option(m) for m in mounts]
     if tmp is not None:
-        lines.append(Line("/tmp", "REDIRECT", str(tmp.path), 0o7, False, "--private-tmp"))
+        lines.append(Line("/tmp", "REDIRECT", str(tmp.path), 0o7, False, "--private-tmp", host_target=True))
     lines += [deny_line(p) for p in deny]
     return lines
 

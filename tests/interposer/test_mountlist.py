@@ -15,6 +15,7 @@ from interposer.mountlist import (
     LOCAL,
     REDIRECT,
     RWX,
+    Line,
     MountListError,
     MountTable,
     parse_file,
@@ -222,3 +223,12 @@ def test_walks_of_paths_only_root_can_change_are_remembered_until_the_job_writes
         assert again is not first and again == first
     else:
         assert again is first  # only root changes those directories, and the job is not root
+
+
+def test_a_host_target_is_taken_as_it_stands():
+    """--private-tmp's directory is a host path: neither denied nor redirected by earlier entries."""
+    t = table("/home DENY\n/home/u/.cache /elsewhere\n")
+    t.add(Line("/tmp", REDIRECT, "/home/u/.cache/tmp/job-1", RWX, False, "--private-tmp", host_target=True))
+    assert t.real("/tmp/f", t.match("/tmp/f")) == "/home/u/.cache/tmp/job-1/f"
+    assert t.logical("/home/u/.cache/tmp/job-1/f") == "/tmp/f"
+    assert t.match("/home/u/x").action == DENY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -168,6 +169,29 @@ def test_sandbox_tmp_link_to_home(job_env):
     r = sh(script, job_env, options=["--sandbox", "--private-tmp", "--clean-tmp"], cwd=Path("/"))
     lines = r.stdout.decode().splitlines()
     assert "Permission denied" in lines[0] and lines[1] == "l" and "/tmp/h" in lines[2]
+
+
+def test_sandbox_with_a_private_tmp_in_a_home_directory(job_env):
+    """A user's cache, and so the private /tmp made in it, is under /home, which --sandbox
+    denies: the job still gets that /tmp, and cannot reach it by its host name."""
+    home = Path("/home") / f"cvmfs-test-{uuid.uuid4().hex[:8]}"
+    try:
+        env = {**job_env, "CVMFS_CACHE_BASE": str(home / ".cache")}
+        script = f"echo hi > /tmp/f && cat /tmp/f && ls {home} 2>&1; {MOUNT}/bin/busybox echo from-cvmfs"
+        r = sh(script, env, options=["--sandbox", "--private-tmp"], cwd=Path("/"))
+        out = r.stdout.decode().splitlines()
+        assert out[0] == "hi" and "Permission denied" in out[1] and out[2] == "from-cvmfs", out
+        kept = KEPT.search(r.stderr.decode())
+        assert (
+            kept and kept.group(1).startswith(f"{home}/") and Path(kept.group(1), "f").read_text() == "hi\n"
+        )
+        given = home / "given-tmp"
+        r = sh(
+            "touch /tmp/g && ls /tmp", job_env, options=["--sandbox", f"--private-tmp={given}"], cwd=Path("/")
+        )
+        assert r.stdout == b"g\n" and (given / "g").exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_private_tmp_interactive_login_shell(tmux: Tmux, job_env):  # noqa: F811
