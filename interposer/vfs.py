@@ -262,6 +262,23 @@ class Mount:
         )
 
 
+def short_link(uid: int, target: bytes, room: int) -> str:
+    """The symlink standing for ELF interpreter ``target`` in a PT_INTERP of ``room`` bytes.
+
+    ``/tmp/.c<uid>/<name>``: the name is a digest of the target cut to what fits, at most 8
+    characters, so that any uid (up to 10 digits) fits the 27 bytes of
+    ``/lib64/ld-linux-x86-64.so.2`` with 8 and musl's 24 with at least 5 (a name shared by two
+    targets is only slower: the link is put back to the target each job wants).
+    """
+    import hashlib  # start-up time: OpenSSL loads only when a job needs it
+
+    link_dir = f"/tmp/.c{uid}"
+    fits = min(8, room - len(link_dir) - 1)
+    if fits < 1:
+        raise ValueError(f"no symlink for {target!r} fits in {room} bytes")
+    return f"{link_dir}/{hashlib.sha1(target).hexdigest()[:fits]}"
+
+
 class Namespace:
     """All of ``/cvmfs`` for one job: which repositories exist, and where each path leads.
 
@@ -306,21 +323,21 @@ class Namespace:
     def with_interpreter(self, program: bytes, interp: elf.Interp, target: bytes, logical: str) -> str:
         """A copy of ``program`` whose PT_INTERP leads to ``target`` (see :mod:`.elf`).
 
-        The string must fit where the old one was, so it names a short symlink in a private
-        directory ``/tmp/.cvmfs-i-<uid>`` (refused unless owned by us and closed to others: whoever
-        can replace the link chooses the code our job runs). Copies live in ``p/``, keyed by
-        program (name and identity) and interpreter, and ``/proc/PID/exe`` of the job shows
-        ``logical``.
+        The string must fit where the old one was, so it names a short symlink
+        (:func:`short_link`) in a private directory ``/tmp/.c<uid>`` (refused unless owned by us
+        and closed to others: whoever can replace the link chooses the code our job runs).
+        Copies live in ``p/``, keyed by program (name and identity) and interpreter, and
+        ``/proc/PID/exe`` of the job shows ``logical``.
         """
         import hashlib  # start-up time: OpenSSL loads only when a job needs it
 
-        link_dir = f"/tmp/.cvmfs-i-{os.getuid()}"
+        short = short_link(os.getuid(), target, interp.size - 1)
+        link_dir = os.path.dirname(short)
         with contextlib.suppress(FileExistsError):
             os.mkdir(link_dir, 0o700)
         st = os.lstat(link_dir)
         if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isdir(link_dir):
             raise OSError(errno.EPERM, f"{link_dir} is not a private directory of uid {os.getuid()}")
-        short = f"{link_dir}/{hashlib.sha1(target).hexdigest()[:10]}"
         try:
             current = os.readlink(short)
         except OSError:
