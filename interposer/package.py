@@ -75,6 +75,7 @@ class Manifest:
     absent: list[str] = field(default_factory=list)  # listed, not found: failed lookups, kept absent
     special: list[str] = field(default_factory=list)  # devices, fifos, sockets: not packaged
     left_out: list[str] = field(default_factory=list)  # kernel trees, the package itself
+    unreadable: list[str] = field(default_factory=list)  # this user may not look there (EACCES)
     added: list[str] = field(default_factory=list)  # #! and ELF interpreters the list could not name
     repositories: dict[str, str] = field(default_factory=dict)  # fqrn -> root hash read
     format: str = FORMAT

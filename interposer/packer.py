@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from cvmfs_client.errors import CvmfsError, LookupFailure
+from cvmfs_client.errors import CvmfsError, FetchError, LookupFailure
 
 from . import elf
 from .namelist import env_bytes, write_atomic
@@ -79,6 +79,10 @@ _DROP_BITS = stat.S_ISUID | stat.S_ISGID
 ABSENT, LEFT_OUT = "absent", "left out"
 
 
+class _NoPermission(Exception):
+    """A host path this user may not look up (EACCES on the way)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """What packaging needs to know of an entry."""
@@ -97,6 +101,9 @@ class RepositoryUnavailable(PackageError):
         super().__init__(f"/cvmfs/{fqrn}: cannot read the repository: {cause}")
         self.fqrn = fqrn
         self.exit_code = cause.exit_code
+        # No server has it (HTTP 404 everywhere): no such repository, as the job found too
+        # (node looks for /cvmfs/package.json).
+        self.missing = isinstance(cause, FetchError) and cause.not_found
 
 
 _CVMFS_ROOT = Node("d", 0o755, 0, 0, 0)
@@ -158,13 +165,21 @@ class Sources:
                 return _host_node(os.lstat(path))
             except (FileNotFoundError, NotADirectoryError):
                 return None
+            except PermissionError:
+                raise _NoPermission(path) from None
             except OSError as exc:
                 raise PackageError(f"{path}: cannot look it up: {exc.strerror}") from None
         fqrn, inner = where
         if "." not in fqrn:
             return None  # not a repository name: nothing there under the interposer either
         try:
-            e = self._repo(fqrn).lookup(inner)
+            repo = self._repo(fqrn)
+        except RepositoryUnavailable as exc:
+            if exc.missing:
+                return None
+            raise
+        try:
+            e = repo.lookup(inner)
         except LookupFailure as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
@@ -402,7 +417,14 @@ class Packer:
             here = "/" + "/".join([*done, c])
             if self._left_out(here):
                 return LEFT_OUT
-            found = self._lstat(here)
+            try:
+                found = self._lstat(here)
+            except _NoPermission:
+                # Another user's directory (a PATH entry such as /root/.cargo/bin that the
+                # job's shell searched): the job could not look there either.
+                if here not in self.manifest.unreadable:
+                    self.manifest.unreadable.append(here)
+                return LEFT_OUT
             if found is None:
                 return ABSENT
             if found.kind == "l":
@@ -610,6 +632,11 @@ def summary_lines(manifest: Manifest, out: Path) -> list[str]:
         lines.append(
             f"{len(manifest.absent)} listed paths do not exist (lookups that failed when the job ran, "
             "or files removed since): left absent, see manifest.json"
+        )
+    if manifest.unreadable:
+        lines.append(
+            "left out, this user may not look there (nor could the job): "
+            + ", ".join(manifest.unreadable[:10])
         )
     if manifest.special:
         lines.append(f"not packaged (devices, fifos, sockets): {', '.join(manifest.special[:10])}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cvmfs_client.cache import NodeCache
-from cvmfs_client.errors import ConfigError, FormatError
+from cvmfs_client.errors import ConfigError, FetchError, FormatError
 from cvmfs_client.fetcher import Fetcher, file_url
 from cvmfs_client.keys import load_master_keys
 from cvmfs_client.publisher import publish
@@ -241,6 +241,28 @@ def test_absent_special_and_kernel_paths_are_left_out_and_said(tmp_path):
     assert not _in(p, "/proc").exists() and not _in(p, "/dev").exists()
     assert os.readlink(_in(p, src / "mtab")) == "/proc/self/mounts"  # the link is the package's
     assert not _in(p, src / "fifo").exists()
+
+
+def test_paths_this_user_may_not_look_up_are_left_out_and_said(tmp_path, monkeypatch):
+    """A name list records failed lookups, such as another user's PATH entry (/root/.cargo/bin
+    under su): EACCES there leaves the path out, as the job could not reach it either."""
+    src = _tree(tmp_path)
+    closed = src / "closed"
+    closed.mkdir()
+    lstat = os.lstat
+
+    def refusing(path, *a, **kw):  # root is never refused: play another user
+        if str(path).startswith(f"{closed}/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return lstat(path, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", refusing)
+    p = _packer(tmp_path)
+    m = p.pack({str(closed / "bin" / "bash"): META, str(src / "lib" / "other.txt"): FULL}, "/")
+    monkeypatch.undo()
+    assert m.unreadable == [str(closed / "bin")] and m.absent == []
+    assert _in(p, src / "lib" / "other.txt").read_text() == "other\n"
+    assert any(str(closed / "bin") in line for line in summary_lines(m, tmp_path / "pkg"))
 
 
 def test_script_and_elf_interpreters_are_added(tmp_path):
@@ -482,3 +504,23 @@ def test_content_from_an_unreadable_repository_is_an_error(tmp_path):
         RepositoryUnavailable, match="/cvmfs/other.org: cannot read the repository: other.org"
     ):
         create(names, env, tmp_path / "out", no_repo)
+
+
+def test_a_repository_no_server_has_is_absent_even_for_content(tmp_path):
+    """node tries to open /cvmfs/package.json (listed as fullcopy): every server says 404, so
+    there is no such repository and the path stays absent; other failures still stop."""
+
+    def not_there(fqrn: str) -> Repository:
+        raise FetchError(
+            ".cvmfspublished", [f"http://s1/cvmfs/{fqrn}/.cvmfspublished: HTTP 404"], not_found=True
+        )
+
+    names, env = _lists(tmp_path, "/cvmfs/package.json|fullcopy\n", {})
+    m = create(names, env, tmp_path / "out", not_there)
+    assert m.absent == ["/cvmfs/package.json"]
+
+    def down(fqrn: str) -> Repository:
+        raise FetchError(".cvmfspublished", [f"http://s1/cvmfs/{fqrn}/.cvmfspublished: connection refused"])
+
+    with pytest.raises(RepositoryUnavailable, match="connection refused"):
+        create(names, env, tmp_path / "out2", down)
