@@ -102,6 +102,8 @@ from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
 import diskcache
 
 from .cache_links import collect, held_outside, linked_trees, note_removal
+from .config_basics import NETWORK_FILESYSTEMS
+from .config_basics import filesystem_type as _filesystem_type
 from .errors import ConfigError, CvmfsError, FetchError, FormatError
 from .hashing import ContentHash, ObjectType
 from .objects import Compression, ObjectDecoder
@@ -144,26 +146,6 @@ OBJECT_MODE = 0o555
 _MB = 1024 * 1024
 
 # File systems on which SQLite/flock are unsafe: the node-local index must not live there.
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "lustre",
-        "gpfs",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "ceph",
-        "fuse.ceph",
-        "fuse.cephfs",
-        "glusterfs",
-        "fuse.glusterfs",
-        "beegfs",
-        "panfs",
-        "afs",
-        "fuse.sshfs",
-    }
-)
 
 _OBJECT_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{38}(?:-rmd160|-shake128)?")
 _DERIVED_KEY = re.compile(r"[0-9A-Za-z_-]{3,200}")
@@ -274,26 +256,6 @@ def _process_start(pid: int) -> int | None:
 
 def _pid_alive(pid: int) -> bool:
     return _process_start(pid) is not None
-
-
-def _filesystem_type(path: Path) -> str | None:
-    """File system type of the mount holding ``path`` (longest mount point prefix), if known."""
-    try:
-        text = Path("/proc/self/mountinfo").read_text()
-    except OSError:
-        return None
-    target = str(path.resolve())
-    best_mount, best_type = "", None
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right:
-            continue
-        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best_mount):
-            best_mount, best_type = mount, right.split()[0]
-    return best_type
 
 
 # Checksums of decoded files in the index, for ``cache fsck``: "adler32:<8 hex>" (the zlib

@@ -18,11 +18,89 @@ from .errors import ConfigError
 _FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+")
 
 
-def default_cache_base(environ: Mapping[str, str] | None = None) -> Path:
-    """Unprivileged default: the real client's ``/var/lib/cvmfs`` is root's; use XDG instead."""
+# File systems the node cache refuses (its index is SQLite with file locks, made for one node).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "fuse.ceph",
+        "fuse.cephfs",
+        "glusterfs",
+        "fuse.glusterfs",
+        "beegfs",
+        "panfs",
+        "afs",
+        "fuse.sshfs",
+    }
+)
+# Where the default cache goes when the home directory is on one of them (HPC clusters).
+LOCAL_FALLBACKS = ("/var/tmp", "/tmp")
+
+
+def default_cache_base(
+    environ: Mapping[str, str] | None = None, fallbacks: tuple[str, ...] = LOCAL_FALLBACKS
+) -> Path:
+    """Unprivileged default: the real client's ``/var/lib/cvmfs`` is root's; use XDG instead.
+
+    On a cluster the home directory is usually on NFS, GPFS, Lustre..., where the node cache
+    cannot live: then ``<fallback>/cvmfs-client-<uid>`` on the first node-local fallback where
+    that directory is (or can be made) ours alone, rather than a failing default.
+    """
     env = os.environ if environ is None else environ
     xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(xdg) / "cvmfs-client"
+    home = Path(xdg) / "cvmfs-client"
+    if filesystem_type(home) not in NETWORK_FILESYSTEMS:
+        return home
+    for directory in fallbacks:
+        candidate = Path(directory) / f"cvmfs-client-{os.getuid()}"
+        if filesystem_type(candidate) not in NETWORK_FILESYSTEMS and _private_dir(candidate):
+            return candidate
+    return home  # the node cache says what is wrong with it
+
+
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` is (now) a directory of ours that no one else can write to or replace."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def filesystem_type(path: Path) -> str | None:
+    """File system type of the mount holding ``path`` (longest mount point prefix), if known.
+
+    ``path`` need not exist yet (the mount that would hold it).
+    """
+    try:
+        with open("/proc/self/mountinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best_mount, best_type = "", None
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best_mount):
+            best_mount, best_type = mount, right.split()[0]
+    return best_type
 
 
 def check_fqrn(fqrn: str) -> str:

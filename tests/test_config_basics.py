@@ -1,0 +1,61 @@
+"""Default cache base and file-system detection (``cvmfs_client/config_basics.py``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import cvmfs_client.config_basics as basics
+from cvmfs_client.config_basics import default_cache_base, filesystem_type
+
+
+def test_the_default_cache_is_under_the_xdg_cache_home(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path / "home")}
+    assert default_cache_base(env) == tmp_path / "home" / ".cache" / "cvmfs-client"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    assert default_cache_base(env) == tmp_path / "xdg" / "cvmfs-client"
+
+
+def _network_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    real = basics.filesystem_type
+    monkeypatch.setattr(
+        basics, "filesystem_type", lambda p: "nfs4" if str(p).startswith(str(home)) else real(p)
+    )
+
+
+def test_a_home_on_a_network_file_system_falls_back_to_a_private_local_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster the home is on NFS/GPFS/Lustre, where the node cache refuses to live."""
+    home, local = tmp_path / "home", tmp_path / "local"
+    local.mkdir()
+    _network_home(monkeypatch, home)
+    base = default_cache_base({"HOME": str(home)}, fallbacks=(str(tmp_path / "missing"), str(local)))
+    assert base == local / f"cvmfs-client-{os.getuid()}"
+    st = base.stat()
+    assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o700
+
+
+def test_a_fallback_someone_else_could_write_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, shared, other = tmp_path / "home", tmp_path / "shared", tmp_path / "other"
+    trap = shared / f"cvmfs-client-{os.getuid()}"
+    trap.mkdir(parents=True)
+    trap.chmod(0o777)  # made by someone else in a world-writable /tmp, say
+    (other / f"cvmfs-client-{os.getuid()}").mkdir(parents=True)
+    (other / f"cvmfs-client-{os.getuid()}").rename(other / "x")
+    (other / f"cvmfs-client-{os.getuid()}").symlink_to(other / "x")  # a symlink is not a directory
+    _network_home(monkeypatch, home)
+    # Nothing usable: the home's path, whose node cache then says what is wrong with it.
+    assert default_cache_base({"HOME": str(home)}, fallbacks=(str(shared), str(other))) == (
+        home / ".cache" / "cvmfs-client"
+    )
+
+
+def test_file_system_type_of_existing_and_future_paths(tmp_path: Path) -> None:
+    assert filesystem_type(Path("/proc/self")) == "proc"
+    assert filesystem_type(tmp_path / "not" / "yet") == filesystem_type(tmp_path)
+    assert filesystem_type(Path("/dev/shm/x")) == "tmpfs"
