@@ -49,19 +49,29 @@ def default_cache_base(
     """Unprivileged default: the real client's ``/var/lib/cvmfs`` is root's; use XDG instead.
 
     On a cluster the home directory is usually on NFS, GPFS, Lustre..., where the node cache
-    cannot live: then ``<fallback>/cvmfs-client-<uid>`` on the first node-local fallback where
-    that directory is (or can be made) ours alone, rather than a failing default.
+    cannot live, or read-only on compute nodes (or missing: a batch account's /nonexistent):
+    then ``<fallback>/cvmfs-client-<uid>`` on the first node-local fallback where that
+    directory is (or can be made) ours alone, rather than a failing default.
     """
     env = os.environ if environ is None else environ
     xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
     home = Path(xdg) / "cvmfs-client"
-    if filesystem_type(home) not in NETWORK_FILESYSTEMS:
+    if filesystem_type(home) not in NETWORK_FILESYSTEMS and _usable(home):
         return home
     for directory in fallbacks:
         candidate = Path(directory) / f"cvmfs-client-{os.getuid()}"
         if filesystem_type(candidate) not in NETWORK_FILESYSTEMS and _private_dir(candidate):
             return candidate
     return home  # the node cache says what is wrong with it
+
+
+def _usable(path: Path) -> bool:
+    """Whether directory ``path`` could be made (if missing) and written in, by us: judged on
+    its nearest existing ancestor, without making anything (reading settings makes no files)."""
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK)
+    return False
 
 
 def _private_dir(path: Path) -> bool:

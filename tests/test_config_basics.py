@@ -16,6 +16,7 @@ def test_the_default_cache_is_under_the_xdg_cache_home(tmp_path: Path) -> None:
     assert default_cache_base(env) == tmp_path / "home" / ".cache" / "cvmfs-client"
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     assert default_cache_base(env) == tmp_path / "xdg" / "cvmfs-client"
+    assert sorted(os.listdir(tmp_path)) == []  # deciding makes nothing
 
 
 def _network_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
@@ -36,6 +37,15 @@ def test_a_home_on_a_network_file_system_falls_back_to_a_private_local_directory
     assert base == local / f"cvmfs-client-{os.getuid()}"
     st = base.stat()
     assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o700
+
+
+def test_a_home_that_cannot_hold_the_cache_falls_back_too(tmp_path: Path) -> None:
+    """A batch account's HOME=/nonexistent (or a read-only home): a cache elsewhere, not an error."""
+    (tmp_path / "file").write_text("")
+    local = tmp_path / "local"
+    local.mkdir()
+    base = default_cache_base({"HOME": str(tmp_path / "file")}, fallbacks=(str(local),))
+    assert base == local / f"cvmfs-client-{os.getuid()}" and base.is_dir()
 
 
 def test_a_fallback_someone_else_could_write_is_passed_over(
