@@ -145,8 +145,6 @@ OBJECT_MODE = 0o555
 # CVMFS_QUOTA_LIMIT is in MB meaning MiB (the real client multiplies by 1024 * 1024).
 _MB = 1024 * 1024
 
-# File systems on which SQLite/flock are unsafe: the node-local index must not live there.
-
 _OBJECT_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{38}(?:-rmd160|-shake128)?")
 _DERIVED_KEY = re.compile(r"[0-9A-Za-z_-]{3,200}")
 _DERIVED_NAME = re.compile(r"assembled/[0-9A-Za-z_-]{2}/[0-9A-Za-z_-]+")

@@ -267,8 +267,9 @@ def short_link(uid: int, target: bytes, room: int) -> str:
 
     ``/tmp/.c<uid>/<name>``: the name is a digest of the target cut to what fits, at most 8
     characters, so that any uid (up to 10 digits) fits the 27 bytes of
-    ``/lib64/ld-linux-x86-64.so.2`` with 8 and musl's 24 with at least 5 (a name shared by two
-    targets is only slower: the link is put back to the target each job wants).
+    ``/lib64/ld-linux-x86-64.so.2`` with 8 and musl's 24 with at least 5. (Two interpreters of
+    one user whose digests share those characters, one chance in 2**32 with 8, would take the
+    link from each other's running jobs.)
     """
     import hashlib  # start-up time: OpenSSL loads only when a job needs it
 
