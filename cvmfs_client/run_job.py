@@ -41,12 +41,28 @@ def run_job(
     """Run ``command`` under the interposer and exit as it did (see ``cvmfs-client run --help``)."""
     import traceback
 
-    from interposer.job import EX_SOFTWARE, RunError, exit_like, run
+    from interposer.job import EX_SOFTWARE, RunError, exit_like, outer_interposer, run
     from interposer.session import prepare
 
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else None
     if level is not None:
         logging.getLogger().setLevel(level)
+    outer = outer_interposer()
+    if outer is not None:
+        given = {
+            "--repo": repos,
+            "-r": parrot_repos,
+            "--cache-dir": cache_dir,
+            "-m": mount_lists,
+            "-M": mounts,
+            "--private-tmp": private_tmp is not None,
+            "--deny": deny,
+            "--sandbox": sandbox,
+            "--allow-write": allow_write,
+            "-n": name_list,
+            "-e": env_list,
+        }
+        _run_nested(outer, command, [name for name, value in given.items() if value])
     try:
         options = prepare(
             repos,
@@ -88,6 +104,24 @@ def run_job(
     if stats:
         _say(f"stops {options.stats}")
     exit_like(status)
+
+
+def _run_nested(outer: int, command: Sequence[str], options: list[str]) -> NoReturn:
+    """A run inside a job of ``cvmfs-client run`` (a wrapper script calling it again): the job
+    already sees /cvmfs through the outer run, and ptrace cannot nest, so ``command`` simply
+    runs; options that need a run of their own are refused rather than ignored."""
+    if options:
+        _say(
+            f"already inside the job of cvmfs-client run (process {outer}), whose /cvmfs this "
+            f"command sees; a nested run cannot apply {', '.join(options)}: start it outside"
+        )
+        sys.exit(125)
+    logging.getLogger(__name__).info("inside cvmfs-client run %d: running %s directly", outer, command[0])
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as exc:  # as the run itself reports them
+        _say(f"{command[0]}: {exc.strerror}")
+        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
 
 def _say(message: str) -> None:

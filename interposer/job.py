@@ -296,8 +296,48 @@ PTRACE_DENIED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
 YAMA_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
 
 
+def tracer_of(pid: int | str = "self") -> tuple[int, bytes] | None:
+    """(pid, command line) of the process tracing ``pid``, if any (``b""`` if unreadable)."""
+    tracer = 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"TracerPid:"):
+                    tracer = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        return None
+    if not tracer:
+        return None
+    try:
+        with open(f"/proc/{tracer}/cmdline", "rb") as f:
+            return tracer, f.read().replace(b"\0", b" ").strip()
+    except OSError:
+        return tracer, b""
+
+
+def outer_interposer() -> int | None:
+    """The pid of the ``cvmfs-client run`` whose job we are, if we are one (a nested run)."""
+    found = tracer_of()
+    if found is None:
+        return None
+    pid, cmdline = found
+    words = cmdline.split()
+    # python -m cvmfs_client run ..., .../cvmfs-client run ..., the one-file executable
+    is_ours = any(w.endswith((b"cvmfs-client", b"cvmfs_client", b"cvmfs_client.cli")) for w in words)
+    return pid if is_ours and b"run" in words else None
+
+
 def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
     """One line that says why jobs cannot run here, naming the Yama setting when it is the cause."""
+    traced = tracer_of()
+    if traced is not None:  # strace -f, a debugger, or a run that could not be recognised
+        pid, cmdline = traced
+        who = cmdline.decode(errors="replace")[:80] or "?"
+        return (
+            f"this process is itself traced by process {pid} ({who}), and a traced process's "
+            "children cannot be traced again: run cvmfs-client run outside it"
+        )
     try:
         scope = yama.read_text().strip()
     except OSError:

@@ -4,11 +4,13 @@ passed through exactly, stdin/stdout, options, and a tracer that never leaves a 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from tests.interposer.conftest import TOOLS, assert_a_bug_kills_the_job, cvmfs_run
 from tests.interposer.trees import FQRN, MOUNT
@@ -142,6 +144,37 @@ def test_exit_status_passes_through(job_env):
     assert missing.returncode == 127 and b"No such file or directory" in missing.stderr
     not_exec = cvmfs_run([f"{MOUNT}/etc/example.conf"], job_env)
     assert not_exec.returncode == 126
+
+
+def test_a_run_inside_a_job_runs_its_command_under_the_outer_run(job_env):
+    """A wrapper that calls cvmfs-client run again (a pilot and its payload's own wrapper):
+    ptrace cannot nest, the outer run already shows /cvmfs, so the command just runs; options
+    a nested run cannot apply are refused, not ignored."""
+    inner = f"{shlex.quote(sys.executable)} -m cvmfs_client run"
+    script = (
+        f"{inner} -- sh -c 'cat {MOUNT}/etc/example.conf | wc -l; exit 7'; echo inner=$?; "
+        f"{inner} --sandbox -- true; echo sandbox=$?; {inner} -- /no/such/command; echo missing=$?"
+    )
+    r = cvmfs_run(["sh", "-c", script], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["3", "inner=7", "sandbox=125", "missing=127"]
+    err = r.stderr.decode()
+    assert "a nested run cannot apply --sandbox" in err and "/no/such/command: No such file" in err
+
+
+def test_a_traced_process_is_told_who_traces_it(job_env):
+    """Where ptrace is refused because this process is traced already (strace -f, a debugger),
+    the message names the tracer instead of blaming a security policy."""
+    code = (
+        "from interposer.job import outer_interposer, ptrace_denied_message\n"
+        "print(outer_interposer()); print(ptrace_denied_message())"
+    )
+    r = cvmfs_run([sys.executable, "-c", code], job_env, cwd=Path(__file__).parents[2])
+    pid, message = r.stdout.decode().splitlines()
+    assert int(pid) > 0 and f"traced by process {pid} (" in message and "cvmfs_client run" in message
+    from interposer.job import outer_interposer
+
+    assert outer_interposer() is None  # this test process is nobody's job
 
 
 def test_killing_signal_passes_through(job_env):
