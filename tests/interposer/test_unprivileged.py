@@ -2,9 +2,10 @@
 
 Bugs that only a user meets hid behind root here: the ELF interpreter link named by uid did
 not fit the 27 bytes of a host program's PT_INTERP for uids of 3+ digits (every ``package
-run``), and ``--sandbox`` denied the private /tmp made in a user's home. These jobs run as ``nobody`` (setpriv), with a home under /home and no
-CVMFS_CACHE_BASE, against the suite's nginx. The tracer's Python and its dependencies are
-copied where ``nobody`` can read them (the test's interpreter may live in root's home).
+run``), and ``--sandbox`` denied the private /tmp made in a user's home. These jobs run as
+``nobody`` (setpriv), with a home under /home and no CVMFS_CACHE_BASE, against the suite's
+nginx. The tracer's Python and its dependencies are copied where ``nobody`` can read them
+(the test's interpreter may live in root's home).
 """
 
 from __future__ import annotations
