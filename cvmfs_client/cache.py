@@ -102,7 +102,7 @@ from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
 import diskcache
 
 from .cache_links import collect, held_outside, linked_trees, note_removal
-from .config_basics import NETWORK_FILESYSTEMS
+from .config_basics import NETWORK_FILESYSTEMS, foreign_directory
 from .config_basics import filesystem_type as _filesystem_type
 from .errors import ConfigError, CvmfsError, FetchError, FormatError
 from .hashing import ContentHash, ObjectType
@@ -1041,7 +1041,8 @@ class AlienCache:
 class NodeCache:
     """The node's shared cache of verified, decoded objects (see the module docstring).
 
-    ``quota_bytes`` None or <= 0 means unlimited.
+    ``quota_bytes`` None or <= 0 means unlimited. A directory another user could change is
+    refused (:func:`.config_basics.foreign_directory`).
     """
 
     def __init__(
@@ -1049,6 +1050,8 @@ class NodeCache:
         directory: Path,
         quota_bytes: int | None,
         alien: AlienCache | None = None,
+        *,
+        check_owner: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.quota_bytes = quota_bytes if quota_bytes is not None and quota_bytes > 0 else None
@@ -1056,6 +1059,9 @@ class NodeCache:
         self.txn = self.directory / "txn"
         self.quarantine = self.directory / "quarantaine"
         self.locks = self.directory / "locks"
+        # check_owner=False: only to look at (cache stat/fsck/wipe by its owner or an admin).
+        if check_owner:
+            self._check_owner()  # before writing anything into someone else's directory
         try:
             for d in (self.txn, self.quarantine, self.locks):
                 d.mkdir(parents=True, exist_ok=True)
@@ -1064,6 +1070,8 @@ class NodeCache:
                 f"{self.directory}: cannot be used as the node cache: {exc.strerror} ({exc.filename}); "
                 "set CVMFS_CACHE_BASE (or --cache-dir) to a writable directory on node-local disk"
             ) from None
+        if check_owner:
+            self._check_owner()  # made just now: in whose directory?
         fstype = _filesystem_type(self.directory)
         if fstype in NETWORK_FILESYSTEMS:
             raise ConfigError(
@@ -1084,6 +1092,15 @@ class NodeCache:
         if not self._index.built():  # a new cache, or the index was lost or corrupt
             self._rebuild(only_if_needed=True)
         self._clean_txn()
+
+    def _check_owner(self) -> None:
+        why = foreign_directory(self.directory)
+        if why is not None:
+            raise ConfigError(
+                f"{self.directory}: not used as the node cache: {why}, so another user could change "
+                "the programs and files your jobs read from it; use a directory of your own "
+                "(CVMFS_CACHE_BASE or --cache-dir)"
+            )
 
     # -- the object store interface ------------------------------------------------------
 

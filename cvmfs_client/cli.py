@@ -221,7 +221,8 @@ def _node_cache(cache_dir: Path | None):  # type: ignore[no-untyped-def]
     from .config import cache_settings, load_configuration
 
     cs = cache_settings(load_configuration(None, _config_dir(), require_server=False))
-    return NodeCache(cache_dir or cs.directory, cs.quota_limit_bytes)
+    # Looking at someone else's cache (an admin's fsck) is fine; only using its objects is not.
+    return NodeCache(cache_dir or cs.directory, cs.quota_limit_bytes, check_owner=False)
 
 
 _cache_dir_option = click.option(

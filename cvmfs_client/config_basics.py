@@ -89,6 +89,31 @@ def _private_dir(path: Path) -> bool:
     return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
+def foreign_directory(path: Path) -> str | None:
+    """Why another user could change what is in directory ``path``, or ``None`` if no one can.
+
+    A cache's objects are verified when they are stored, not each time they are read or run:
+    a directory that another user owns or may write, or whose parent lets another user
+    replace it, would let that user hand our jobs altered programs (as a cache base pointed at
+    a directory someone made in /tmp beforehand would). ``None`` too if it does not exist yet.
+    """
+    me = os.geteuid()
+    try:
+        st = os.stat(path)
+        parent = os.stat(path.parent)
+    except OSError:
+        return None
+    if st.st_uid != me:
+        return f"it belongs to uid {st.st_uid}"
+    if st.st_mode & 0o002:
+        return "it is writable by everyone"
+    if parent.st_uid not in (me, 0):
+        return f"its parent {path.parent} belongs to uid {parent.st_uid}"
+    if parent.st_mode & 0o002 and not parent.st_mode & 0o1000:  # no sticky bit: others may rename
+        return f"its parent {path.parent} is writable by everyone"
+    return None
+
+
 def filesystem_type(path: Path) -> str | None:
     """File system type of the mount holding ``path`` (longest mount point prefix), if known.
 

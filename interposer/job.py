@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from cvmfs_client.config_basics import foreign_directory
 from cvmfs_client.errors import CvmfsError
 
 from . import notify, seccomp
@@ -174,6 +175,12 @@ def _check_shadow_dir(shadow_dir: Path) -> None:
         raise RunError(
             f"cannot use the cache directory {shadow_dir}: not writable; give --cache-dir "
             "(or CVMFS_CACHE_BASE) a writable directory"
+        )
+    why = foreign_directory(shadow_dir)
+    if why is not None:  # its programs (content links, patched copies) run as the job
+        raise RunError(
+            f"cannot use the cache directory {shadow_dir}: {why}, so another user could change the "
+            "programs your job runs from it; give --cache-dir (or CVMFS_CACHE_BASE) a directory of your own"
         )
     if noexec:
         log.warning(

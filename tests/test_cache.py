@@ -642,6 +642,19 @@ def test_node_cache_on_a_network_file_system_is_refused(tmp_path: Path, monkeypa
         NodeCache(tmp_path, None)
 
 
+def test_a_node_cache_another_user_could_change_is_refused_but_can_be_inspected(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the suite runs as root (.ci/run): chown needs it"
+    base = tmp_path / "base"
+    base.mkdir()
+    os.chown(base, 65534, 65534)  # made beforehand by someone else, as in a shared /tmp
+    with pytest.raises(
+        ConfigError, match=r"base/shared: not used as the node cache: its parent .* uid 65534"
+    ):
+        NodeCache(base / "shared", None)
+    with NodeCache(base / "shared", None, check_owner=False) as cache:  # cache stat/fsck
+        assert cache.stat().objects == 0
+
+
 def test_a_node_cache_that_cannot_be_made_is_a_configuration_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"file/c: cannot be used as the node cache: Not a directory"):

@@ -69,3 +69,28 @@ def test_file_system_type_of_existing_and_future_paths(tmp_path: Path) -> None:
     assert filesystem_type(Path("/proc/self")) == "proc"
     assert filesystem_type(tmp_path / "not" / "yet") == filesystem_type(tmp_path)
     assert filesystem_type(Path("/dev/shm/x")) == "tmpfs"
+
+
+def test_a_directory_another_user_could_change_is_named(tmp_path: Path) -> None:
+    """A cache's objects are trusted once stored: whoever may write or replace its directory
+    could hand our jobs altered programs (a cache base someone made in /tmp beforehand)."""
+    from cvmfs_client.config_basics import foreign_directory
+
+    assert os.geteuid() == 0, "the suite runs as root (.ci/run): chown needs it"
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    assert foreign_directory(mine) is None and foreign_directory(tmp_path / "missing") is None
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    assert foreign_directory(theirs) == "it belongs to uid 65534"
+    (theirs / "c").mkdir()  # ours, in their directory: they may rename it and put theirs
+    assert foreign_directory(theirs / "c") == f"its parent {theirs} belongs to uid 65534"
+    open_ = tmp_path / "open"
+    open_.mkdir()
+    open_.chmod(0o777)
+    assert foreign_directory(open_) == "it is writable by everyone"
+    (open_ / "c").mkdir()
+    assert foreign_directory(open_ / "c") == f"its parent {open_} is writable by everyone"
+    open_.chmod(0o1777)  # /tmp: others cannot rename what is ours
+    assert foreign_directory(open_ / "c") is None

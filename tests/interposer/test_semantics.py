@@ -340,6 +340,18 @@ def test_an_unwritable_cache_is_named_before_the_job_starts(job_env, tmp_path):
     )
 
 
+def test_a_cache_another_user_could_change_is_refused_before_the_job_starts(job_env, tmp_path):
+    """Programs run from the cache's shadow trees: a cache base another user owns (one made
+    in /tmp beforehand) could hand the job altered ones."""
+    where = tmp_path / "theirs"
+    where.mkdir()
+    os.chown(where, 65534, 65534)
+    marker = tmp_path / "started"
+    r = cvmfs_run(["sh", "-c", f"touch {marker}"], dict(job_env, CVMFS_CACHE_BASE=str(where)))
+    assert r.returncode == 125 and not marker.exists(), r.stderr.decode()
+    assert f"{where}/interposer: its parent {where} belongs to uid 65534" in r.stderr.decode()
+
+
 BROKEN_TRACER = """
 import interposer.tracer as tracer
 def broken(self, task):
