@@ -305,15 +305,7 @@ YAMA_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
 
 def tracer_of(pid: int | str = "self") -> tuple[int, bytes] | None:
     """(pid, command line) of the process tracing ``pid``, if any (``b""`` if unreadable)."""
-    tracer = 0
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"TracerPid:"):
-                    tracer = int(line.split()[1])
-                    break
-    except (OSError, ValueError, IndexError):
-        return None
+    tracer = pt.status_field(pid, b"TracerPid:")
     if not tracer:
         return None
     try:

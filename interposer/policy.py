@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .mountlist import DENY, ENOENT, LOCAL, REDIRECT, RWX, W_OK, Line, MountTable, _norm, prefixes
+from .ptrace_api import status_field
 from .syscalls import MOVE, O_ACCMODE, O_PATH, O_RDONLY, O_RDWR, R_OK
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Policy:
             return False
         if pid == self._tracer_s:
             return True
-        return _status_field(pid, b"Tgid:") == self.tracer_pid
+        return status_field(pid, b"Tgid:") == self.tracer_pid
 
     def may_write(self, logical: str, tgid: int = 0, tid: int = 0) -> bool:
         """--allow-write: whether ``logical`` lies under an allowed prefix (logs refusals)."""
@@ -171,7 +172,7 @@ class Policy:
             return False
         if int(pid) in (tgid, tid):
             return True
-        return _status_field(pid, b"TracerPid:") == self.tracer_pid
+        return status_field(pid, b"TracerPid:") == self.tracer_pid
 
     # -- the walk ---------------------------------------------------------------------------------
 
@@ -342,18 +343,6 @@ __all__ = ["Policy", "Walk", "sandbox_lines", "deny_line", "REDIRECT"]
 
 def _same(path: str, entry: object) -> str:
     return path
-
-
-def _status_field(pid: str, name: bytes) -> int | None:
-    """A numeric field (``Tgid:``, ``TracerPid:``) of ``/proc/PID/status``; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(name):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _fd_grants(link: str) -> int:

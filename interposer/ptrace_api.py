@@ -416,6 +416,18 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 
+def status_field(pid: int | str, name: bytes) -> int | None:
+    """A numeric field (``Tgid:``, ``TracerPid:``) of ``/proc/PID/status``; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def set_no_new_privs() -> None:
     """Required before an unprivileged process may install a seccomp filter."""
     if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

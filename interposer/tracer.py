@@ -711,14 +711,8 @@ def _retry(regs: arch.Regs) -> None:
 
 
 def _tgid_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return pid
+    found = pt.status_field(pid, b"Tgid:")
+    return found if found is not None else pid
 
 
 def describe_call(ctx: _Ctx, spec: object, args: Sequence[int]) -> str:
