@@ -303,16 +303,47 @@ PTRACE_DENIED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
 YAMA_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
 
 
-def tracer_of(pid: int | str = "self") -> tuple[int, bytes] | None:
-    """(pid, command line) of the process tracing ``pid``, if any (``b""`` if unreadable)."""
+def tracer_of(pid: int | str = "self") -> tuple[int, list[bytes]] | None:
+    """(pid, argv) of the process tracing ``pid``, if any (argv empty if unreadable)."""
     tracer = pt.status_field(pid, b"TracerPid:")
     if not tracer:
         return None
     try:
         with open(f"/proc/{tracer}/cmdline", "rb") as f:
-            return tracer, f.read().replace(b"\0", b" ").strip()
+            return tracer, f.read().split(b"\0")[:-1]
     except OSError:
-        return tracer, b""
+        return tracer, []
+
+
+_RUN_MODULES = (b"cvmfs_client", b"cvmfs_client.cli", b"cvmfs_client.entry")
+
+
+def is_run_command(argv: Sequence[bytes]) -> bool:
+    """Whether ``argv`` is a ``cvmfs-client run`` (or ``package run``): ``python [opts] -m
+    cvmfs_client run``, ``python .../cvmfs-client run`` (the console script), ``.../cvmfs-client
+    run`` (the one-file executable), global options allowed before ``run``. Not ``strace -f
+    cvmfs-client run ...``: the program must be ours, not merely named."""
+    words = list(argv)
+    if words and os.path.basename(words[0]).startswith(b"python"):
+        words.pop(0)
+        while words and words[0].startswith(b"-") and words[0] != b"-m":
+            option = words.pop(0)
+            if option in (b"-X", b"-W") and words:
+                words.pop(0)
+        if words[:1] == [b"-m"]:
+            if len(words) < 2 or words[1] not in _RUN_MODULES:
+                return False
+            words = words[2:]
+        elif not words or os.path.basename(words.pop(0)) != b"cvmfs-client":
+            return False
+    elif not words or os.path.basename(words.pop(0)) != b"cvmfs-client":
+        return False
+    for word in words:  # global options (and their values) before the command
+        if word == b"run":
+            return True
+        if word == b"--":
+            return False
+    return False
 
 
 def outer_interposer() -> int | None:
@@ -320,19 +351,16 @@ def outer_interposer() -> int | None:
     found = tracer_of()
     if found is None:
         return None
-    pid, cmdline = found
-    words = cmdline.split()
-    # python -m cvmfs_client run ..., .../cvmfs-client run ..., the one-file executable
-    is_ours = any(w.endswith((b"cvmfs-client", b"cvmfs_client", b"cvmfs_client.cli")) for w in words)
-    return pid if is_ours and b"run" in words else None
+    pid, argv = found
+    return pid if is_run_command(argv) else None
 
 
 def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
     """One line that says why jobs cannot run here, naming the Yama setting when it is the cause."""
     traced = tracer_of()
     if traced is not None:  # strace -f, a debugger, or a run that could not be recognised
-        pid, cmdline = traced
-        who = cmdline.decode(errors="replace")[:80] or "?"
+        pid, argv = traced
+        who = b" ".join(argv).decode(errors="replace")[:80] or "?"
         return (
             f"this process is itself traced by process {pid} ({who}), and a traced process's "
             "children cannot be traced again: run cvmfs-client run outside it"
