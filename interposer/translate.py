@@ -70,7 +70,7 @@ from .syscalls import (
     follows_last,
     to_int,
 )
-from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Namespace, Resolved
+from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Namespace, Resolved, host_link_into_cvmfs
 
 if TYPE_CHECKING:  # the policy module is imported only by jobs that have one (see job.run)
     from .policy import Policy
@@ -779,8 +779,10 @@ class Translator:
             r = self.locate(ctx, dirfd, raw, not flags & AT_SYMLINK_NOFOLLOW, X_OK)
             shown = raw
         if r is None:
-            # A host file: the kernel runs it, unless it is a script whose interpreter is ours.
             host = raw if raw.startswith(b"/") else os.fsencode(ctx.cwd()) + b"/" + raw
+            r = self._through_host_link(host)
+        if r is None:
+            # A host file: the kernel runs it, unless it is a script whose interpreter is ours.
             target = self._exec_target(ctx, Resolved(HOST, host=os.fsdecode(host)), shown, 0)
             if isinstance(target, Return):
                 return target
@@ -839,6 +841,8 @@ class Translator:
         if interp is None or depth >= MAX_INTERP_DEPTH:
             return (local, None) if r.kind != HOST or r.touched else None
         ir = self.locate(ctx, AT_FDCWD, interp, True, X_OK)
+        if ir is None and interp.startswith(b"/"):
+            ir = self._through_host_link(interp)  # a venv's python, linked into /cvmfs
         if ir is None and r.kind == HOST and not r.touched:
             return None  # host script, host interpreter: the kernel's business
         if ir is None:
@@ -856,6 +860,15 @@ class Translator:
             # The interpreter is itself a script: its own interpreter goes in front.
             prefix = inner_argv + prefix[1:]
         return filename, prefix
+
+    def _through_host_link(self, host: bytes) -> Resolved | None:
+        """A program (or ``#!`` interpreter) named by a host path that a host symlink leads
+        into /cvmfs: the namespace's entry for it, else ``None`` (the kernel's business).
+        Only walked when the host path leads nowhere on the host: no cost for other programs."""
+        if self.policy is not None or os.path.exists(host):
+            return None  # a policy walks host symlinks into /cvmfs already
+        into = host_link_into_cvmfs(os.fsdecode(host))
+        return self.ns.resolve(into, True) if into is not None else None
 
     def _exec_head(self, local: bytes, content: bool) -> bytes | None:
         if not content:

@@ -262,6 +262,42 @@ class Mount:
         )
 
 
+def host_link_into_cvmfs(path: str, max_links: int = 40) -> str | None:
+    """The /cvmfs path that host ``path`` (absolute) reaches through host symlinks, if any.
+
+    ``~/venv/bin/python -> /cvmfs/.../bin/python3`` (``python -m venv`` with a Python from
+    /cvmfs), ``~/bin/root -> /cvmfs/...``: the kernel follows such a link and finds no /cvmfs.
+    The walk is the kernel's (``..`` after symlinks, 40 links at most), on the host, until the
+    path enters /cvmfs; ``None`` if it never does (or cannot be walked).
+    """
+    todo = [c for c in path.split("/") if c and c != "."]
+    todo.reverse()
+    done = ""
+    links = 0
+    while todo:
+        c = todo.pop()
+        if c == "..":
+            done = done.rsplit("/", 1)[0]
+            continue
+        here = f"{done}/{c}"
+        if here == "/cvmfs":
+            return "/".join([here, *reversed(todo)])
+        try:
+            target = os.readlink(here)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not a symlink, walk on
+                return None
+            done = here
+            continue
+        links += 1
+        if links > max_links:
+            return None
+        if target.startswith("/"):
+            done = ""
+        todo.extend(reversed([p for p in target.split("/") if p and p != "."]))
+    return None
+
+
 def short_link(uid: int, target: bytes, room: int) -> str:
     """The symlink standing for ELF interpreter ``target`` in a PT_INTERP of ``room`` bytes.
 

@@ -32,6 +32,21 @@ def test_dynamic_binary_with_libraries_in_the_repository(job_env):
     assert not copies.is_dir() or list(copies.iterdir()) == []
 
 
+def test_host_symlinks_to_programs_in_cvmfs_run(job_env, tmp_path):
+    """``python -m venv`` with a Python from /cvmfs makes ``venv/bin/python`` a host symlink into
+    /cvmfs, and the venv's scripts name it in their ``#!``; ``~/bin/tool -> /cvmfs/...`` too.
+    The kernel, following them, finds no /cvmfs: the tracer follows them instead."""
+    venv = tmp_path / "venv"
+    script = (
+        f"{PY} -m venv --without-pip {venv} && {venv}/bin/python -c 'import sys, json; print(sys.prefix)';"
+        f"printf '#!{venv}/bin/python\nimport sys; print(sys.argv[1:])\n' > {venv}/bin/tool;"
+        f"chmod +x {venv}/bin/tool && {venv}/bin/tool a b;"
+        f"ln -s {MOUNT}/bin/busybox {tmp_path}/echo && cd {tmp_path} && ./echo linked"
+    )
+    r = sh(script, job_env)
+    assert r.stdout.decode().splitlines() == [str(venv), "['a', 'b']", "linked"]
+
+
 def test_runpath_with_origin_finds_libraries_in_the_repository(job_env):
     r = sh(f"{MOUNT}/bin/rpath-cols; cd {MOUNT}/bin && ./rpath-cols", job_env)
     assert r.stdout.decode().split() == ["cols=80", "cols=80"]

@@ -26,3 +26,25 @@ def test_links_differ_by_target_and_a_room_too_small_is_refused() -> None:
     assert short_link(1001, b"/a", 27) == short_link(1001, b"/a", 27)
     with pytest.raises(ValueError, match="fits in 12 bytes"):
         short_link(1001, b"/a", 12)
+
+
+def test_host_links_into_cvmfs_are_followed_as_the_kernel_would(tmp_path) -> None:
+    from interposer.vfs import host_link_into_cvmfs
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to("/cvmfs/sw.example.org/python/bin/python3")
+    (tmp_path / "alias").symlink_to("venv/bin/python")  # a chain, relative
+    (tmp_path / "up").symlink_to("venv/bin")  # `..` is taken after the link: venv/
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "elsewhere").symlink_to("/usr/bin/env")
+    assert host_link_into_cvmfs(f"{tmp_path}/venv/bin/python") == "/cvmfs/sw.example.org/python/bin/python3"
+    assert host_link_into_cvmfs(f"{tmp_path}/alias") == "/cvmfs/sw.example.org/python/bin/python3"
+    assert (
+        host_link_into_cvmfs(f"{tmp_path}/up/../bin/./python") == "/cvmfs/sw.example.org/python/bin/python3"
+    )
+    link_dir = tmp_path / "repo"
+    link_dir.symlink_to("/cvmfs/sw.example.org")
+    assert host_link_into_cvmfs(f"{link_dir}/bin/../lib/x") == "/cvmfs/sw.example.org/bin/../lib/x"
+    for nowhere in ("plain", "loop", "elsewhere", "missing/x"):
+        assert host_link_into_cvmfs(f"{tmp_path}/{nowhere}") is None
