@@ -58,11 +58,25 @@ def default_cache_base(
     home = Path(xdg) / "cvmfs-client"
     if filesystem_type(home) not in NETWORK_FILESYSTEMS and _usable(home):
         return home
-    for directory in fallbacks:
-        candidate = Path(directory) / f"cvmfs-client-{os.getuid()}"
-        if filesystem_type(candidate) not in NETWORK_FILESYSTEMS and _private_dir(candidate):
-            return candidate
+    # Programs from /cvmfs run from the cache: a fallback mounted noexec (/tmp often is on
+    # compute nodes) only if no other will do.
+    for allow_noexec in (False, True):
+        for directory in fallbacks:
+            candidate = Path(directory) / f"cvmfs-client-{os.getuid()}"
+            if filesystem_type(candidate) in NETWORK_FILESYSTEMS:
+                continue
+            if not allow_noexec and _noexec(Path(directory)):
+                continue
+            if _private_dir(candidate):
+                return candidate
     return home  # the node cache says what is wrong with it
+
+
+def _noexec(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
+    except OSError:
+        return False
 
 
 def _usable(path: Path) -> bool:

@@ -48,6 +48,19 @@ def test_a_home_that_cannot_hold_the_cache_falls_back_too(tmp_path: Path) -> Non
     assert base == local / f"cvmfs-client-{os.getuid()}" and base.is_dir()
 
 
+def test_a_noexec_fallback_is_the_last_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs from /cvmfs run from the cache: /tmp mounted noexec (as on many compute nodes)
+    is taken only when no other fallback will do."""
+    home, noexec, other = tmp_path / "home", tmp_path / "noexec", tmp_path / "other"
+    noexec.mkdir()
+    other.mkdir()
+    _network_home(monkeypatch, home)
+    monkeypatch.setattr(basics, "_noexec", lambda p: p == noexec)
+    env = {"HOME": str(home)}
+    assert default_cache_base(env, fallbacks=(str(noexec), str(other))).parent == other
+    assert default_cache_base(env, fallbacks=(str(noexec),)).parent == noexec
+
+
 def test_a_fallback_someone_else_could_write_is_passed_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
