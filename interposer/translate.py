@@ -629,6 +629,8 @@ class Translator:
         if raw is None:
             return self._unreadable(ctx, args[spec.path])
         r = self.locate(ctx, AT_FDCWD, raw, True, X_OK)
+        if r is None:  # `cd ~/sw` where ~/sw -> /cvmfs/...
+            r = self._through_host_link(raw if raw.startswith(b"/") else os.fsencode(ctx.cwd()) + b"/" + raw)
         ctx.cwd_changed()  # after locate, which may have cached the old cwd
         if r is None:
             return None
@@ -862,8 +864,8 @@ class Translator:
         return filename, prefix
 
     def _through_host_link(self, host: bytes) -> Resolved | None:
-        """A program (or ``#!`` interpreter) named by a host path that a host symlink leads
-        into /cvmfs: the namespace's entry for it, else ``None`` (the kernel's business).
+        """A program, ``#!`` interpreter or new cwd named by a host path that a host symlink
+        leads into /cvmfs: the namespace's entry for it, else ``None`` (the kernel's business).
         Only walked when the host path leads nowhere on the host: no cost for other programs."""
         if self.policy is not None or os.path.exists(host):
             return None  # a policy walks host symlinks into /cvmfs already

@@ -34,17 +34,19 @@ def test_dynamic_binary_with_libraries_in_the_repository(job_env):
 
 def test_host_symlinks_to_programs_in_cvmfs_run(job_env, tmp_path):
     """``python -m venv`` with a Python from /cvmfs makes ``venv/bin/python`` a host symlink into
-    /cvmfs, and the venv's scripts name it in their ``#!``; ``~/bin/tool -> /cvmfs/...`` too.
-    The kernel, following them, finds no /cvmfs: the tracer follows them instead."""
+    /cvmfs, and the venv's scripts name it in their ``#!``; ``~/bin/tool -> /cvmfs/...`` and
+    ``cd ~/sw`` (``-> /cvmfs/...``) too. The kernel, following them, finds no /cvmfs: the
+    tracer follows them instead."""
     venv = tmp_path / "venv"
     script = (
         f"{PY} -m venv --without-pip {venv} && {venv}/bin/python -c 'import sys, json; print(sys.prefix)';"
         f"printf '#!{venv}/bin/python\nimport sys; print(sys.argv[1:])\n' > {venv}/bin/tool;"
         f"chmod +x {venv}/bin/tool && {venv}/bin/tool a b;"
-        f"ln -s {MOUNT}/bin/busybox {tmp_path}/echo && cd {tmp_path} && ./echo linked"
+        f"ln -s {MOUNT}/bin/busybox {tmp_path}/echo && cd {tmp_path} && ./echo linked;"
+        f"ln -s {MOUNT}/etc {tmp_path}/etc && cd {tmp_path}/etc && cat example.conf | wc -l && /bin/pwd"
     )
     r = sh(script, job_env)
-    assert r.stdout.decode().splitlines() == [str(venv), "['a', 'b']", "linked"]
+    assert r.stdout.decode().splitlines() == [str(venv), "['a', 'b']", "linked", "3", f"{MOUNT}/etc"]
 
 
 def test_runpath_with_origin_finds_libraries_in_the_repository(job_env):
