@@ -84,6 +84,9 @@ _MAGIC = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd|exe|
 _DEV_FD = re.compile(r"^/dev/(?:fd/(\d+)|(stdin|stdout|stderr))(/.*)?$")
 _STD_FDS = {"stdin": "0", "stdout": "1", "stderr": "2"}
 _MAGIC_ROOTS = (b"/proc/", b"/dev/")  # where a host path may be a magic link into /cvmfs
+# Host trees where nobody puts a symlink into /cvmfs: paths there are not checked for one
+# (the loader's probes, /etc/localtime for every line of `find -ls`, terminfo...).
+_SYSTEM_ROOTS = (b"/usr/", b"/lib", b"/etc/", b"/bin/", b"/sbin/", b"/proc/", b"/dev/", b"/sys/", b"/run/")
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 
 
@@ -156,6 +159,7 @@ class Translator:
         self.relocate_host_dirs = relocate_host_dirs and ranges is not None and policy is None
         self._warned_32bit: set[str] = set()
         self._memo: dict[tuple[bytes, bool], Resolved] = {}
+        self._real_dirs: set[str] = set()  # host directories reached without a link into /cvmfs
         self._fd_entries: dict[str, Resolved] = {}  # content fd targets (d/ paths) -> entries
         # First bytes and PT_INTERP of verified content run by the job (content never changes,
         # so a program started 200 times is read once); host files are read at each execve.
@@ -197,7 +201,7 @@ class Translator:
             if b"cvmfs" not in raw:
                 if raw.startswith(_MAGIC_ROOTS):
                     return self._magic(ctx, os.fsdecode(raw), follow)
-                return None
+                return self._via_host_link(raw, follow)
             key = (raw, follow)
             found = self._memo.get(key)
             if found is None:
@@ -206,6 +210,8 @@ class Translator:
                     if len(self._memo) >= 100_000:
                         self._memo.clear()
                     self._memo[key] = found
+            if found.kind == HOST and not found.touched:  # "cvmfs" merely in a host path
+                return self._via_host_link(raw, follow) or found
             return found
         if not raw:
             return None
@@ -221,18 +227,70 @@ class Translator:
         if logical is None:
             full = base.rstrip("/") + "/" + rel
             if "cvmfs" not in full:
-                return None
+                return self._via_host_link(os.fsencode(full), follow)
             found_r = self.ns.resolve(full, follow)
-            return None if found_r.kind == HOST and not found_r.touched else found_r
+            if found_r.kind == HOST and not found_r.touched:
+                return self._via_host_link(os.fsencode(full), follow)
+            return found_r
         return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
 
     def _plain_host(self, raw: bytes) -> bool:
         """Whether :meth:`locate` leaves ``raw`` to the kernel whatever the call: an absolute
-        host path outside /cvmfs, /proc and /dev, and no policy. Checked first by the handlers
-        of the commonest calls, so that a host path costs them no flag decoding."""
+        host path outside /cvmfs, /proc and /dev, no host symlink into /cvmfs on the way, and
+        no policy. Checked first by the handlers of the commonest calls, so that a host path
+        costs them no flag decoding."""
         if b"cvmfs" in raw or raw[:1] != b"/" or self.policy is not None:
             return False
-        return not raw.startswith(_MAGIC_ROOTS)
+        if raw.startswith(_SYSTEM_ROOTS):
+            return not raw.startswith(_MAGIC_ROOTS)
+        return self._host_link_target(raw) is None
+
+    def _via_host_link(self, raw: bytes, follow: bool) -> Resolved | None:
+        """The /cvmfs entry a host path reaches through a host symlink, else ``None``."""
+        if raw.startswith(_SYSTEM_ROOTS):
+            return None
+        into = self._host_link_target(raw, follow=follow)
+        return self.ns.resolve(into, follow) if into is not None else None
+
+    def _host_link_target(self, raw: bytes, depth: int = 0, follow: bool = True) -> str | None:
+        """The /cvmfs path that host path ``raw`` reaches through a host symlink (``~/sw ->
+        /cvmfs/...``, a venv's ``bin/python``), or ``None``: the kernel finds the same thing.
+
+        One ``readlink`` answers for most paths: not a link (an ordinary file or directory),
+        or a link elsewhere. A missing path is walked on the host when its directory was
+        not seen before as an ordinary one (a path through ``~/sw`` is missing to the kernel).
+        ``follow`` False: a final symlink (no trailing slash) is the answer itself.
+        """
+        path = os.fsdecode(raw)
+        name = path.rstrip("/")  # "sw/" makes the kernel follow sw itself: ask about sw
+        if name.rsplit("/", 1)[-1] in ("", ".", ".."):
+            return host_link_into_cvmfs(path)
+        try:
+            target = os.readlink(name)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return None  # there, and not a symlink
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            parent = os.path.dirname(name) or "/"
+            if parent in self._real_dirs:
+                return None
+            into = host_link_into_cvmfs(path)
+            if into is None and os.path.isdir(parent) and not os.path.islink(parent):
+                if len(self._real_dirs) >= 100_000:
+                    self._real_dirs.clear()
+                self._real_dirs.add(parent)
+            return into
+        if not follow and name == path:
+            return None  # lstat, readlink... of the link itself: the kernel's, on the host
+        if target.startswith("/"):
+            return host_link_into_cvmfs(path) if target.startswith("/cvmfs") else None
+        if ".." not in target.split("/") and depth < MAX_SYMLINKS:
+            # libfoo.so -> libfoo.so.1: the same directory, which the kernel resolved
+            parent = os.path.dirname(name) or "/"
+            rest = path[len(name) :]  # the trailing slash, if any
+            return self._host_link_target(os.fsencode(f"{parent}/{target}{rest}"), depth + 1)
+        return host_link_into_cvmfs(path)
 
     def _logical_of(self, real: str) -> str | None:
         """The job's name for a host path: /cvmfs for shadow paths, mount-list prefixes reversed.
@@ -629,8 +687,6 @@ class Translator:
         if raw is None:
             return self._unreadable(ctx, args[spec.path])
         r = self.locate(ctx, AT_FDCWD, raw, True, X_OK)
-        if r is None:  # `cd ~/sw` where ~/sw -> /cvmfs/...
-            r = self._through_host_link(raw if raw.startswith(b"/") else os.fsencode(ctx.cwd()) + b"/" + raw)
         ctx.cwd_changed()  # after locate, which may have cached the old cwd
         if r is None:
             return None
@@ -781,10 +837,8 @@ class Translator:
             r = self.locate(ctx, dirfd, raw, not flags & AT_SYMLINK_NOFOLLOW, X_OK)
             shown = raw
         if r is None:
-            host = raw if raw.startswith(b"/") else os.fsencode(ctx.cwd()) + b"/" + raw
-            r = self._through_host_link(host)
-        if r is None:
             # A host file: the kernel runs it, unless it is a script whose interpreter is ours.
+            host = raw if raw.startswith(b"/") else os.fsencode(ctx.cwd()) + b"/" + raw
             target = self._exec_target(ctx, Resolved(HOST, host=os.fsdecode(host)), shown, 0)
             if isinstance(target, Return):
                 return target
@@ -843,8 +897,6 @@ class Translator:
         if interp is None or depth >= MAX_INTERP_DEPTH:
             return (local, None) if r.kind != HOST or r.touched else None
         ir = self.locate(ctx, AT_FDCWD, interp, True, X_OK)
-        if ir is None and interp.startswith(b"/"):
-            ir = self._through_host_link(interp)  # a venv's python, linked into /cvmfs
         if ir is None and r.kind == HOST and not r.touched:
             return None  # host script, host interpreter: the kernel's business
         if ir is None:
@@ -862,15 +914,6 @@ class Translator:
             # The interpreter is itself a script: its own interpreter goes in front.
             prefix = inner_argv + prefix[1:]
         return filename, prefix
-
-    def _through_host_link(self, host: bytes) -> Resolved | None:
-        """A program, ``#!`` interpreter or new cwd named by a host path that a host symlink
-        leads into /cvmfs: the namespace's entry for it, else ``None`` (the kernel's business).
-        Only walked when the host path leads nowhere on the host: no cost for other programs."""
-        if self.policy is not None or os.path.exists(host):
-            return None  # a policy walks host symlinks into /cvmfs already
-        into = host_link_into_cvmfs(os.fsdecode(host))
-        return self.ns.resolve(into, True) if into is not None else None
 
     def _exec_head(self, local: bytes, content: bool) -> bytes | None:
         if not content:

@@ -32,21 +32,27 @@ def test_dynamic_binary_with_libraries_in_the_repository(job_env):
     assert not copies.is_dir() or list(copies.iterdir()) == []
 
 
-def test_host_symlinks_to_programs_in_cvmfs_run(job_env, tmp_path):
+def test_host_symlinks_into_cvmfs_are_followed(job_env, tmp_path):
     """``python -m venv`` with a Python from /cvmfs makes ``venv/bin/python`` a host symlink into
-    /cvmfs, and the venv's scripts name it in their ``#!``; ``~/bin/tool -> /cvmfs/...`` and
-    ``cd ~/sw`` (``-> /cvmfs/...``) too. The kernel, following them, finds no /cvmfs: the
-    tracer follows them instead."""
-    venv = tmp_path / "venv"
+    /cvmfs, found by the shell through PATH after ``activate`` and named by the venv's scripts'
+    ``#!``; ``~/sw -> /cvmfs/...`` is listed, read, run and entered. The kernel, following them,
+    finds no /cvmfs: the tracer follows them instead, and the links themselves stay links."""
+    venv, sw = tmp_path / "venv", tmp_path / "sw"
     script = (
-        f"{PY} -m venv --without-pip {venv} && {venv}/bin/python -c 'import sys, json; print(sys.prefix)';"
+        f"{PY} -m venv --without-pip {venv} && . {venv}/bin/activate;"
+        "python -c 'import sys, json; print(sys.prefix)';"
         f"printf '#!{venv}/bin/python\nimport sys; print(sys.argv[1:])\n' > {venv}/bin/tool;"
-        f"chmod +x {venv}/bin/tool && {venv}/bin/tool a b;"
+        f"chmod +x {venv}/bin/tool && tool a b;"
         f"ln -s {MOUNT}/bin/busybox {tmp_path}/echo && cd {tmp_path} && ./echo linked;"
-        f"ln -s {MOUNT}/etc {tmp_path}/etc && cd {tmp_path}/etc && cat example.conf | wc -l && /bin/pwd"
+        f"ln -s {MOUNT}/etc {sw} && cd {sw} && cat example.conf | wc -l && /bin/pwd;"
+        f"ls {sw}/ | head -1; stat -c %F {sw} {sw}/; readlink {sw}; wc -l < {sw}/example.conf;"
+        f"touch {sw}/new 2>&1 | grep -c 'Read-only file system'"
     )
     r = sh(script, job_env)
-    assert r.stdout.decode().splitlines() == [str(venv), "['a', 'b']", "linked", "3", f"{MOUNT}/etc"]
+    assert r.stdout.decode().splitlines() == [
+        str(venv), "['a', 'b']", "linked", "3", f"{MOUNT}/etc", "example.conf",
+        "symbolic link", "directory", f"{MOUNT}/etc", "3", "1",
+    ]  # fmt: skip
 
 
 def test_runpath_with_origin_finds_libraries_in_the_repository(job_env):
