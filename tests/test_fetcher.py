@@ -11,6 +11,7 @@ import http.client
 import logging
 import random
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -58,6 +59,13 @@ class _Quiet(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a timed-out attempt, a fetcher moving on) is expected."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 class _Server:
     """A ThreadingHTTPServer in a daemon thread, torn down by :meth:`close`."""
 
@@ -66,7 +74,7 @@ class _Server:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.log: list[tuple[str, dict[str, str]]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
+        self._server = _QuietServer(("127.0.0.1", 0), self.handler)
         self._server.owner = self  # type: ignore[attr-defined]
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
