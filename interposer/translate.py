@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 BINPRM_BUF_SIZE = 256  # the kernel reads this much of a file to find "#!" (fs/binfmt_script.c)
 MAX_INTERP_DEPTH = 4  # BINPRM_MAX_RECURSION
 _MAPS = re.compile(rb"^/proc/(self|thread-self|\d+)(/task/\d+)?/(maps|smaps)$")
+# The mount table a job reads: /etc/mtab is a link to /proc/self/mounts.
+_MOUNTS = re.compile(rb"^/proc/(?:(self|thread-self|\d+)(?:/task/\d+)?/)?(mounts|mountinfo)$")
 _MAGIC = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd|exe|root)(/.*)?$")
 _DEV_FD = re.compile(r"^/dev/(?:fd/(\d+)|(stdin|stdout|stderr))(/.*)?$")
 _STD_FDS = {"stdin": "0", "stdout": "1", "stderr": "2"}
@@ -461,6 +463,8 @@ class Translator:
         else:
             assert spec.flags is not None
             flags = to_int(args[spec.flags])
+        if raw == b"/etc/mtab" or raw.startswith(b"/proc/") and _MOUNTS.match(raw):
+            return self._proc_mounts(ctx, nr, spec, raw)
         if self._plain_host(raw) and not (flags & O_DIRECTORY and self.relocate_host_dirs):
             return None
         dirfd = _dirfd_arg(spec, args)
@@ -562,6 +566,45 @@ class Translator:
         if not changed:
             return None
         return self._path_rewrite(nr, spec, self.ns.snapshot(b"\n".join(lines)))
+
+    def _proc_mounts(self, ctx: Context, nr: int, spec: Spec, raw: bytes) -> Action:
+        """``/proc/PID/mounts``, ``mountinfo``, ``/etc/mtab``: the kernel's table plus a fuse
+        mount for each repository mounted so far, as the real client's autofs shows them, so
+        that wrappers checking ``grep /cvmfs/X /proc/mounts`` or ``mountpoint /cvmfs/X`` (and
+        ``df``, ``findmnt``) see it. Device numbers are the shadow tree's (what ``stat`` of a
+        /cvmfs path says), mount ids new ones."""
+        if self.policy is not None:  # another process's table under --sandbox: as for maps
+            checked = self.locate(ctx, AT_FDCWD, raw, True, R_OK)
+            if checked is not None and checked.kind == ERROR:
+                return Return(-checked.errno)
+        mounted = sorted(name for name, m in self.ns.mounts.items() if m is not None)
+        if not mounted:
+            return None
+        m = _MOUNTS.match(raw)
+        who = m.group(1).decode() if m is not None and m.group(1) else "self"
+        pid = str(ctx.tgid) if who in ("self", "thread-self") else who
+        kind = m.group(2).decode() if m is not None else "mounts"
+        try:
+            with open(f"/proc/{pid}/{kind}", "rb") as f:
+                text = f.read()
+            st = os.stat(self.ns.jobroot)
+        except OSError:
+            return None
+        options = f"user_id={os.getuid()},group_id={os.getgid()},default_permissions,allow_other"
+        lines = []
+        if kind == "mounts":
+            for name in mounted:
+                lines.append(f"cvmfs2 /cvmfs/{name} fuse ro,nosuid,nodev,relatime,{options} 0 0\n")
+        else:
+            ids = [int(line.split(b" ", 1)[0]) for line in text.splitlines() if line[:1].isdigit()]
+            top = max(ids, default=0)
+            parent = ids[0] if ids else 1  # the job's root mount
+            dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+            for i, name in enumerate(mounted, 1):
+                where = f"/ /cvmfs/{name} ro,nosuid,nodev,relatime"
+                lines.append(f"{top + i} {parent} {dev} {where} - fuse cvmfs2 ro,{options}\n")
+        data = text + "".join(lines).encode()
+        return self._path_rewrite(nr, spec, self.ns.snapshot(data))
 
     def _parent_exists(self, ctx: Context, dirfd: int, raw: bytes) -> bool:
         """Whether the directory that would hold ``raw`` exists inside /cvmfs."""

@@ -128,6 +128,22 @@ def test_ls_cvmfs_lists_configured_repositories_and_unknown_ones_are_absent(job_
     ]
 
 
+def test_mounted_repositories_are_in_the_mount_table(job_env):
+    """Job wrappers check `grep /cvmfs/X /proc/mounts` or `mountpoint /cvmfs/X` before they
+    start; df and findmnt read the table too. A repository is listed once mounted (autofs)."""
+    script = (
+        f"grep -c {MOUNT} /proc/mounts; ls {MOUNT} > /dev/null; grep -c {MOUNT} /proc/mounts /etc/mtab;"
+        f"mountpoint -q {MOUNT} && echo mountpoint; findmnt -n -o SOURCE,FSTYPE {MOUNT};"
+        f"findmnt -n -o TARGET -T {MOUNT}/etc/example.conf; df --output=source,target {MOUNT} | tail -1;"
+        f"grep -c ' {MOUNT} ro,nosuid,nodev,relatime - fuse cvmfs2 ' /proc/self/mountinfo"
+    )
+    r = cvmfs_run(["sh", "-c", script], job_env)
+    assert r.stdout.decode().split() == [
+        "0", "/proc/mounts:1", "/etc/mtab:1", "mountpoint", "cvmfs2", "fuse", MOUNT,
+        "cvmfs2", MOUNT, "1",
+    ], r.stderr.decode()  # fmt: skip
+
+
 def test_tar_sees_no_file_changing_while_read(job_env, tmp_path):
     """tar compares fstat of the open file with the earlier stat: they must agree (ctime too)."""
     r = cvmfs_run(["sh", "-c", f"cd {MOUNT} && tar cf - cases etc share | tar tvf - | wc -l"], job_env)
