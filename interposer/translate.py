@@ -584,6 +584,8 @@ class Translator:
         who = m.group(1).decode() if m is not None and m.group(1) else "self"
         pid = str(ctx.tgid) if who in ("self", "thread-self") else who
         kind = m.group(2).decode() if m is not None else "mounts"
+        if m is not None and not m.group(1) and kind != "mounts":
+            return None  # there is a /proc/mounts, no /proc/mountinfo
         try:
             with open(f"/proc/{pid}/{kind}", "rb") as f:
                 text = f.read()
