@@ -536,10 +536,9 @@ class Translator:
         m = _MAPS.match(raw)
         assert m is not None
         policy = self.policy
-        if policy is not None:  # another process's maps under --sandbox: denied like the rest
-            checked = self.locate(ctx, AT_FDCWD, raw, True, R_OK)
-            if checked is not None and checked.kind == ERROR:
-                return Return(-checked.errno)
+        denied = self._proc_denied(ctx, raw)
+        if denied is not None:
+            return denied
         who = m.group(1).decode()
         pid = str(ctx.tgid) if who in ("self", "thread-self") else who
         task = f"/task/{ctx.tid}" if who == "thread-self" else (m.group(2) or b"").decode()
@@ -567,16 +566,23 @@ class Translator:
             return None
         return self._path_rewrite(nr, spec, self.ns.snapshot(b"\n".join(lines)))
 
+    def _proc_denied(self, ctx: Context, raw: bytes) -> Return | None:
+        """Under a policy, another process's /proc file (maps, mounts) is denied like the rest
+        of /proc (--sandbox), before any snapshot of it is made."""
+        if self.policy is None:
+            return None
+        checked = self.locate(ctx, AT_FDCWD, raw, True, R_OK)
+        return Return(-checked.errno) if checked is not None and checked.kind == ERROR else None
+
     def _proc_mounts(self, ctx: Context, nr: int, spec: Spec, raw: bytes) -> Action:
         """``/proc/PID/mounts``, ``mountinfo``, ``/etc/mtab``: the kernel's table plus a fuse
         mount for each repository mounted so far, as the real client's autofs shows them, so
         that wrappers checking ``grep /cvmfs/X /proc/mounts`` or ``mountpoint /cvmfs/X`` (and
         ``df``, ``findmnt``) see it. Device numbers are the shadow tree's (what ``stat`` of a
         /cvmfs path says), mount ids new ones."""
-        if self.policy is not None:  # another process's table under --sandbox: as for maps
-            checked = self.locate(ctx, AT_FDCWD, raw, True, R_OK)
-            if checked is not None and checked.kind == ERROR:
-                return Return(-checked.errno)
+        denied = self._proc_denied(ctx, raw)
+        if denied is not None:
+            return denied
         mounted = sorted(name for name, m in self.ns.mounts.items() if m is not None)
         if not mounted:
             return None
