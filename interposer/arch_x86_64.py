@@ -203,12 +203,13 @@ _STAT = struct.Struct("<QQQIII4xQqqqqqqqqq24x")
 STAT_SIZE = _STAT.size  # 144
 
 
-def pack_stat(st: os.stat_result) -> bytes:
-    """``st`` as the kernel writes it for ``newfstatat`` (nanoseconds from the ``*_ns`` fields)."""
+def pack_stat(st: os.stat_result, blocks: int | None = None) -> bytes:
+    """``st`` as the kernel writes it for ``newfstatat`` (nanoseconds from the ``*_ns`` fields),
+    with ``blocks`` instead of ``st.st_blocks`` when given."""
     a, m, c = divmod(st.st_atime_ns, 10**9), divmod(st.st_mtime_ns, 10**9), divmod(st.st_ctime_ns, 10**9)
     return _STAT.pack(
         st.st_dev, st.st_ino, st.st_nlink, st.st_mode, st.st_uid, st.st_gid, st.st_rdev, st.st_size,
-        st.st_blksize, st.st_blocks, *a, *m, *c,
+        st.st_blksize, st.st_blocks if blocks is None else blocks, *a, *m, *c,
     )  # fmt: skip
 
 

@@ -2,10 +2,11 @@
 
 A ptrace stop costs two scheduler hand-overs through the tracer's ``waitpid`` loop, ~20 us
 pinned to one CPU and ~60-120 us when job and tracer sit on different CPUs of a VM. For the
-calls in :data:`.seccomp.NOTIFIED` (the ``stat`` family, ``access``, ``readlink``: they only read
-metadata into a buffer of known size) and, on Linux 5.14+, the opens that create nothing and
-the copies of reserved fds (:data:`.seccomp.NOTIFIED_OPENS`, ``NOTIFIED_DUPS``), the filter
-returns ``SECCOMP_RET_USER_NOTIF`` instead, and this thread answers from the listener fd:
+calls in :data:`.seccomp.NOTIFIED` (the ``stat`` family, ``access``, ``readlink``, reading
+xattrs: they only read metadata into a buffer of known size) and, on Linux 5.14+, the opens
+that create nothing and the copies of reserved fds (:data:`.seccomp.NOTIFIED_OPENS`,
+``NOTIFIED_DUPS``), the filter returns ``SECCOMP_RET_USER_NOTIF`` instead, and this thread
+answers from the listener fd:
 
 - a host path the translator leaves alone (``stat("/etc/localtime")`` in every ``localtime()``
   of a job without TZ, the dynamic loader's probes): ``SECCOMP_USER_NOTIF_FLAG_CONTINUE``, the
@@ -56,6 +57,7 @@ from collections.abc import Callable
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
 from .cpu_pin import SameCpu
+from .statx import STATX_SIZE
 from .syscalls import BY_NR, Kind, Spec
 from .tracer import Tracer, _Ctx, _tgid_of, describe_call
 from .translate import Return, Rewrite, WriteReturn
@@ -85,8 +87,11 @@ _kcmp.restype = ctypes.c_long
 _RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd already
 
 
-STATX_SIZE = 256
 AT_FDCWD = -100
+XATTR_SIZE_MAX = XATTR_LIST_MAX = 65536  # include/uapi/linux/limits.h
+XATTR_NAME_MAX = 255
+_XATTR_GET = frozenset({arch.NR["getxattr"], arch.NR["lgetxattr"]})  # (path, name, value, size)
+_XATTR_LIST = frozenset({arch.NR["listxattr"], arch.NR["llistxattr"]})  # (path, list, size)
 F_DUPFD_CLOEXEC = 1030
 
 
@@ -116,7 +121,15 @@ def _output(nr: int, args: list[int]) -> tuple[int, int] | None:
         return 1, max(0, min(args[2] & 0xFFFFFFFF, pt.PATH_MAX))
     if nr == arch.NR["readlinkat"]:
         return 2, max(0, min(args[3] & 0xFFFFFFFF, pt.PATH_MAX))
+    if nr in _XATTR_GET:  # the kernel reads at most XATTR_SIZE_MAX of a larger size
+        return 2, min(args[3], XATTR_SIZE_MAX)
+    if nr in _XATTR_LIST:
+        return 1, min(args[2], XATTR_SIZE_MAX)
     return None
+
+
+# Calls that return how much of their buffer they filled (the rest of it is left alone).
+_FILLS_PART = frozenset({arch.NR["readlink"], arch.NR["readlinkat"], *_XATTR_GET, *_XATTR_LIST})
 
 
 class Supervisor:
@@ -141,7 +154,8 @@ class Supervisor:
         self._req = bytearray(_NOTIF.size)
         self._resp = bytearray(_RESP.size)
         self._id = bytearray(8)
-        self._out = ctypes.create_string_buffer(pt.PATH_MAX + STATX_SIZE)
+        self._out = ctypes.create_string_buffer(max(pt.PATH_MAX, STATX_SIZE, XATTR_SIZE_MAX))
+        self._name = ctypes.create_string_buffer(XATTR_NAME_MAX + 2)  # an xattr's name
         self._path = ctypes.create_string_buffer(pt.PATH_MAX + 64)  # room for /proc/TID/root
         self._addfd = bytearray(_ADDFD.size)
         self._same_cpu = SameCpu()
@@ -313,6 +327,14 @@ class Supervisor:
             return 0, -errno.ENAMETOOLONG, 0
         self._path.value = path
         call[action.path_arg] = ctypes.addressof(self._path)
+        if action.nr in _XATTR_GET:  # the name is in the job's memory too
+            name = self.ctx.read_path(call[1])
+            if name is None:
+                return 0, -errno.EFAULT, 0
+            if not name or len(name) > XATTR_NAME_MAX:
+                return 0, -errno.ERANGE, 0
+            self._name.value = name
+            call[1] = ctypes.addressof(self._name)
         out = _output(action.nr, call)
         target = 0
         if out is not None:
@@ -330,7 +352,7 @@ class Supervisor:
             if identity is not None:
                 self._restore()
         if out is not None:
-            written = res if action.nr in (arch.NR["readlink"], arch.NR["readlinkat"]) else size
+            written = min(res, size) if action.nr in _FILLS_PART else size
             if written and not self._mem.write(tid, target, self._out.raw[:written]):
                 return 0, -errno.EFAULT, 0
         return res, 0, 0

@@ -109,7 +109,7 @@ ENOSYS = ("io_uring_setup",)
 # Each only reads metadata into a buffer of a known size, which the supervisor can fill itself.
 NOTIFIED = frozenset({
     "stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat", "faccessat2", "readlink",
-    "readlinkat", "getcwd",
+    "readlinkat", "getcwd", "getxattr", "lgetxattr", "listxattr", "llistxattr",
 })  # fmt: skip
 # ...and, where the supervisor can hand over an fd (Linux 5.14), these opens unless they create a
 # file (O_CREAT, O_TMPFILE: the job's umask applies) or ask for an O_PATH fd (which the kernel

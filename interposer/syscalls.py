@@ -65,6 +65,7 @@ class Spec:
     path2: int | None = None  # MODIFY2: second path and its dirfd
     dirfd2: int | None = None
     buf: int | None = None  # READLINK/GETCWD: output buffer; FSTAT, STAT: struct stat (not statx)
+    xbuf: int | None = None  # statx: its struct statx
     size: int | None = None  # READLINK/GETCWD: buffer size
     fd: int | None = None  # FSTAT/FCHDIR/MODIFY_FD: the fd argument
 
@@ -83,7 +84,7 @@ SPECS: tuple[Spec, ...] = (
     _s("stat", K.STAT, 0, buf=1),
     _s("lstat", K.STAT, 0, nofollow=True, buf=1),
     _s("newfstatat", K.STAT, 1, dirfd=0, flags=3, style=F.AT, buf=2),
-    _s("statx", K.STAT, 1, dirfd=0, flags=2, style=F.AT),
+    _s("statx", K.STAT, 1, dirfd=0, flags=2, style=F.AT, xbuf=4),
     _s("statfs", K.STAT, 0),
     _s("fstat", K.FSTAT, None, fd=0, buf=1),
     _s("access", K.ACCESS, 0, flags=None),

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from cvmfs_client.errors import CvmfsError
 
 from . import arch_x86_64 as arch
-from . import elf
+from . import elf, statx
 from .seccomp import FdRanges
 from .shadow import ShadowError
 from .syscalls import (
@@ -90,6 +90,7 @@ _MAGIC_ROOTS = (b"/proc/", b"/dev/")  # where a host path may be a magic link in
 # (the loader's probes, /etc/localtime for every line of `find -ls`, terminfo...).
 _SYSTEM_ROOTS = (b"/usr/", b"/lib", b"/etc/", b"/bin/", b"/sbin/", b"/proc/", b"/dev/", b"/sys/", b"/run/")
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
+_STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
 
 
 class Context(Protocol):
@@ -418,6 +419,8 @@ class Translator:
         The tracer's own search permission stands for the job's (they share credentials; a
         job that drops root's could not reach the shadow trees under root's cache anyway).
         """
+        if spec.xbuf is not None:
+            return self._statx_answer(r, spec.xbuf, args, flags)
         if spec.buf is None or flags & ~_STAT_FLAGS or r.kind != ENTRY:
             return None
         packed = r.stat_b
@@ -426,11 +429,28 @@ class Translator:
             if entry is None or entry.is_dir:
                 return None
             try:
-                packed = arch.pack_stat(os.lstat(self._meta_target(r)))
+                st = os.lstat(self._meta_target(r))
             except OSError:
                 return None  # the kernel reports it
-            r.stat_b = packed
+            packed = r.stat_b = arch.pack_stat(st)
         return WriteReturn(args[spec.buf], packed, 0)
+
+    def _statx_answer(self, r: Resolved, buf: int, args: tuple[int, ...], flags: int) -> Action:
+        """``statx`` of a regular file or symlink, answered like ``_stat_answer``; ``None`` for
+        what the kernel should see itself (directories, a mask asking for more than basic
+        stats, birth time and mount id, flags other than the usual ones)."""
+        if r.kind != ENTRY or flags & ~_STATX_FLAGS or to_int(args[3]) & ~statx.ASKED:
+            return None
+        data = r.statx_b
+        if data is None:
+            entry = r.entry
+            if entry is None or entry.is_dir:
+                return None
+            data = statx.shadow_statx(self._meta_target(r))
+            if data is None:
+                return None
+            r.statx_b = data
+        return WriteReturn(args[buf], data, 0)
 
     @staticmethod
     def _path_rewrite(nr: int, spec: Spec, new: str | bytes) -> Rewrite:

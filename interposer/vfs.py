@@ -79,7 +79,10 @@ def _node_of(entry: DirEntry) -> Node:
 class Resolved:
     """The outcome of a walk: a host path, the ``/cvmfs`` root, a repository entry or an errno."""
 
-    __slots__ = ("kind", "host", "touched", "mount", "inner", "entry", "errno", "meta_b", "data_b", "stat_b")
+    __slots__ = (
+        "kind", "host", "touched", "mount", "inner", "entry", "errno",
+        "meta_b", "data_b", "stat_b", "statx_b",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class Resolved:
         self.meta_b: bytes | None = None  # encoded shadow paths, filled in by the translator
         self.data_b: bytes | None = None
         self.stat_b: bytes | None = None  # a file's or symlink's packed struct stat (translator)
+        self.statx_b: bytes | None = None  # the same as a struct statx
 
     def __repr__(self) -> str:
         if self.kind == HOST:

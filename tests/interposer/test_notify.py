@@ -120,6 +120,28 @@ SURVEY = textwrap.dedent(
     out["selves"] = selves
     host = os.open("/etc/hostname", os.O_RDONLY)
     out["open-host"] = os.read(host, 100) == open("/etc/hostname", "rb").read(100)
+    # xattrs: /cvmfs entries have none here; a host file's, directly and through /cvmfs/..
+    import tempfile
+    tagged = tempfile.mkdtemp() + "/tagged"
+    open(tagged, "w").close()
+    os.setxattr(tagged, "user.survey", b"value-1234")
+    via = M + "/../.." + tagged
+    small = ctypes.create_string_buffer(3)
+    out["xattrs"] = [
+        call(os.getxattr, M + "/etc/example.conf", "user.survey"),
+        call(os.getxattr, M + "/etc/example.conf", "security.selinux", follow_symlinks=False),
+        call(os.listxattr, M + "/etc/example.conf"),
+        call(os.listxattr, M + "/cases/rel-link", follow_symlinks=False),
+        call(os.getxattr, tagged, "user.survey"),
+        call(os.getxattr, via, "user.survey"),
+        call(os.getxattr, via, "user.survey", follow_symlinks=False),
+        call(os.listxattr, via),
+        call(os.getxattr, via, "user.other"),
+        libc.getxattr(via.encode(), b"user.survey", None, 0),  # the size it needs
+        (libc.getxattr(via.encode(), b"user.survey", small, 3), errno.errorcode[ctypes.get_errno()]),
+        (libc.getxattr(via.encode(), b"user." + b"x" * 300, small, 3), errno.errorcode[ctypes.get_errno()]),
+        small.raw,  # left alone
+    ]
     for k, v in out.items():
         print(k, repr(v))
     """
@@ -162,6 +184,9 @@ def test_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     assert answers["dup-same-file"] == [True, b" co"]  # c1 and its copy share the offset (9)
     assert answers["low-dir-copy"] == [True, True, True, True, b"# example"]
     assert answers["open-errors"] == ["ENOENT", "ENOTDIR"] and answers["open-dir-as-file"] == "ENOTDIR"
+    value = b"value-1234"
+    assert answers["xattrs"] == ["ENODATA", "ENODATA", [], [], value, value, value, ["user.survey"],
+                                 "ENODATA", len(value), (-1, "ERANGE"), (-1, "ERANGE"), bytes(3)]  # fmt: skip
     # the supervisor served them: no ptrace stop for the stat family, and none the other way
     assert notified["stats"]["actions"]["notified"] > 50
     assert "notified" not in stopped["stats"]["actions"]
@@ -176,6 +201,17 @@ def test_a_coreutils_walk_is_the_same_both_ways(job_env):
         assert r.returncode == 0, r.stderr.decode()
         outputs.append(r.stdout)
     assert outputs[0] == outputs[1] and outputs[0].count(b"\n") > 30
+
+
+def test_ls_l_is_served_without_a_ptrace_stop(job_env):
+    """``ls -l`` reads two xattrs of every entry (SELinux label, ACL): with a ptrace stop each,
+    a listing of 5000 entries took 1.8 s instead of 0.5."""
+    r = cvmfs_run(["ls", "-l", f"{MOUNT}/etc", f"{MOUNT}/cases"], job_env, options=["--stats"])
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"example.conf" in r.stdout
+    stats = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+    assert stats["stops"]["lgetxattr"] + stats["stops"]["getxattr"] > 20
+    assert "stub" not in stats["actions"], stats
 
 
 def test_under_a_policy_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
@@ -219,6 +255,9 @@ def test_a_job_that_drops_root_gets_its_own_permissions(job_env):
             assert r.returncode != 0 and b"Permission denied" in r.stderr, (options, r.stdout, r.stderr)
             r = cvmfs_run([*drop, "cat", f"/cvmfs/..{readable}"], job_env, options=options)
             assert r.returncode == 0 and r.stdout == b"for all\n", (options, r.stderr)
+            xattr = f"import os; os.listxattr('/cvmfs/..{private}/secret')"
+            r = cvmfs_run([*drop, "python3", "-c", xattr], job_env, options=options)
+            assert r.returncode != 0 and b"PermissionError" in r.stderr, (options, r.stdout, r.stderr)
         # root that gave up the capabilities to read other users' files
         other = base / "other.txt"
         other.write_text("uid 1234 only\n")
