@@ -92,6 +92,24 @@ XATTR_SIZE_MAX = XATTR_LIST_MAX = 65536  # include/uapi/linux/limits.h
 XATTR_NAME_MAX = 255
 _XATTR_GET = frozenset({arch.NR["getxattr"], arch.NR["lgetxattr"]})  # (path, name, value, size)
 _XATTR_LIST = frozenset({arch.NR["listxattr"], arch.NR["llistxattr"]})  # (path, list, size)
+CLONE_FS = 0x200
+_NR = arch.NR
+# Changes made here for the job (see _change_here): pointer arguments besides the paths, copied
+# out of the job's memory, as (argument, size): None for a NUL-terminated string, a negative -N
+# for "as many bytes as argument N says".
+_INPUTS: dict[int, tuple[tuple[int, int | None], ...]] = {
+    _NR["symlink"]: ((0, None),),
+    _NR["symlinkat"]: ((0, None),),
+    _NR["setxattr"]: ((1, None), (2, -3)),
+    _NR["lsetxattr"]: ((1, None), (2, -3)),
+    _NR["removexattr"]: ((1, None),),
+    _NR["lremovexattr"]: ((1, None),),
+    _NR["utime"]: ((1, 16),),  # struct utimbuf
+    _NR["utimes"]: ((1, 32),),  # struct timeval[2]
+    _NR["futimesat"]: ((2, 32),),
+    _NR["utimensat"]: ((2, 32),),  # struct timespec[2]
+}
+_CREATES = frozenset({_NR["mkdir"], _NR["mkdirat"], _NR["mknod"], _NR["mknodat"]})  # umask applies
 F_DUPFD_CLOEXEC = 1030
 
 
@@ -193,6 +211,8 @@ class Supervisor:
         # which waits in waitpid: here they would only interrupt RECV and wait for its next stop.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
+            # A umask of this thread's own: files it creates for a job get the job's
+            pt.raw_syscall(arch.NR["unshare"], CLONE_FS)
             if not self._receive_listener():
                 return
             self._serve()
@@ -302,6 +322,8 @@ class Supervisor:
                 return self._open_here(notif_id, tid, spec, action, args)
             if spec.kind is Kind.DUP:
                 return self._dup_here(notif_id, tid, action, args)
+            if spec.kind is Kind.MODIFY or spec.kind is Kind.MODIFY2:
+                return self._change_here(tid, spec, action, args)
             return self._run_here(tid, action, args)
         log.error("%s: the supervisor cannot carry out %r", spec.name, action)
         return 0, -errno.EIO, 0
@@ -356,6 +378,74 @@ class Supervisor:
             if written and not self._mem.write(tid, target, self._out.raw[:written]):
                 return 0, -errno.EFAULT, 0
         return res, 0, 0
+
+    def _change_here(self, tid: int, spec: Spec, action: Rewrite, args: list[int]) -> tuple[int, int, int]:
+        """Make a change the translator moved to another host path (``/cvmfs/..`` leading out,
+        a mount-list target) here, as the job: its identity (:meth:`_identity`), its umask for
+        what is created, and a path it gave that was not moved resolved in its view (from its
+        root, its cwd or its directory fd, through ``/proc/TID``). The strings and structures
+        the call reads besides its paths are copied out of the job's memory first."""
+        call = list(args)
+        for index, value in action.args.items():
+            call[index] = value
+        moved = {action.path_arg: action.path}
+        if action.path2 is not None:
+            moved[action.path2_arg] = action.path2
+        keep: list[ctypes.Array[ctypes.c_char]] = []
+
+        def place(data: bytes) -> int:
+            buf = ctypes.create_string_buffer(data, len(data) + 1)
+            keep.append(buf)
+            return ctypes.addressof(buf)
+
+        for arg, dirfd in ((spec.path, spec.dirfd), (spec.path2, spec.dirfd2)):
+            if arg is None:
+                continue
+            path = moved.get(arg)
+            if path is not None:
+                if not path.startswith(b"/"):
+                    log.error("supervisor: cannot make %r here (relative to the job's cwd)", action)
+                    return 0, -errno.EIO, 0
+                path = _in_jobs_root(tid, path) if action.host else path
+            else:
+                raw = self.ctx.read_path(args[arg])
+                if raw is None:
+                    return 0, -errno.EFAULT, 0
+                if not raw:
+                    return 0, -errno.ENOENT, 0
+                if raw.startswith(b"/"):
+                    path = _in_jobs_root(tid, raw)
+                else:
+                    fd = _signed32(args[dirfd]) if dirfd is not None else AT_FDCWD
+                    base = b"/proc/%d/cwd/" % tid if fd == AT_FDCWD else b"/proc/%d/fd/%d/" % (tid, fd)
+                    path = base + raw
+            if dirfd is not None:
+                call[dirfd] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
+            call[arg] = place(path)
+        for index, size in _INPUTS.get(action.nr, ()):
+            if not call[index]:
+                continue  # NULL: "now" for the times, an error for the kernel to give otherwise
+            if size is None:
+                data = self.ctx.read_path(call[index])
+            else:
+                wanted = size if size > 0 else min(args[-size], XATTR_SIZE_MAX)
+                data = self.ctx.read_memory(call[index], wanted) if wanted else b""
+            if data is None:
+                return 0, -errno.EFAULT, 0
+            call[index] = place(data)
+        mask = _umask_of(tid) if action.nr in _CREATES else None
+        identity = self._identity(tid) if self._root else None
+        if identity is not None:
+            self._assume(*identity)
+        if mask is not None:
+            os.umask(mask)
+        try:
+            return pt.raw_syscall(action.nr, *call), 0, 0
+        except OSError as exc:
+            return 0, -(exc.errno or errno.EIO), 0
+        finally:
+            if identity is not None:
+                self._restore()
 
     # -- the job's file-system identity -------------------------------------------------------
     #
@@ -569,11 +659,15 @@ class Supervisor:
         )
         blocking = not flags & (os.O_NONBLOCK | os.O_PATH) and not content
         local = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
+        mode = 0
+        if flags & os.O_CREAT:  # a host file made for the job: its mode argument, its umask
+            mode = args[spec.flags + 1] & 0o7777
+            os.umask(_umask_of(tid))
         identity = self._identity(tid) if self._root and (action.host or action.path is None) else None
         if identity is not None:
             self._assume(*identity)
         try:
-            fd = os.open(path, local)
+            fd = os.open(path, local, mode)
         except OSError as exc:
             return 0, -(exc.errno or errno.EIO), 0
         finally:
@@ -666,6 +760,19 @@ def _in_jobs_root(tid: int, path: bytes) -> bytes:
 
 def _address(obj: ctypes.Array | ctypes.Structure) -> ctypes.c_void_p:  # type: ignore[type-arg]
     return ctypes.c_void_p(ctypes.addressof(obj))
+
+
+def _umask_of(tid: int) -> int:
+    """The umask of the job's thread ``tid`` (its ``Umask:`` status line, Linux 4.7), 0o022 if
+    it cannot be read."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _signed32(value: int) -> int:

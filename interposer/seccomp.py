@@ -111,9 +111,18 @@ NOTIFIED = frozenset({
     "stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat", "faccessat2", "readlink",
     "readlinkat", "getcwd", "getxattr", "lgetxattr", "listxattr", "llistxattr",
 })  # fmt: skip
-# ...and, where the supervisor can hand over an fd (Linux 5.14), these opens unless they create a
-# file (O_CREAT, O_TMPFILE: the job's umask applies) or ask for an O_PATH fd (which the kernel
-# will not hand over, SECCOMP_IOCTL_NOTIF_ADDFD takes it for a bad fd): (name, flags argument).
+# ...and the calls that change host files (a host path is let through, /cvmfs refused, a moved
+# path changed by the supervisor as the job; not linkat, whose AT_EMPTY_PATH names a job's fd,
+# nor the *xattrat calls and file_setattr, which take structures of pointers)...
+NOTIFIED_CHANGES = frozenset({
+    "mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat", "rmdir", "unlink", "unlinkat",
+    "truncate", "chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes",
+    "futimesat", "utimensat", "setxattr", "lsetxattr", "removexattr", "lremovexattr", "rename",
+    "renameat", "renameat2", "link",
+})  # fmt: skip
+# ...and, where the supervisor can hand over an fd (Linux 5.14), these opens unless they ask for
+# an O_PATH fd (which the kernel will not hand over, SECCOMP_IOCTL_NOTIF_ADDFD takes it for a bad
+# fd) or an O_TMPFILE one: (name, flags argument).
 NOTIFIED_OPENS = (("open", 1), ("openat", 2))
 # Copies of reserved fds (the supervisor takes the fd with pidfd_getfd and hands the copy back
 # into the range), also where an fd can be handed over.
@@ -270,7 +279,9 @@ def build_filter(
     def trap(name: str) -> str:
         if name in opens:
             return f"open_{name}"
-        if notify and (name in NOTIFIED or (notify_opens and name in NOTIFIED_DUPS)):
+        if notify and (name in NOTIFIED or name in NOTIFIED_CHANGES):
+            return "notify"
+        if notify and notify_opens and name in NOTIFIED_DUPS:
             return "notify"
         return "trace"
 
@@ -316,10 +327,10 @@ def build_filter(
     a.label("enosys")
     a.ret(RET_ERRNO | errno.ENOSYS)
 
-    for name, flags_arg in opens.items():  # creating opens stop, the others are notified
+    for name, flags_arg in opens.items():  # O_PATH and O_TMPFILE opens stop, the others are notified
         a.label(f"open_{name}")
         a.ld(_arg_lo(flags_arg))
-        a.jump(JSET_K, O_CREAT | O_TMPFILE_BIT | O_PATH, 0, 1)
+        a.jump(JSET_K, O_TMPFILE_BIT | O_PATH, 0, 1)
         a.ja("trace")
         a.ja("notify")
 

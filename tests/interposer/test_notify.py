@@ -214,6 +214,97 @@ def test_ls_l_is_served_without_a_ptrace_stop(job_env):
     assert "stub" not in stats["actions"], stats
 
 
+CHANGES = textwrap.dedent(
+    """
+    import ctypes, os, stat, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.umask(0o027)
+    base = sys.argv[1]
+    d = base + "/made"
+    os.mkdir(d, 0o777)
+    fd = os.open(d + "/f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.write(fd, b"data")
+    os.close(fd)
+    os.truncate(d + "/f", 2)
+    os.setxattr(d + "/f", "user.kept", b"v1")
+    os.setxattr(d + "/f", "user.gone", b"v2", follow_symlinks=False)
+    os.removexattr(d + "/f", "user.gone")
+    os.utime(d + "/f", ns=(1_000_000_123, 2_000_000_456))
+    os.close(os.open(d + "/g", os.O_WRONLY | os.O_CREAT, 0o600))
+    os.symlink("f", d + "/l")
+    os.link(d + "/g", d + "/hard")
+    os.rename(d + "/hard", d + "/moved")
+    libc.utimes(d.encode() + b"/moved", (ctypes.c_long * 4)(7, 8, 9, 10))
+    os.chmod(d + "/moved", 0o604)
+    os.mknod(d + "/fifo", 0o666 | stat.S_IFIFO)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    os.mkdir("sub", 0o777, dir_fd=dfd)
+    os.chdir(d)
+    os.mkdir("sub2", 0o700)
+    os.rename("sub2", d + "/sub3")  # one path the job's own (relative), one moved
+    os.unlink(d + "/l")
+    os.symlink("/cvmfs/x/y", d + "/abs")
+    out = []
+    for name in sorted(os.listdir(d)):
+        st = os.lstat(d + "/" + name)
+        link = os.readlink(d + "/" + name) if stat.S_ISLNK(st.st_mode) else None
+        times = st.st_mtime_ns if name in ("f", "g", "moved") else None
+        xattrs = os.listxattr(d + "/" + name) if name == "f" else None
+        size = None if stat.S_ISDIR(st.st_mode) else st.st_size
+        out.append((name, stat.filemode(st.st_mode), size, st.st_nlink, st.st_uid, link, times, xattrs))
+    for name in ("f", "g", "moved", "fifo", "abs"):
+        os.unlink(d + "/" + name)
+    for name in ("sub", "sub3"):
+        os.rmdir(d + "/" + name)
+    os.chdir("/")
+    os.rmdir(d)
+    out.append(os.path.exists(d))
+    print(out)
+    """
+)
+
+
+def test_changes_to_moved_host_paths_are_made_as_the_job(job_env):
+    """A change the translator moves (``/cvmfs/..`` leading out, --private-tmp's /tmp) is made
+    by the supervisor: with the job's umask, identity, cwd and strings, as the kernel would
+    have made it for the job under ptrace."""
+    shared = Path(tempfile.mkdtemp(prefix="notify-changes-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)
+        results = {}
+        for where, options, prefix in (
+            ("dotdot", [], []),
+            ("private", ["--private-tmp"], []),
+            ("nobody", [], ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]),
+        ):
+            base = "/tmp" if where == "private" else f"/cvmfs/..{shared}"
+            for mode in ([], ["--ptrace-only"]):
+                command = [*prefix, "python3", "-c", CHANGES, base]
+                r = cvmfs_run(command, job_env, options=[*options, *mode, "--stats"])
+                assert r.returncode == 0, (where, mode, r.stderr.decode())
+                results[where, bool(mode)] = ast.literal_eval(r.stdout.decode())
+                stats = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+                if not mode:  # only the chdir into the moved directory stopped
+                    assert stats["actions"].get("stub", 0) <= 1, (where, stats)
+        for where in ("dotdot", "private", "nobody"):
+            assert results[where, False] == results[where, True], where
+        uid = 65534
+        want = [
+            ("abs", "lrwxrwxrwx", 10, 1, 0, "/cvmfs/x/y", None, None),
+            ("f", "-rw-r-----", 2, 1, 0, None, 2_000_000_456, ["user.kept"]),
+            ("fifo", "prw-r-----", 0, 1, 0, None, None, None),
+            ("g", "-rw----r--", 0, 2, 0, None, 9_000_010_000, None),
+            ("moved", "-rw----r--", 0, 2, 0, None, 9_000_010_000, None),
+            ("sub", "drwxr-x---", None, 2, 0, None, None, None),
+            ("sub3", "drwx------", None, 2, 0, None, None, None),
+            False,
+        ]
+        assert results["dotdot", False] == results["private", False] == want
+        assert {entry[4] for entry in results["nobody", False][:-1]} == {uid}
+    finally:
+        shutil.rmtree(shared)
+
+
 def test_under_a_policy_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     """A policy's decisions are the same whichever mechanism carries them out."""
     deny = ["--deny", str(tmp_path / "secret")]
