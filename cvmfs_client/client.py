@@ -48,6 +48,7 @@ def open_repository(
             env=env,
             max_ttl_minutes=s.max_ttl_minutes,
             owns_resources=True,
+            parameters=s.parameters,
         )
     except BaseException:
         source.close()

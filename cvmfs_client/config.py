@@ -146,6 +146,12 @@ _TABLE = (
     _p("CVMFS_ALIEN_CACHE_WRITABLE", "bool", "no", "bool",
        "cvmfs-client only: also store downloaded objects in CVMFS_ALIEN_CACHE", SUPPORTED,
        "our own; the real client always writes its alien cache"),
+    # --- what a mounted repository tells about itself
+    _p("CVMFS_MAGIC_XATTRS_VISIBILITY", "string", None, "rootonly/always/never",
+       "where listxattr shows the magic xattrs (user.revision, user.hash...)", SUPPORTED,
+       "unset = rootonly; cvmfs-client run; getxattr of them works everywhere"),
+    _p("CVMFS_HIDE_MAGIC_XATTRS", "bool", None, "bool",
+       "older switch: yes = never, no = always", SUPPORTED, "CVMFS_MAGIC_XATTRS_VISIBILITY wins"),
     # --- accepted, no effect without FUSE
     _p("CVMFS_MOUNT_DIR", "path", None, "directory", "where the real client mounts", IGNORED,
        "paths are given as /cvmfs/FQRN/... on the command line"),

@@ -101,8 +101,11 @@ class Repository:
         max_ttl_minutes: int = 0,
         use_breadcrumbs: bool = True,
         owns_resources: bool = False,
+        parameters: Mapping[str, str] | None = None,
     ) -> None:
         self.fqrn = fqrn
+        # the configuration it was opened with, for what reports on it (magic xattrs)
+        self.parameters: Mapping[str, str] = dict(parameters or {})
         self.source = source
         self.store = store
         self.mount_prefix = f"/cvmfs/{fqrn}"

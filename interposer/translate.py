@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from cvmfs_client.errors import CvmfsError
 
 from . import arch_x86_64 as arch
-from . import elf, statx
+from . import elf, magic_xattrs, statx
 from .seccomp import FdRanges
 from .shadow import ShadowError
 from .syscalls import (
@@ -91,6 +91,8 @@ _MAGIC_ROOTS = (b"/proc/", b"/dev/")  # where a host path may be a magic link in
 _SYSTEM_ROOTS = (b"/usr/", b"/lib", b"/etc/", b"/bin/", b"/sbin/", b"/proc/", b"/dev/", b"/sys/", b"/run/")
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
+_XATTR_GETS = frozenset({"getxattr", "lgetxattr"})  # (path, name, value, size)
+_XATTR_LISTS = frozenset({"listxattr", "llistxattr"})  # (path, list, size)
 
 
 class Context(Protocol):
@@ -186,6 +188,8 @@ class Translator:
         }
         # By syscall name: a str hash is cached, an Enum member's is computed in Python per call.
         self._by_name = {s.name: handlers[s.kind] for s in SPECS}
+        for name in _XATTR_GETS | _XATTR_LISTS:
+            self._by_name[name] = self._xattr
 
     def decide(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         try:
@@ -674,6 +678,53 @@ class Translator:
         if r.kind == HOST:
             return self._host_rewrite(nr, spec, r.host)
         return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
+
+    def _xattr(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        """``(l)getxattr``/``(l)listxattr``: the real client's magic attributes of a /cvmfs entry
+        (magic_xattrs.py), else the placeholder's own (none)."""
+        answer = self._magic_xattr(ctx, spec, args)
+        return answer if answer is not None else self._stat(ctx, nr, spec, args)
+
+    def _magic_xattr(self, ctx: Context, spec: Spec, args: tuple[int, ...]) -> Action:
+        raw = ctx.read_path(args[0])
+        if not raw or self._plain_host(raw):
+            return None
+        getting = spec.name in _XATTR_GETS
+        name = ""
+        if getting:
+            asked = ctx.read_path(args[1])
+            if asked is None:
+                return None
+            name = os.fsdecode(asked)
+            if name not in magic_xattrs.ALL:
+                return None  # ls -l's SELinux label and ACL end here: no repository opened
+        r = self.locate(ctx, AT_FDCWD, raw, not spec.nofollow)
+        if r is None or r.kind != ENTRY or r.mount is None:
+            return None
+        mount = r.mount
+        if getting:
+            entry = mount.catalog_entry(r.inner) if magic_xattrs.needs_entry(name) else None
+            value = magic_xattrs.value(name, mount.magic_facts, entry, lambda: mount.chunk_list(entry))
+            if value is None:
+                return Return(-errno.ENODATA)
+            buf, size = args[2], to_int(args[3])
+        else:
+            try:
+                seen = mount.magic_visibility()
+            except CvmfsError as exc:  # a listing needs no magic names: cp -a, tar --xattrs go on
+                log.info("listxattr %s: %s", os.fsdecode(raw), exc)
+                return None
+            if seen == "never" or (seen == "rootonly" and r.inner):
+                return None
+            entry = mount.catalog_entry(r.inner) if seen == "always" else None
+            names = magic_xattrs.listed(seen, not r.inner, entry)
+            value = b"".join(n.encode() + b"\0" for n in names)
+            buf, size = args[1], to_int(args[2])
+        if size == 0:
+            return Return(len(value))
+        if size < len(value):
+            return Return(-errno.ERANGE)
+        return WriteReturn(buf, value, len(value))
 
     def _fstat(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         r = self._fd_entry(ctx, to_int(args[0]))

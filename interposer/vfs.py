@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first r
     from cvmfs_client.repository import Repository
 
 from . import elf
+from .magic_xattrs import RepoFacts, visibility
 from .shadow import ShadowError, ShadowTree
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Mount:
         self._nodes: dict[str, dict[str, Node]] = {}
         self._catalog: dict[str, dict[str, DirEntry]] = {}
         self.root_node = Node("d")
+        self._visibility: str | None = None  # of magic xattrs, once asked
         self.shadow = ShadowTree(shadow_base, fqrn, root_hash, self.catalog_children, self._expanded_target)
         try:
             if repo is not None:
@@ -244,6 +246,45 @@ class Mount:
         if entry is None:
             raise LookupFailure(f"/cvmfs/{self.fqrn}{inner}", "vanished from the catalog")
         return entry
+
+    def magic_facts(self) -> RepoFacts:
+        """The mounted revision and where its fetcher goes now, for the magic xattrs."""
+        from cvmfs_client import __version__
+
+        repo = self.repo
+        hosts: list[str] = []
+        proxy, timeout, timeout_direct = "DIRECT", 0, 0
+        failover = getattr(repo.source, "failover", None)
+        if failover is not None:
+            route = failover.route()
+            chain = list(failover.hosts.hosts)
+            hosts = chain[route.host_index :] + chain[: route.host_index]
+            proxy = route.proxy
+        settings = getattr(repo.source, "settings", None)
+        if settings is not None:
+            timeout, timeout_direct = int(settings.timeout), int(settings.timeout_direct)
+        return RepoFacts(
+            fqrn=self.fqrn,
+            revision=repo.revision,
+            root_hash=str(repo.root_hash),
+            hosts=hosts or ["internal error: no hosts defined"],
+            proxy=proxy,
+            timeout=timeout,
+            timeout_direct=timeout_direct,
+            pid=os.getpid(),
+            version=__version__,
+            catalogs=len(repo.catalog_hashes),
+        )
+
+    def magic_visibility(self) -> str:
+        """Where magic xattrs are listed (the repository's configuration)."""
+        if self._visibility is None:
+            self._visibility = visibility(self.repo.parameters)
+        return self._visibility
+
+    def chunk_list(self, entry: DirEntry) -> list[tuple[str, int, int]]:
+        """(hash, offset, size) of each chunk of a chunked file."""
+        return [(str(c.content_hash), c.offset, c.size) for c in self.repo.chunks(entry)]
 
     def _expanded_target(self, entry: DirEntry) -> str:
         return self.repo.readlink(entry.path)
