@@ -93,6 +93,7 @@ _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newf
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
 _XATTR_GETS = frozenset({"getxattr", "lgetxattr"})  # (path, name, value, size)
 _XATTR_LISTS = frozenset({"listxattr", "llistxattr"})  # (path, list, size)
+XATTR_NAME_MAX = 255
 
 
 class Context(Protocol):
@@ -680,47 +681,50 @@ class Translator:
         return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
 
     def _xattr(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
-        """``(l)getxattr``/``(l)listxattr``: the real client's magic attributes of a /cvmfs entry
-        (magic_xattrs.py), else the placeholder's own (none)."""
-        answer = self._magic_xattr(ctx, spec, args)
-        return answer if answer is not None else self._stat(ctx, nr, spec, args)
-
-    def _magic_xattr(self, ctx: Context, spec: Spec, args: tuple[int, ...]) -> Action:
+        """``(l)getxattr``/``(l)listxattr``. A /cvmfs entry has the real client's magic
+        attributes (magic_xattrs.py) and nothing else: not what the placeholder may have got
+        from the cache's file system (an SELinux label, a default ACL's)."""
         raw = ctx.read_path(args[0])
+        if raw is None:
+            return self._unreadable(ctx, args[0])
         if not raw or self._plain_host(raw):
             return None
-        getting = spec.name in _XATTR_GETS
-        name = ""
-        if getting:
+        r = self.locate(ctx, AT_FDCWD, raw, not spec.nofollow)
+        if r is None:
+            return None
+        if r.kind == ERROR:
+            return Return(-r.errno)
+        if r.kind == HOST:
+            return self._host_rewrite(nr, spec, r.host)
+        if r.kind != ENTRY or r.mount is None:  # /cvmfs itself
+            return self._path_rewrite(nr, spec, self._meta_target(r))
+        mount = r.mount
+        if spec.name in _XATTR_GETS:
             asked = ctx.read_path(args[1])
             if asked is None:
-                return None
+                return self._unreadable(ctx, args[1])
+            if not asked or len(asked) > XATTR_NAME_MAX:
+                return Return(-errno.ERANGE)
             name = os.fsdecode(asked)
             if name not in magic_xattrs.ALL:
-                return None  # ls -l's SELinux label and ACL end here: no repository opened
-        r = self.locate(ctx, AT_FDCWD, raw, not spec.nofollow)
-        if r is None or r.kind != ENTRY or r.mount is None:
-            return None
-        mount = r.mount
-        if getting:
+                return Return(-errno.ENODATA)  # ls -l's SELinux label and ACL: no repository opened
             entry = mount.catalog_entry(r.inner) if magic_xattrs.needs_entry(name) else None
             value = magic_xattrs.value(name, mount.magic_facts, entry, lambda: mount.chunk_list(entry))
             if value is None:
                 return Return(-errno.ENODATA)
             buf, size = args[2], to_int(args[3])
         else:
+            names: list[str] = []
             try:
                 seen = mount.magic_visibility()
-            except CvmfsError as exc:  # a listing needs no magic names: cp -a, tar --xattrs go on
+                if seen == "always" or (seen == "rootonly" and not r.inner):
+                    entry = mount.catalog_entry(r.inner) if seen == "always" else None
+                    names = magic_xattrs.listed(seen, not r.inner, entry)
+            except CvmfsError as exc:  # a listing without them: cp -a, tar --xattrs go on
                 log.info("listxattr %s: %s", os.fsdecode(raw), exc)
-                return None
-            if seen == "never" or (seen == "rootonly" and r.inner):
-                return None
-            entry = mount.catalog_entry(r.inner) if seen == "always" else None
-            names = magic_xattrs.listed(seen, not r.inner, entry)
             value = b"".join(n.encode() + b"\0" for n in names)
             buf, size = args[1], to_int(args[2])
-        if size == 0:
+        if size == 0 or not value:
             return Return(len(value))
         if size < len(value):
             return Return(-errno.ERANGE)

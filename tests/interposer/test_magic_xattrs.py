@@ -3,7 +3,11 @@ tools (getfattr, attr) in jobs, against the catalog of the real publisher's tool
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +175,29 @@ def test_visibility_is_configured_per_repository(job_env):
     assert _getfattr(env, "--absolute-names", "-d", root) == ""
     only = ("--only-values", "--absolute-names", "-n")
     assert _getfattr(env, *only, "user.fqrn", root) == TOOLS  # hidden from listings, still there
+
+
+def test_a_placeholders_own_xattrs_are_not_the_entrys(job_env):
+    """Placeholders may get xattrs from the cache's file system (an SELinux label, a default
+    ACL): a /cvmfs entry has only the magic ones, as under the real client."""
+    path = f"/cvmfs/{TOOLS}/etc/tools.conf"
+    r = cvmfs_run(["cat", path], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    base = Path(job_env["CVMFS_CACHE_BASE"]) / "interposer" / "r" / TOOLS
+    placeholders = [p for p in base.glob("*/m/etc/tools.conf")]
+    assert placeholders
+    try:
+        for p in placeholders:
+            os.setxattr(p, "user.leak", b"from the cache", follow_symlinks=False)
+        probe = (
+            "import os, sys; p = sys.argv[1]; print(os.listxattr(p))\n"
+            "try:\n    os.getxattr(p, 'user.leak')\nexcept OSError as e:\n    print(e.errno)"
+        )
+        for options in ([], ["--ptrace-only"]):
+            r = cvmfs_run(["python3", "-c", probe, path], job_env, options=options)
+            assert r.returncode == 0, r.stderr.decode()
+            assert r.stdout.decode().split("\n")[:2] == ["[]", str(errno.ENODATA)], (options, r.stdout)
+    finally:
+        for p in placeholders:
+            with contextlib.suppress(OSError):
+                os.removexattr(p, "user.leak", follow_symlinks=False)
