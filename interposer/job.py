@@ -216,7 +216,10 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     if options.notify and notify.kernel_supports():
         opens = notify.kernel_supports(needed=notify.OPENS_NEED)
         tracer_pid = os.getpid() if policy is not None else None
-        notify_program = seccomp.build_filter(ranges, tracer_pid, notify=True, notify_opens=opens)
+        creates = opens and notify.can_own_umask()
+        notify_program = seccomp.build_filter(
+            ranges, tracer_pid, notify=True, notify_opens=opens, notify_creates=creates
+        )
         channel = notify.make_channel()
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     if options.env_list is not None:

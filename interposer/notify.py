@@ -174,6 +174,7 @@ class Supervisor:
         self._id = bytearray(8)
         self._out = ctypes.create_string_buffer(max(pt.PATH_MAX, STATX_SIZE, XATTR_SIZE_MAX))
         self._name = ctypes.create_string_buffer(XATTR_NAME_MAX + 2)  # an xattr's name
+        self._own_umask = False  # this thread's file-system context is its own (_main)
         self._path = ctypes.create_string_buffer(pt.PATH_MAX + 64)  # room for /proc/TID/root
         self._addfd = bytearray(_ADDFD.size)
         self._same_cpu = SameCpu()
@@ -211,8 +212,11 @@ class Supervisor:
         # which waits in waitpid: here they would only interrupt RECV and wait for its next stop.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            # A umask of this thread's own: files it creates for a job get the job's
-            pt.raw_syscall(arch.NR["unshare"], CLONE_FS)
+            # A umask of this thread's own: files it creates for a job get the job's (where
+            # refused, the filter lets no creating call come here: can_own_umask)
+            with contextlib.suppress(OSError):
+                pt.raw_syscall(arch.NR["unshare"], CLONE_FS)
+                self._own_umask = True
             if not self._receive_listener():
                 return
             self._serve()
@@ -434,6 +438,9 @@ class Supervisor:
                 return 0, -errno.EFAULT, 0
             call[index] = place(data)
         mask = _umask_of(tid) if action.nr in _CREATES else None
+        if mask is not None and not self._own_umask:
+            log.error("supervisor: cannot create %r with the job's umask here", action)
+            return 0, -errno.EIO, 0
         identity = self._identity(tid) if self._root else None
         if identity is not None:
             self._assume(*identity)
@@ -661,6 +668,9 @@ class Supervisor:
         local = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
         mode = 0
         if flags & os.O_CREAT:  # a host file made for the job: its mode argument, its umask
+            if not self._own_umask:
+                log.error("supervisor: cannot create %r with the job's umask here", action)
+                return 0, -errno.EIO, 0
             mode = args[spec.flags + 1] & 0o7777
             os.umask(_umask_of(tid))
         identity = self._identity(tid) if self._root and (action.host or action.path is None) else None
@@ -760,6 +770,26 @@ def _in_jobs_root(tid: int, path: bytes) -> bytes:
 
 def _address(obj: ctypes.Array | ctypes.Structure) -> ctypes.c_void_p:  # type: ignore[type-arg]
     return ctypes.c_void_p(ctypes.addressof(obj))
+
+
+def can_own_umask() -> bool:
+    """Whether a thread of this process may take a file-system context (umask) of its own:
+    ``unshare(CLONE_FS)``, refused by some container profiles (Docker's default seccomp
+    profile without CAP_SYS_ADMIN). Tried in a thread of its own, which then ends."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            pt.raw_syscall(arch.NR["unshare"], CLONE_FS)
+        except OSError:
+            result.append(False)
+        else:
+            result.append(True)
+
+    thread = threading.Thread(target=probe, name="umask-probe")
+    thread.start()
+    thread.join()
+    return bool(result and result[0])
 
 
 def _umask_of(tid: int) -> int:

@@ -115,11 +115,13 @@ NOTIFIED = frozenset({
 # path changed by the supervisor as the job; not linkat, whose AT_EMPTY_PATH names a job's fd,
 # nor the *xattrat calls and file_setattr, which take structures of pointers)...
 NOTIFIED_CHANGES = frozenset({
-    "mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat", "rmdir", "unlink", "unlinkat",
-    "truncate", "chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes",
-    "futimesat", "utimensat", "setxattr", "lsetxattr", "removexattr", "lremovexattr", "rename",
-    "renameat", "renameat2", "link",
+    "symlink", "symlinkat", "rmdir", "unlink", "unlinkat", "truncate", "chmod", "fchmodat",
+    "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes", "futimesat", "utimensat",
+    "setxattr", "lsetxattr", "removexattr", "lremovexattr", "rename", "renameat", "renameat2", "link",
 })  # fmt: skip
+# ...and those that create with a mode, as creating opens below, only where the supervisor can
+# hold the job's umask (a thread of its own file-system context: notify.can_own_umask).
+NOTIFIED_CREATES = frozenset({"mkdir", "mkdirat", "mknod", "mknodat"})
 # ...and, where the supervisor can hand over an fd (Linux 5.14), these opens unless they ask for
 # an O_PATH fd (which the kernel will not hand over, SECCOMP_IOCTL_NOTIF_ADDFD takes it for a bad
 # fd) or an O_TMPFILE one: (name, flags argument).
@@ -262,15 +264,20 @@ def _fd_rule(
 
 
 def build_filter(
-    ranges: FdRanges | None, tracer_pid: int | None = None, notify: bool = False, notify_opens: bool = False
+    ranges: FdRanges | None,
+    tracer_pid: int | None = None,
+    notify: bool = False,
+    notify_opens: bool = False,
+    notify_creates: bool = False,
 ) -> bytes:
     """The filter program as raw ``struct sock_filter`` array bytes.
 
     ``tracer_pid``: given when the job runs under a file-system policy, which adds the
     ``CONFINED_*`` refusals (see the module docstring). ``notify``: the :data:`NOTIFIED` calls
     return ``SECCOMP_RET_USER_NOTIF`` (to a listener, see notify.py) instead of stopping;
-    ``notify_opens``: so do the :data:`NOTIFIED_OPENS` that create nothing and the
-    :data:`NOTIFIED_DUPS` that copy reserved fds.
+    ``notify_opens``: so do the :data:`NOTIFIED_OPENS` (but ``O_PATH`` and ``O_TMPFILE``
+    ones) and the :data:`NOTIFIED_DUPS` that copy reserved fds; ``notify_creates``: the
+    :data:`NOTIFIED_CREATES` and creating opens too (else they stop).
     """
     nr = arch.NR
     a = _Asm()
@@ -280,6 +287,8 @@ def build_filter(
         if name in opens:
             return f"open_{name}"
         if notify and (name in NOTIFIED or name in NOTIFIED_CHANGES):
+            return "notify"
+        if notify and notify_creates and name in NOTIFIED_CREATES:
             return "notify"
         if notify and notify_opens and name in NOTIFIED_DUPS:
             return "notify"
@@ -327,10 +336,11 @@ def build_filter(
     a.label("enosys")
     a.ret(RET_ERRNO | errno.ENOSYS)
 
-    for name, flags_arg in opens.items():  # O_PATH and O_TMPFILE opens stop, the others are notified
+    stopping = O_TMPFILE_BIT | O_PATH | (0 if notify_creates else O_CREAT)
+    for name, flags_arg in opens.items():  # these opens stop, the others are notified
         a.label(f"open_{name}")
         a.ld(_arg_lo(flags_arg))
-        a.jump(JSET_K, O_TMPFILE_BIT | O_PATH, 0, 1)
+        a.jump(JSET_K, stopping, 0, 1)
         a.ja("trace")
         a.ja("notify")
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -24,6 +25,8 @@ from interposer import notify, ptrace_api, seccomp
 from interposer.translate import Rewrite
 from tests.interposer.conftest import assert_a_bug_kills_the_job, cvmfs_run
 from tests.interposer.trees import MOUNT
+
+ROOT = str(Path(__file__).resolve().parents[2])  # the checkout: imports for the wrapped runs
 
 SURVEY = textwrap.dedent(
     f"""
@@ -303,6 +306,44 @@ def test_changes_to_moved_host_paths_are_made_as_the_job(job_env):
         assert {entry[4] for entry in results["nobody", False][:-1]} == {uid}
     finally:
         shutil.rmtree(shared)
+
+
+NO_UNSHARE = textwrap.dedent(
+    """
+    import ctypes, os, struct, sys
+    # A seccomp filter refusing unshare(2) with EPERM, as Docker's default profile does
+    # without CAP_SYS_ADMIN; then the command.
+    code = [(0x20, 0, 0, 0), (0x15, 0, 1, 272), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+    raw = b"".join(struct.pack("HBBI", *insn) for insn in code)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    prog = struct.pack("HxxxxxxQ", len(code), ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    fprog = ctypes.create_string_buffer(prog, len(prog))
+    where = ctypes.c_void_p(ctypes.addressof(fprog))
+    assert libc.prctl(22, 2, where, 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, a filter
+    os.execv(sys.argv[1], sys.argv[1:])
+    """
+)
+
+
+def test_without_a_umask_of_its_own_creating_calls_stop_and_stay_right(job_env):
+    """Where a thread cannot unshare its file-system context (a container's seccomp profile),
+    calls that create with a mode are not notified: the job's umask still applies."""
+    wrap = [sys.executable, "-c", NO_UNSHARE, sys.executable]
+    probe = "from interposer import notify; print(notify.can_own_umask())"
+    r = subprocess.run([*wrap, "-c", probe], capture_output=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.stdout == b"False\n", r.stderr
+    assert notify.can_own_umask()  # here, without the wrapper
+    run = [*wrap, "-m", "cvmfs_client", "run", "--private-tmp", "--stats", "--"]
+    r = subprocess.run([*run, "python3", "-c", CHANGES, "/tmp"], capture_output=True, env=job_env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr.decode()
+    got = ast.literal_eval(r.stdout.decode())
+    modes = {entry[0]: entry[1] for entry in got[:-1]}
+    assert modes == {"abs": "lrwxrwxrwx", "f": "-rw-r-----", "fifo": "prw-r-----", "g": "-rw----r--",
+                     "moved": "-rw----r--", "sub": "drwxr-x---", "sub3": "drwx------"}  # fmt: skip
+    stats = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+    assert stats["actions"].get("stub", 0) >= 5, stats  # mkdir x3, mknod, the creating opens
 
 
 def test_under_a_policy_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
