@@ -216,9 +216,11 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
     if options.notify and notify.kernel_supports():
         opens = notify.kernel_supports(needed=notify.OPENS_NEED)
         tracer_pid = os.getpid() if policy is not None else None
+        # what a container's seccomp profile may refuse the supervisor: then those calls stop
         creates = opens and notify.can_own_umask()
+        dups = opens and notify.can_take_fds()
         notify_program = seccomp.build_filter(
-            ranges, tracer_pid, notify=True, notify_opens=opens, notify_creates=creates
+            ranges, tracer_pid, notify=True, notify_opens=opens, notify_creates=creates, notify_dups=dups
         )
         channel = notify.make_channel()
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}

@@ -792,6 +792,22 @@ def can_own_umask() -> bool:
     return bool(result and result[0])
 
 
+def can_take_fds() -> bool:
+    """Whether ``pidfd_getfd`` works here (a copy of a job's fd, for its ``dup`` of a reserved
+    fd): some container profiles refuse it without CAP_SYS_PTRACE. Tried on our own pidfd."""
+    try:
+        pidfd = pt.raw_syscall(arch.NR["pidfd_open"], os.getpid(), 0)
+    except OSError:
+        return False
+    try:
+        os.close(pt.raw_syscall(arch.NR["pidfd_getfd"], pidfd, pidfd, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+    return True
+
+
 def _umask_of(tid: int) -> int:
     """The umask of the job's thread ``tid`` (its ``Umask:`` status line, Linux 4.7), 0o022 if
     it cannot be read."""

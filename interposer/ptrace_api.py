@@ -139,6 +139,43 @@ _local_ref = ctypes.byref(_local)
 _remote = (_IoVec * 2)()
 _string_at = ctypes.string_at
 _get_errno = ctypes.get_errno
+# process_vm_readv/writev refused outright: a container's seccomp profile (Docker's default
+# without CAP_SYS_PTRACE) or a kernel without them. /proc/TID/mem then does the same work.
+_VM_REFUSED = (errno.EPERM, errno.ENOSYS)
+
+
+def _vm_refused(n: int) -> bool:
+    return n < 0 and _get_errno() in _VM_REFUSED
+
+
+def _proc_mem(tid: int, addr: int, size: int = 0, data: bytes | None = None) -> bytes | int | None:
+    """Read ``size`` bytes at ``addr`` (as many as are mapped) or write ``data`` there through
+    ``/proc/TID/mem``, opened for the one transfer; None if it cannot be done."""
+    try:
+        fd = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone") from exc
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, size, addr) if data is None else os.pwrite(fd, data, addr)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_fallback(tid: int, addr: int, size: int) -> int:
+    """:func:`_read_into_buf` through ``/proc/TID/mem``: bytes read into the shared buffer."""
+    data = _proc_mem(tid, addr, size)
+    if not isinstance(data, bytes) or not data:
+        return -1
+    ctypes.memmove(_READ_ADDR, data, len(data))
+    return len(data)
+
+
+def _write_fallback(tid: int, pieces: list[tuple[int, bytes]]) -> bool:
+    return all(_proc_mem(tid, addr, data=data) == len(data) for addr, data in pieces)
 
 
 def _read_into_buf(tid: int, addr: int, size: int) -> int:
@@ -156,8 +193,11 @@ def _read_into_buf(tid: int, addr: int, size: int) -> int:
         r1.len = size - first
         count = 2
     n = _readv(tid, _local_ref, 1, _remote, count, 0)
-    if n < 0 and _get_errno() == errno.ESRCH:
-        raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+    if n < 0:
+        if _get_errno() == errno.ESRCH:
+            raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+        if _vm_refused(n):
+            return _read_fallback(tid, addr, size)
     return n
 
 
@@ -298,6 +338,9 @@ def read_u64_and_cstring(tid: int, u64_addr: int, addr: int) -> tuple[int | None
     if n < 8:
         if n < 0 and _get_errno() == errno.ESRCH:
             raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+        if _vm_refused(n):
+            raw = read_memory(tid, u64_addr, 8)
+            return (int.from_bytes(raw, "little") if raw else None), read_cstring(tid, addr)
         return None, None
     value = _U64_BUF.value
     if n > 8:
@@ -315,6 +358,9 @@ def read_memory(tid: int, addr: int, size: int) -> bytes | None:
         local = _IoVec(ctypes.addressof(buf), size)
         remote = _IoVec(addr, size)
         n = _readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if _vm_refused(n):
+            data = _proc_mem(tid, addr, size)
+            return data if isinstance(data, bytes) and len(data) == size else None
         return buf.raw if n == size else None
     r0 = _remote[0]
     r0.base = addr
@@ -323,6 +369,9 @@ def read_memory(tid: int, addr: int, size: int) -> bytes | None:
     if n != size:
         if n < 0 and _get_errno() == errno.ESRCH:
             raise TraceeGone(errno.ESRCH, f"tracee {tid} is gone")
+        if _vm_refused(n):
+            data = _proc_mem(tid, addr, size)
+            return data if isinstance(data, bytes) and len(data) == size else None
         return None
     return _string_at(_READ_ADDR, size)
 
@@ -352,7 +401,8 @@ def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> bool:
         ro.base = addr
         ro.len = size
         offset += size
-    return _written(tid, _writev(tid, _wlocal, count, _wremote, count, 0), total)
+    n = _writev(tid, _wlocal, count, _wremote, count, 0)
+    return _write_fallback(tid, pieces) if _vm_refused(n) else _written(tid, n, total)
 
 
 def _written(tid: int, n: int, size: int) -> bool:
@@ -376,7 +426,8 @@ def write_bytes(tid: int, addr: int, data: bytes) -> bool:
     _wlocal0.len = size
     _wremote0.base = addr
     _wremote0.len = size
-    return _written(tid, _writev(tid, _wlocal, 1, _wremote, 1, 0), size)
+    n = _writev(tid, _wlocal, 1, _wremote, 1, 0)
+    return _write_fallback(tid, [(addr, data)]) if _vm_refused(n) else _written(tid, n, size)
 
 
 FRAME_BUF = (ctypes.c_char * (2 * PAGE))()  # filled in place by the tracer (struct.pack_into)
@@ -396,14 +447,18 @@ def write_frame(tid: int, addr: int, size: int) -> bool:
     _flocal.len = size
     _fremote.base = addr
     _fremote.len = size
-    return _written(tid, _writev(tid, _flocal_ref, 1, _fremote_ref, 1, 0), size)
+    n = _writev(tid, _flocal_ref, 1, _fremote_ref, 1, 0)
+    if _vm_refused(n):
+        return _write_fallback(tid, [(addr, bytes(FRAME_BUF[:size]))])
+    return _written(tid, n, size)
 
 
 def _write_large(tid: int, addr: int, data: bytes) -> bool:
     buf = ctypes.create_string_buffer(data, len(data))
     local = _IoVec(ctypes.addressof(buf), len(data))
     remote = _IoVec(addr, len(data))
-    return _writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) == len(data)
+    n = _writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    return _write_fallback(tid, [(addr, data)]) if _vm_refused(n) else n == len(data)
 
 
 # --- the calls the child makes on itself before execve ----------------------------------------

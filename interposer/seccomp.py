@@ -269,6 +269,7 @@ def build_filter(
     notify: bool = False,
     notify_opens: bool = False,
     notify_creates: bool = False,
+    notify_dups: bool | None = None,
 ) -> bytes:
     """The filter program as raw ``struct sock_filter`` array bytes.
 
@@ -277,8 +278,12 @@ def build_filter(
     return ``SECCOMP_RET_USER_NOTIF`` (to a listener, see notify.py) instead of stopping;
     ``notify_opens``: so do the :data:`NOTIFIED_OPENS` (but ``O_PATH`` and ``O_TMPFILE``
     ones) and the :data:`NOTIFIED_DUPS` that copy reserved fds; ``notify_creates``: the
-    :data:`NOTIFIED_CREATES` and creating opens too (else they stop).
+    :data:`NOTIFIED_CREATES` and creating opens too (else they stop); ``notify_dups`` (default:
+    as ``notify_opens``): the :data:`NOTIFIED_DUPS`, where the supervisor may take the job's
+    fds (notify.can_take_fds).
     """
+    if notify_dups is None:
+        notify_dups = notify_opens
     nr = arch.NR
     a = _Asm()
     opens = {name: arg for name, arg in NOTIFIED_OPENS} if notify and notify_opens else {}
@@ -290,7 +295,7 @@ def build_filter(
             return "notify"
         if notify and notify_creates and name in NOTIFIED_CREATES:
             return "notify"
-        if notify and notify_opens and name in NOTIFIED_DUPS:
+        if notify and notify_opens and notify_dups and name in NOTIFIED_DUPS:
             return "notify"
         return "trace"
 

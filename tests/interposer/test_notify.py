@@ -308,12 +308,17 @@ def test_changes_to_moved_host_paths_are_made_as_the_job(job_env):
         shutil.rmtree(shared)
 
 
-NO_UNSHARE = textwrap.dedent(
+REFUSING = textwrap.dedent(
     """
     import ctypes, os, struct, sys
-    # A seccomp filter refusing unshare(2) with EPERM, as Docker's default profile does
-    # without CAP_SYS_ADMIN; then the command.
-    code = [(0x20, 0, 0, 0), (0x15, 0, 1, 272), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+    # A seccomp filter refusing the syscalls numbered in argv[1] with EPERM, as a container's
+    # profile does (Docker's default: unshare without CAP_SYS_ADMIN; kcmp, pidfd_getfd and
+    # process_vm_readv/writev without CAP_SYS_PTRACE); then the command.
+    numbers = [int(n) for n in sys.argv[1].split(",")]
+    code = [(0x20, 0, 0, 0)]  # load the syscall number
+    for i, nr in enumerate(numbers):  # equal: jump to the refusal after the remaining tests
+        code.append((0x15, len(numbers) - i, 0, nr))
+    code += [(0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | 1)]  # allow; ERRNO | EPERM
     raw = b"".join(struct.pack("HBBI", *insn) for insn in code)
     buf = ctypes.create_string_buffer(raw, len(raw))
     prog = struct.pack("HxxxxxxQ", len(code), ctypes.addressof(buf))
@@ -322,15 +327,21 @@ NO_UNSHARE = textwrap.dedent(
     fprog = ctypes.create_string_buffer(prog, len(prog))
     where = ctypes.c_void_p(ctypes.addressof(fprog))
     assert libc.prctl(22, 2, where, 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, a filter
-    os.execv(sys.argv[1], sys.argv[1:])
+    os.execv(sys.argv[2], sys.argv[2:])
     """
 )
+UNSHARE, KCMP, PIDFD_GETFD = arch.NR["unshare"], arch.NR["kcmp"], arch.NR["pidfd_getfd"]
+VM_READV, VM_WRITEV = arch.NR["process_vm_readv"], arch.NR["process_vm_writev"]
+
+
+def _refusing(*numbers: int) -> list[str]:
+    return [sys.executable, "-c", REFUSING, ",".join(map(str, numbers)), sys.executable]
 
 
 def test_without_a_umask_of_its_own_creating_calls_stop_and_stay_right(job_env):
     """Where a thread cannot unshare its file-system context (a container's seccomp profile),
     calls that create with a mode are not notified: the job's umask still applies."""
-    wrap = [sys.executable, "-c", NO_UNSHARE, sys.executable]
+    wrap = _refusing(UNSHARE)
     probe = "from interposer import notify; print(notify.can_own_umask())"
     r = subprocess.run([*wrap, "-c", probe], capture_output=True, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.stdout == b"False\n", r.stderr
@@ -344,6 +355,33 @@ def test_without_a_umask_of_its_own_creating_calls_stop_and_stay_right(job_env):
                      "moved": "-rw----r--", "sub": "drwxr-x---", "sub3": "drwx------"}  # fmt: skip
     stats = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
     assert stats["actions"].get("stub", 0) >= 5, stats  # mkdir x3, mknod, the creating opens
+
+
+def test_a_container_profile_refusing_the_supervisors_calls_changes_no_answer(job_env, tmp_path):
+    """Under Docker's default seccomp profile the tracer may not unshare, kcmp, pidfd_getfd
+    or process_vm_readv/writev: the calls that need them stop instead, answers are the same."""
+    wrap = _refusing(UNSHARE, KCMP, PIDFD_GETFD, VM_READV, VM_WRITEV)
+    probe = "from interposer import notify; print(notify.can_take_fds(), notify.can_own_umask())"
+    r = subprocess.run([*wrap, "-c", probe], capture_output=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.stdout == b"False False\n", r.stderr
+    _survey(job_env, tmp_path)  # the shadow tree complete (see the first test)
+    plain = _survey(job_env, tmp_path)
+    script = tmp_path / "survey.py"
+    for options in ([], ["--ptrace-only"]):
+        run = [*wrap, "-m", "cvmfs_client", "run", *options, "--", "python3", str(script)]
+        r = subprocess.run(run, capture_output=True, env=job_env, cwd=ROOT)
+        assert r.returncode == 0, (options, r.stderr.decode())
+        answers = {}
+        for line in r.stdout.decode().splitlines():
+            key, _, value = line.partition(" ")
+            answers[key] = ast.literal_eval(value)
+        assert answers == plain["answers"], options
+    walk = f"cd {MOUNT} && find . -path ./python -prune -o -print | sort | xargs stat -c '%n %A %s' | md5sum"
+    outputs = [cvmfs_run(["sh", "-c", walk], job_env).stdout]
+    r = subprocess.run([*wrap, "-m", "cvmfs_client", "run", "--", "sh", "-c", walk], capture_output=True,
+                       env=job_env, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == outputs[0]
 
 
 def test_under_a_policy_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
