@@ -217,10 +217,17 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         opens = notify.kernel_supports(needed=notify.OPENS_NEED)
         tracer_pid = os.getpid() if policy is not None else None
         # what a container's seccomp profile may refuse the supervisor: then those calls stop
-        creates = opens and notify.can_own_umask()
+        changes = notify.kernel_supports(needed=notify.CHANGES_NEED)
+        creates = opens and changes and notify.can_own_umask()
         dups = opens and notify.can_take_fds()
         notify_program = seccomp.build_filter(
-            ranges, tracer_pid, notify=True, notify_opens=opens, notify_creates=creates, notify_dups=dups
+            ranges,
+            tracer_pid,
+            notify=True,
+            notify_opens=opens,
+            notify_creates=creates,
+            notify_dups=dups,
+            notify_changes=changes,
         )
         channel = notify.make_channel()
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
@@ -439,7 +446,8 @@ def _child(
             seccomp.install(program)
         else:
             try:
-                listener = seccomp.install(notify_program, listener=True)
+                killable = notify.kernel_supports(needed=notify.CHANGES_NEED)  # as the filter was built
+                listener = seccomp.install(notify_program, listener=True, killable=killable)
             except OSError:  # EBUSY: a listener above us (a nested run); EINVAL: too old a kernel
                 listener = None
                 seccomp.install(program)  # everything through ptrace stops: slower, as correct

@@ -125,6 +125,10 @@ def kernel_supports(release: str | None = None, needed: tuple[int, int] = (5, 5)
 
 
 OPENS_NEED = (5, 14)
+# Changes (mkdir, rename, creating opens...) made by the supervisor need waits that a signal
+# cannot cut short once it took the call (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV): else the
+# job's restarted call would find its own change done (EEXIST, ENOENT).
+CHANGES_NEED = (5, 19)
 
 
 def _output(nr: int, args: list[int]) -> tuple[int, int] | None:

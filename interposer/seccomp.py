@@ -146,6 +146,7 @@ CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | 
 CLONE_NEWTIME = 0x80  # unshare only (in clone's flags this bit is part of the exit signal)
 CLONE_UNTRACED = 0x00800000
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 32  # Linux 5.19
 PR_SET_DUMPABLE = 4
 # ...EPERM when (argument & mask) != 0...
 CONFINED_BITS = (
@@ -270,6 +271,7 @@ def build_filter(
     notify_opens: bool = False,
     notify_creates: bool = False,
     notify_dups: bool | None = None,
+    notify_changes: bool = False,
 ) -> bytes:
     """The filter program as raw ``struct sock_filter`` array bytes.
 
@@ -278,12 +280,15 @@ def build_filter(
     return ``SECCOMP_RET_USER_NOTIF`` (to a listener, see notify.py) instead of stopping;
     ``notify_opens``: so do the :data:`NOTIFIED_OPENS` (but ``O_PATH`` and ``O_TMPFILE``
     ones) and the :data:`NOTIFIED_DUPS` that copy reserved fds; ``notify_creates``: the
-    :data:`NOTIFIED_CREATES` and creating opens too (else they stop); ``notify_dups`` (default:
+    :data:`NOTIFIED_CREATES` and creating opens too (else they stop), with ``notify_changes``:
+    the :data:`NOTIFIED_CHANGES` (for a listener whose waits are killable only, see
+    :func:`install`: a change must not happen twice); ``notify_dups`` (default:
     as ``notify_opens``): the :data:`NOTIFIED_DUPS`, where the supervisor may take the job's
     fds (notify.can_take_fds).
     """
     if notify_dups is None:
         notify_dups = notify_opens
+    notify_creates = notify_creates and notify_changes
     nr = arch.NR
     a = _Asm()
     opens = {name: arg for name, arg in NOTIFIED_OPENS} if notify and notify_opens else {}
@@ -291,7 +296,7 @@ def build_filter(
     def trap(name: str) -> str:
         if name in opens:
             return f"open_{name}"
-        if notify and (name in NOTIFIED or name in NOTIFIED_CHANGES):
+        if notify and (name in NOTIFIED or (notify_changes and name in NOTIFIED_CHANGES)):
             return "notify"
         if notify and notify_creates and name in NOTIFIED_CREATES:
             return "notify"
@@ -453,17 +458,21 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(program: bytes, listener: bool = False) -> int | None:
+def install(program: bytes, listener: bool = False, killable: bool = False) -> int | None:
     """Install ``program`` on the calling process (and its future children and execs).
 
     Sets no_new_privs first, which an unprivileged process must do; it also means setuid
     programs run without their privileges, as they do under any ptrace-based tool.
     ``listener``: also create the user-notification fd (returned) that serves the program's
     ``SECCOMP_RET_USER_NOTIF`` calls; OSError (EINVAL, EBUSY) if the kernel will not.
+    ``killable``: once the listener has taken a call, only a fatal signal ends the wait, so
+    that a change the supervisor made is never lost to an interrupted, restarted call.
     """
     set_no_new_privs()
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+    if listener and killable:
+        flags |= SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
     fd = raw_syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, flags, ctypes.c_void_p(ctypes.addressof(prog)))
     return fd if listener else None

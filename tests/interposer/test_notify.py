@@ -384,6 +384,45 @@ def test_a_container_profile_refusing_the_supervisors_calls_changes_no_answer(jo
     assert r.stdout == outputs[0]
 
 
+SIGNALLED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    signal.signal(signal.SIGUSR1, lambda *a: None)
+    signal.siginterrupt(signal.SIGUSR1, False)  # SA_RESTART: interrupted calls start again
+    job = os.getpid()
+    pest = os.fork()
+    if pest == 0:  # a signal every 0.2 ms (each one is a ptrace stop too: no more)
+        try:
+            while True:
+                os.kill(job, signal.SIGUSR1)
+                time.sleep(0.0002)
+        except ProcessLookupError:
+            os._exit(0)
+    failed = []
+    for i in range(200):
+        d = f"/tmp/d{i}"
+        for call in (lambda: os.mkdir(d), lambda: os.close(os.open(d + "/x", os.O_CREAT | os.O_EXCL)),
+                     lambda: os.rename(d + "/x", d + "/y"), lambda: os.unlink(d + "/y"), lambda: os.rmdir(d)):
+            try:
+                call()
+            except OSError as exc:
+                failed.append(f"{i}: {exc}")
+    os.kill(pest, signal.SIGKILL)
+    print(len(failed), failed[:3])
+    """
+)
+
+
+def test_a_change_made_for_the_job_is_not_lost_to_a_signal(job_env):
+    """The supervisor makes a change on a moved path (--private-tmp's /tmp) for the job; a
+    signal arriving meanwhile must not cut the job's wait short, or its restarted call would
+    find the change made (mkdir: EEXIST, rmdir: ENOENT). Without killable waits this failed
+    within a few dozen rounds."""
+    r = cvmfs_run(["python3", "-c", SIGNALLED], job_env, options=["--private-tmp"])
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().startswith("0 []"), r.stdout
+
+
 def test_under_a_policy_notified_answers_equal_the_ptrace_ones(job_env, tmp_path):
     """A policy's decisions are the same whichever mechanism carries them out."""
     deny = ["--deny", str(tmp_path / "secret")]
