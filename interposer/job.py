@@ -25,7 +25,6 @@ import errno
 import logging
 import os
 import resource
-import shutil
 import signal
 import socket
 import sys
@@ -87,6 +86,8 @@ class PrivateTmp:
         n = self.count()
         empty = not any(self.path.iterdir())
         if self.clean or (empty and self.created):
+            import shutil  # start-up time: its archive formats load bz2 and lzma
+
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
             else:

@@ -15,7 +15,6 @@ Pure: the facts come in as a :class:`RepoFacts` and the entry's catalog row.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported with the repository, when an entry is asked about
@@ -42,20 +41,37 @@ ALL = frozenset(BASE + WITH_HASH + REGULAR + SYMLINK)
 VISIBILITIES = ("rootonly", "always", "never")
 
 
-@dataclass(frozen=True)
 class RepoFacts:
-    """What the mounted revision and its fetcher say now (cheap to make, made per question)."""
+    """What the mounted revision and its fetcher say now (made per question). A plain class:
+    this module is imported at every job's start, a dataclass costs a millisecond there."""
 
-    fqrn: str
-    revision: int
-    root_hash: str  # hex id with suffix
-    hosts: Sequence[str]  # the current server first, then the others in failover order
-    proxy: str  # the current proxy, "DIRECT" without one
-    timeout: int  # seconds, through a proxy
-    timeout_direct: int
-    pid: int  # the process serving the mount (the tracer)
-    version: str
-    catalogs: int  # catalogs loaded so far
+    __slots__ = ("fqrn", "revision", "root_hash", "hosts", "proxy", "timeout", "timeout_direct", "pid",
+                 "version", "catalogs")  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        fqrn: str,
+        revision: int,
+        root_hash: str,
+        hosts: Sequence[str],
+        proxy: str,
+        timeout: int,
+        timeout_direct: int,
+        pid: int,
+        version: str,
+        catalogs: int,
+    ) -> None:
+        self.fqrn = fqrn
+        self.revision = revision
+        self.root_hash = root_hash  # hex id with suffix
+        self.hosts = hosts  # the current server first, then the others in failover order
+        self.proxy = proxy  # the current proxy, "DIRECT" without one
+        self.timeout = timeout  # seconds, through a proxy
+        self.timeout_direct = timeout_direct
+        self.pid = pid  # the process serving the mount (the tracer)
+        self.version = version
+        self.catalogs = catalogs  # catalogs loaded so far
 
 
 def visibility(parameters: Mapping[str, str]) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -270,7 +269,7 @@ class ShadowTree:
         final = self._exec_dir / f"{obj.parent.name}{obj.name}"
         if not final.exists():
             tmp = self._tmp_name()
-            shutil.copyfile(obj, tmp)
+            _copyfile(obj, tmp)
             os.chmod(tmp, 0o555)
             _link_noreplace(tmp, str(final))
             os.unlink(tmp)
@@ -303,7 +302,13 @@ def _link_or_copy(src: str, dst: str, tmp_name: Callable[[], str]) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
             raise
     tmp = tmp_name()
-    shutil.copyfile(src, tmp)
+    _copyfile(src, tmp)
     os.chmod(tmp, stat.S_IMODE(os.stat(src).st_mode))
     _link_noreplace(tmp, dst)
     os.unlink(tmp)
+
+
+def _copyfile(src: str | Path, dst: str) -> None:
+    import shutil  # start-up time: its archive formats load bz2 and lzma
+
+    shutil.copyfile(src, dst)

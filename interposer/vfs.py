@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -464,7 +463,10 @@ class Namespace:
         for m in self.mounts.values():
             if m is not None:
                 m.close()
-        shutil.rmtree(f"{self.jobroot}.tmp", ignore_errors=True)
+        if os.path.lexists(f"{self.jobroot}.tmp"):
+            import shutil  # start-up time: its archive formats load bz2 and lzma
+
+            shutil.rmtree(f"{self.jobroot}.tmp", ignore_errors=True)
         try:
             for name in os.listdir(self.jobroot):
                 os.rmdir(os.path.join(self.jobroot, name))
