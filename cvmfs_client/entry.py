@@ -6,20 +6,18 @@ subcommands it builds are ~14 ms of it (see :mod:`cvmfs_client.run_args`).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 from .run_args import parse_run_args
-from .run_job import LOG_FORMAT, run_job
+from .run_job import run_job
 
 
 def main(prog_name: str | None = None) -> None:
     args = sys.argv[1:]
     if args[:1] == ["run"] and not os.path.isfile(os.environ.get("CVMFS_CLIENT_CONFIG_DIR") or "/"):
         params = parse_run_args(args[1:])
-        if params is not None:
-            logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        if params is not None:  # logging is configured when first needed (lazylog)
             run_job(**params)
     from .cli import main as cli_main
 

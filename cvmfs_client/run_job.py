@@ -7,16 +7,16 @@ job pays the start-up of this process before its command starts.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from . import lazylog
 from .errors import CvmfsError
 
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = lazylog.FORMAT
 
 
 def run_job(
@@ -39,14 +39,12 @@ def run_job(
     ptrace_only: bool = False,
 ) -> NoReturn:
     """Run ``command`` under the interposer and exit as it did (see ``cvmfs-client run --help``)."""
-    import traceback
-
     from interposer.job import EX_SOFTWARE, RunError, exit_like, outer_interposer, run
     from interposer.session import prepare
 
-    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else None
-    if level is not None:
-        logging.getLogger().setLevel(level)
+    level = lazylog.DEBUG if debug or verbose > 1 else lazylog.INFO if verbose else None
+    if level is not None:  # else logging is not even imported until something is worth saying
+        lazylog.configure(level)
     outer = outer_interposer()
     if outer is not None:
         given = {
@@ -98,7 +96,9 @@ def run_job(
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - a tracer bug: say so, never hang or hide it
         _say(f"internal error: {exc!r} (the job was killed)")
-        if level == logging.DEBUG:
+        if level == lazylog.DEBUG:
+            import traceback
+
             traceback.print_exc()
         sys.exit(EX_SOFTWARE)
     if stats:
@@ -116,7 +116,7 @@ def _run_nested(outer: int, command: Sequence[str], options: list[str]) -> NoRet
             f"command sees; a nested run cannot apply {', '.join(options)}: start it outside"
         )
         sys.exit(125)
-    logging.getLogger(__name__).info("inside cvmfs-client run %d: running %s directly", outer, command[0])
+    lazylog.get(__name__).info("inside cvmfs-client run %d: running %s directly", outer, command[0])
     try:
         os.execvp(command[0], list(command))
     except OSError as exc:  # as the run itself reports them

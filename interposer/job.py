@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import resource
 import signal
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from cvmfs_client import lazylog
 from cvmfs_client.config_basics import foreign_directory
 from cvmfs_client.errors import CvmfsError
 
@@ -45,7 +45,7 @@ from .vfs import Namespace
 if TYPE_CHECKING:  # policies and name lists are imported only by the jobs that ask for them
     from .mountlist import Line
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 OPTIONS = (
     pt.O_TRACESYSGOOD

@@ -45,7 +45,6 @@ import errno
 import fcntl
 import functools
 import itertools
-import logging
 import os
 import select
 import signal
@@ -53,6 +52,8 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+
+from cvmfs_client import lazylog
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
@@ -62,7 +63,7 @@ from .syscalls import BY_NR, Kind, Spec
 from .tracer import Tracer, _Ctx, _tgid_of, describe_call
 from .translate import Return, Rewrite, WriteReturn
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 # linux/seccomp.h: ioctls on the listener, _IOWR/_IOW('!', nr, type)
 IOCTL_RECV = 0xC0502100  # struct seccomp_notif (80 bytes)

@@ -18,13 +18,13 @@ options with no meaning here are ignored with a warning.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cvmfs_client import lazylog
 from cvmfs_client.errors import ConfigError
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 DEFAULT_MARKER = "<default-repositories>"
 # Parrot's built-in list, by name pattern only: servers and keys come from our configuration.

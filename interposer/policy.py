@@ -27,17 +27,18 @@ through to them but not listed or opened itself.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cvmfs_client import lazylog
+
 from .mountlist import DENY, ENOENT, LOCAL, REDIRECT, RWX, W_OK, Line, MountTable, _norm, prefixes
 from .ptrace_api import status_field
 from .syscalls import MOVE, O_ACCMODE, O_PATH, O_RDONLY, O_RDWR, R_OK
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 MAX_SYMLINKS = 40
 _CACHE_LIMIT = 50_000

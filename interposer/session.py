@@ -14,12 +14,12 @@ Where things come from:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvmfs_client import lazylog
 from cvmfs_client.config_basics import check_fqrn, default_cache_base
 from cvmfs_client.errors import ConfigError
 
@@ -28,7 +28,7 @@ from .job import PrivateTmp, RunOptions
 if TYPE_CHECKING:  # mount lists, policies and Parrot lists: imported when given (start-up time)
     from .mountlist import Line
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 PARROT_ENV = "PARROT_CVMFS_REPO"
 

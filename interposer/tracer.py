@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import signal
 import struct
@@ -42,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cvmfs_client import lazylog
+
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
 from .syscalls import BY_NR
@@ -50,7 +51,7 @@ from .translate import Exec, Return, Rewrite, Translator, WriteReturn
 if TYPE_CHECKING:
     from .namelist import NameList
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 CLONE_VM = 0x100
 CLONE_THREAD = 0x10000

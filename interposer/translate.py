@@ -26,13 +26,13 @@ placeholder; metadata calls see ``m/``. Relative paths, directory fds, symlinks,
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from cvmfs_client import lazylog
 from cvmfs_client.errors import CvmfsError
 
 from . import arch_x86_64 as arch
@@ -75,7 +75,7 @@ from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Namespace, Resolved, ho
 if TYPE_CHECKING:  # the policy module is imported only by jobs that have one (see job.run)
     from .policy import Policy
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 BINPRM_BUF_SIZE = 256  # the kernel reads this much of a file to find "#!" (fs/binfmt_script.c)
 MAX_INTERP_DEPTH = 4  # BINPRM_MAX_RECURSION

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import re
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvmfs_client import lazylog
 from cvmfs_client.errors import CvmfsError, FetchError, LookupFailure
 
 if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first repository mounts
@@ -34,7 +34,7 @@ from . import elf
 from .magic_xattrs import RepoFacts, visibility
 from .shadow import ShadowError, ShadowTree
 
-log = logging.getLogger(__name__)
+log = lazylog.get(__name__)
 
 MAX_SYMLINKS = 40  # MAXSYMLINKS in the kernel
 _CACHE_LIMIT = 200_000  # memoised resolutions kept before the memo is dropped and rebuilt
@@ -504,7 +504,7 @@ class Namespace:
                 # Every server says it has no such repository: what a job probing names such as
                 # /cvmfs/package.json meets (ENOENT, as under autofs), not worth a warning.
                 log.log(
-                    logging.INFO if exc.not_found else logging.WARNING,
+                    lazylog.INFO if exc.not_found else lazylog.WARNING,
                     "cannot mount /cvmfs/%s: %s",
                     name,
                     exc,

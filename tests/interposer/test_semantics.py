@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -373,3 +374,16 @@ def test_host_script_whose_path_names_cvmfs_runs(job_env, tmp_path):
     r = cvmfs_run([str(tool), "probe"], job_env)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"config probe\n"
+
+
+def test_a_warning_in_a_job_is_printed_as_before(job_env):
+    """Logging is configured when first needed (cvmfs_client/lazylog.py), in run's format."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**job_env, "CVMFS_SERVER_URL": f"http://127.0.0.1:{port}/cvmfs/@fqrn@", "CVMFS_MAX_RETRIES": "0"}
+    env["CVMFS_CACHE_BASE"] = job_env["CVMFS_CACHE_BASE"] + "-unreachable"
+    r = cvmfs_run(["ls", MOUNT], env)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert f"WARNING interposer.vfs: cannot mount {MOUNT}:" in err, err
