@@ -3,10 +3,11 @@
 A ptrace stop costs two scheduler hand-overs through the tracer's ``waitpid`` loop, ~20 us
 pinned to one CPU and ~60-120 us when job and tracer sit on different CPUs of a VM. For the
 calls in :data:`.seccomp.NOTIFIED` (the ``stat`` family, ``access``, ``readlink``, reading
-xattrs: they only read metadata into a buffer of known size) and, on Linux 5.14+, the opens
-that create nothing and the copies of reserved fds (:data:`.seccomp.NOTIFIED_OPENS`,
-``NOTIFIED_DUPS``), the filter returns ``SECCOMP_RET_USER_NOTIF`` instead, and this thread
-answers from the listener fd:
+xattrs: they only read metadata into a buffer of known size), the calls that change files
+(:data:`.seccomp.NOTIFIED_CHANGES`, on Linux 5.19+: see :data:`CHANGES_NEED`) and, on 5.14+,
+the opens (creating ones with the changes) and the copies of reserved fds
+(:data:`.seccomp.NOTIFIED_OPENS`, ``NOTIFIED_DUPS``), the filter returns
+``SECCOMP_RET_USER_NOTIF`` instead, and this thread answers from the listener fd:
 
 - a host path the translator leaves alone (``stat("/etc/localtime")`` in every ``localtime()``
   of a job without TZ, the dynamic loader's probes): ``SECCOMP_USER_NOTIF_FLAG_CONTINUE``, the
@@ -17,6 +18,8 @@ answers from the listener fd:
   thread makes the call itself on the new path into its own buffer and copies the result into
   the job's. The two processes share credentials and mounts, and rewritten paths are absolute,
   so the answer is the one the job would have had;
+- a change on a moved host path (``/cvmfs/..`` leading out, a mount-list target): the thread
+  makes it as the job would (:meth:`Supervisor._change_here`); on /cvmfs, an errno;
 - an open of /cvmfs content or a shadow directory: the thread opens it and hands the fd over
   (``SECCOMP_IOCTL_NOTIF_ADDFD`` with ``SEND``) at the number the kernel would have chosen, or
   at the lowest free one in the reserved range (see :class:`.seccomp.FdRanges`); a ``dup`` of a
@@ -89,7 +92,7 @@ _RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd alre
 
 
 AT_FDCWD = -100
-XATTR_SIZE_MAX = XATTR_LIST_MAX = 65536  # include/uapi/linux/limits.h
+XATTR_SIZE_MAX = 65536  # include/uapi/linux/limits.h (XATTR_LIST_MAX too)
 XATTR_NAME_MAX = 255
 _XATTR_GET = frozenset({arch.NR["getxattr"], arch.NR["lgetxattr"]})  # (path, name, value, size)
 _XATTR_LIST = frozenset({arch.NR["listxattr"], arch.NR["llistxattr"]})  # (path, list, size)
