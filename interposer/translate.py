@@ -94,6 +94,9 @@ _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
 _XATTR_GETS = frozenset({"getxattr", "lgetxattr"})  # (path, name, value, size)
 _XATTR_LISTS = frozenset({"listxattr", "llistxattr"})  # (path, list, size)
 XATTR_NAME_MAX = 255
+# Labels a security module gives every inode (SELinux, Smack): the kernel answers them for a
+# FUSE mount too, before the file system is asked, so they are the placeholder's.
+_LSM_LABELS = ("security.selinux", "security.SMACK64")
 
 
 class Context(Protocol):
@@ -682,8 +685,9 @@ class Translator:
 
     def _xattr(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         """``(l)getxattr``/``(l)listxattr``. A /cvmfs entry has the real client's magic
-        attributes (magic_xattrs.py) and nothing else: not what the placeholder may have got
-        from the cache's file system (an SELinux label, a default ACL's)."""
+        attributes (magic_xattrs.py) and a security module's label (read from the placeholder,
+        as the kernel gives one to a FUSE inode), nothing else: not what the placeholder may
+        have got from the cache's file system (a default ACL's)."""
         raw = ctx.read_path(args[0])
         if raw is None:
             return self._unreadable(ctx, args[0])
@@ -706,8 +710,10 @@ class Translator:
             if not asked or len(asked) > XATTR_NAME_MAX:
                 return Return(-errno.ERANGE)
             name = os.fsdecode(asked)
+            if name.startswith(_LSM_LABELS):  # the security module's, as on the real client's mount
+                return self._path_rewrite(nr, spec, self._meta_target(r))
             if name not in magic_xattrs.ALL:
-                return Return(-errno.ENODATA)  # ls -l's SELinux label and ACL: no repository opened
+                return Return(-errno.ENODATA)  # ls -l's ACL: no repository opened
             entry = mount.catalog_entry(r.inner) if magic_xattrs.needs_entry(name) else None
             value = magic_xattrs.value(name, mount.magic_facts, entry, lambda: mount.chunk_list(entry))
             if value is None:
