@@ -1447,6 +1447,13 @@ class NodeCache:
 
     # -- maintenance --------------------------------------------------------------------
 
+    def usage(self) -> tuple[int, int | None]:
+        """Bytes of objects the index counts and the quota (``None``: unmanaged): what a
+        mounted repository's ``statfs`` reports under the real client."""
+        self._check_fork()
+        self._flush_records()
+        return self._index.total(), self.quota_bytes
+
     def stat(self) -> CacheStats:
         """Size, quota, objects and counters from the index (advisory; ``fsck`` reconciles it).
 

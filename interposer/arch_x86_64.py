@@ -213,6 +213,20 @@ def pack_stat(st: os.stat_result, blocks: int | None = None) -> bytes:
     )  # fmt: skip
 
 
+# struct statfs (asm-generic/statfs.h with a 64-bit __statfs_word): type, bsize, blocks,
+# bfree, bavail, files, ffree, fsid (two ints), namelen, frsize, flags, four spare words.
+_STATFS = struct.Struct("<qqQQQQQiiqqq32x")
+STATFS_SIZE = _STATFS.size  # 120
+
+
+def pack_statfs(
+    f_type: int, bsize: int, blocks: int, bfree: int, bavail: int, files: int, ffree: int,
+    namelen: int, frsize: int, flags: int,
+) -> bytes:  # fmt: skip
+    """A ``struct statfs`` as the kernel writes it (``f_fsid`` zero, as FUSE leaves it)."""
+    return _STATFS.pack(f_type, bsize, blocks, bfree, bavail, files, ffree, 0, 0, namelen, frsize, flags)
+
+
 def set_syscall(regs: Regs, nr: int) -> None:
     """At a seccomp stop: run syscall ``nr`` instead (the filter is re-checked, not re-trapped)."""
     regs.orig_rax = nr & _MASK64

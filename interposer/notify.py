@@ -147,6 +147,8 @@ def _output(nr: int, args: list[int]) -> tuple[int, int] | None:
         return 1, max(0, min(args[2] & 0xFFFFFFFF, pt.PATH_MAX))
     if nr == arch.NR["readlinkat"]:
         return 2, max(0, min(args[3] & 0xFFFFFFFF, pt.PATH_MAX))
+    if nr == arch.NR["statfs"]:
+        return 1, arch.STATFS_SIZE
     if nr in _XATTR_GET:  # the kernel reads at most XATTR_SIZE_MAX of a larger size
         return 2, min(args[3], XATTR_SIZE_MAX)
     if nr in _XATTR_LIST:

@@ -109,7 +109,7 @@ ENOSYS = ("io_uring_setup",)
 # Each only reads metadata into a buffer of a known size, which the supervisor can fill itself.
 NOTIFIED = frozenset({
     "stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat", "faccessat2", "readlink",
-    "readlinkat", "getcwd", "getxattr", "lgetxattr", "listxattr", "llistxattr",
+    "readlinkat", "getcwd", "getxattr", "lgetxattr", "listxattr", "llistxattr", "statfs",
 })  # fmt: skip
 # ...and the calls that change host files (a host path is let through, /cvmfs refused, a moved
 # path changed by the supervisor as the job; not linkat, whose AT_EMPTY_PATH names a job's fd,

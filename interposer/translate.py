@@ -99,6 +99,24 @@ XATTR_NAME_MAX = 255
 _LSM_LABELS = ("security.selinux", "security.SMACK64")
 
 
+FUSE_SUPER_MAGIC = 0x65735546
+# ro, nosuid, nodev, relatime, and ST_VALID, which the kernel adds: the real client's mount
+_REPOSITORY_FLAGS = 0x1 | 0x2 | 0x4 | 0x1000 | 0x20
+
+
+def repository_statfs(used: int, quota: int | None) -> bytes:
+    """The ``struct statfs`` of a mounted repository (cvmfs.cc ``cvmfs_statfs``): 512-byte
+    blocks, the quota as the size and what it leaves free; an unmanaged cache (no quota) as
+    full at its current size. Inode counts are the real client's catalog bookkeeping, which
+    has no counterpart here: 0."""
+    block = 512
+    if quota is None:
+        blocks, free = used // block, 0
+    else:
+        blocks, free = quota // block, max(quota - used, 0) // block
+    return arch.pack_statfs(FUSE_SUPER_MAGIC, block, blocks, free, free, 0, 0, 255, block, _REPOSITORY_FLAGS)
+
+
 class Context(Protocol):
     """What the translator may ask about the stopped tracee."""
 
@@ -194,6 +212,7 @@ class Translator:
         self._by_name = {s.name: handlers[s.kind] for s in SPECS}
         for name in _XATTR_GETS | _XATTR_LISTS:
             self._by_name[name] = self._xattr
+        self._by_name["statfs"] = self._statfs
 
     def decide(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         try:
@@ -682,6 +701,20 @@ class Translator:
         if r.kind == HOST:
             return self._host_rewrite(nr, spec, r.host)
         return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
+
+    def _statfs(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+        """``statfs`` of a repository path: the cache's quota and use, as the real client
+        reports them (``df /cvmfs/REPO``); anything else as :meth:`_stat` has it."""
+        raw = ctx.read_path(args[0])
+        if raw is None:
+            return self._unreadable(ctx, args[0])
+        if not raw or self._plain_host(raw):
+            return None
+        r = self.locate(ctx, AT_FDCWD, raw, True)
+        usage = r.mount.cache_usage() if r is not None and r.kind == ENTRY and r.mount is not None else None
+        if usage is None:
+            return self._stat(ctx, nr, spec, args)
+        return WriteReturn(args[1], repository_statfs(*usage), 0)
 
     def _xattr(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         """``(l)getxattr``/``(l)listxattr``. A /cvmfs entry has the real client's magic

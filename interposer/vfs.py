@@ -275,6 +275,11 @@ class Mount:
             catalogs=len(repo.catalog_hashes),
         )
 
+    def cache_usage(self) -> tuple[int, int | None] | None:
+        """Bytes in the node cache and its quota (None: unmanaged), if the store counts them."""
+        usage = getattr(self.repo.store, "usage", None)
+        return usage() if usage is not None else None
+
     def magic_visibility(self) -> str:
         """Where magic xattrs are listed (the repository's configuration)."""
         if self._visibility is None:

@@ -9,6 +9,7 @@ expands (as the real client does).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -160,3 +161,34 @@ def test_python_package_in_real_repository_imports(job_env):
 
 def test_sources_are_compared_against_existing_tree(sw_src: Path):
     assert (sw_src / "cases" / "twin-a.dat").stat().st_nlink == 2
+
+
+def test_df_shows_the_cache_quota_and_use_as_the_real_client(job_env):
+    """statfs of a repository path: the node cache's quota as the size, its use, 512-byte
+    blocks, type FUSE (cvmfs.cc cvmfs_statfs); host paths keep their own."""
+    import ast
+
+    from cvmfs_client.cache import NodeCache
+    from interposer import translate
+
+    probe = (
+        "import os, sys; s = os.statvfs(sys.argv[1]); h = os.statvfs('/')\n"
+        "print([s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_namemax, s.f_flag & 1,"
+        " h.f_blocks])"
+    )
+    r = cvmfs_run(["python3", "-c", probe, f"{MOUNT}/etc"], job_env, options=["--stats"])
+    assert r.returncode == 0, r.stderr.decode()
+    got = ast.literal_eval(r.stdout.decode())
+    store = NodeCache(Path(job_env["CVMFS_CACHE_BASE"]) / "shared", 4000 << 20)
+    used, quota = store.usage()
+    store.close()
+    assert quota == 4000 << 20
+    assert got[:7] == [512, 512, quota // 512, (quota - used) // 512, (quota - used) // 512, 255, 1]
+    assert got[7] == os.statvfs("/").f_blocks  # the host's own
+    assert "stub" not in ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])["actions"]
+    r = sh(f"stat -f -c %T {MOUNT}; df {MOUNT} | tail -1", job_env)
+    fs_type, df_line = r.stdout.decode().splitlines()
+    assert fs_type == "fuseblk" and df_line.startswith("cvmfs2 ") and df_line.endswith(MOUNT)
+    # the unmanaged cache: full at its size, as the real client reports it
+    raw = translate.repository_statfs(10 * 512 + 7, None)
+    assert raw[16:40] == (10).to_bytes(8, "little") + bytes(16)
