@@ -785,21 +785,13 @@ def _address(obj: ctypes.Array | ctypes.Structure) -> ctypes.c_void_p:  # type: 
 def can_own_umask() -> bool:
     """Whether a thread of this process may take a file-system context (umask) of its own:
     ``unshare(CLONE_FS)``, refused by some container profiles (Docker's default seccomp
-    profile without CAP_SYS_ADMIN). Tried in a thread of its own, which then ends."""
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            pt.raw_syscall(arch.NR["unshare"], CLONE_FS)
-        except OSError:
-            result.append(False)
-        else:
-            result.append(True)
-
-    thread = threading.Thread(target=probe, name="umask-probe")
-    thread.start()
-    thread.join()
-    return bool(result and result[0])
+    profile without CAP_SYS_ADMIN). Tried by the calling thread, which then holds a copy of
+    the same cwd, root and umask: nothing it sees changes."""
+    try:
+        pt.raw_syscall(arch.NR["unshare"], CLONE_FS)
+    except OSError:
+        return False
+    return True
 
 
 def can_take_fds() -> bool:
