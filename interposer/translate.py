@@ -447,37 +447,32 @@ class Translator:
         job that drops root's could not reach the shadow trees under root's cache anyway).
         """
         if spec.xbuf is not None:
-            return self._statx_answer(r, spec.xbuf, args, flags)
-        if spec.buf is None or flags & ~_STAT_FLAGS or r.kind != ENTRY:
-            return None
-        packed = r.stat_b
-        if packed is None:
-            entry = r.entry
-            if entry is None or entry.is_dir:
+            if r.kind != ENTRY or flags & ~_STATX_FLAGS or to_int(args[3]) & ~statx.ASKED:
+                return None  # a mask asking for more than basic stats, birth time and mount id
+            data = r.statx_b or self._placeholder_bytes(r, True)
+            buf = args[spec.xbuf]
+        else:
+            if spec.buf is None or flags & ~_STAT_FLAGS or r.kind != ENTRY:
                 return None
-            try:
-                st = os.lstat(self._meta_target(r))
-            except OSError:
-                return None  # the kernel reports it
-            packed = r.stat_b = arch.pack_stat(st)
-        return WriteReturn(args[spec.buf], packed, 0)
+            data = r.stat_b or self._placeholder_bytes(r, False)
+            buf = args[spec.buf]
+        return None if data is None else WriteReturn(buf, data, 0)
 
-    def _statx_answer(self, r: Resolved, buf: int, args: tuple[int, ...], flags: int) -> Action:
-        """``statx`` of a regular file or symlink, answered like ``_stat_answer``; ``None`` for
-        what the kernel should see itself (directories, a mask asking for more than basic
-        stats, birth time and mount id, flags other than the usual ones)."""
-        if r.kind != ENTRY or flags & ~_STATX_FLAGS or to_int(args[3]) & ~statx.ASKED:
+    def _placeholder_bytes(self, r: Resolved, as_statx: bool) -> bytes | None:
+        """The placeholder's ``struct stat`` (or ``statx``), read and kept on ``r``; ``None``
+        for a directory, or where the kernel should report an error itself."""
+        entry = r.entry
+        if entry is None or entry.is_dir:
             return None
-        data = r.statx_b
-        if data is None:
-            entry = r.entry
-            if entry is None or entry.is_dir:
-                return None
-            data = statx.shadow_statx(self._meta_target(r))
-            if data is None:
-                return None
-            r.statx_b = data
-        return WriteReturn(args[buf], data, 0)
+        path = self._meta_target(r)
+        if as_statx:
+            r.statx_b = statx.shadow_statx(path)
+            return r.statx_b
+        try:
+            r.stat_b = arch.pack_stat(os.lstat(path))
+        except OSError:
+            return None
+        return r.stat_b
 
     @staticmethod
     def _path_rewrite(nr: int, spec: Spec, new: str | bytes) -> Rewrite:
