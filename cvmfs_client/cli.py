@@ -469,7 +469,7 @@ def prewarm_cmd(
     sys.exit(report.exit_code)
 
 
-@main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@main.command("run", context_settings={"allow_interspersed_args": False})
 @click.option(
     "--repo", "repos", multiple=True, metavar="FQRN", help="Mount only this repository (repeatable)."
 )

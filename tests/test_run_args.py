@@ -95,5 +95,5 @@ def test_the_command_runs_a_job_through_the_fast_path_without_click(tmp_path: Pa
     me = [sys.executable, "-m", "cvmfs_client", "run"]
     r = subprocess.run([*me, "--help"], capture_output=True, timeout=60)
     assert r.returncode == 0 and b"Run COMMAND with /cvmfs" in r.stdout
-    r = subprocess.run([*me, "--bogus", "x"], capture_output=True, timeout=60)
-    assert r.returncode == 127 and b"--bogus" in r.stderr  # click: an unknown option starts the command
+    r = subprocess.run([*me, "--privat-tmp", "--", "true"], capture_output=True, timeout=60)
+    assert r.returncode == 2 and b"No such option '--privat-tmp'" in r.stderr  # a typo: not a command
