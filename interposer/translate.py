@@ -942,7 +942,7 @@ class Translator:
     def _rewrite2(nr: int, spec: Spec, r1: Resolved | None, r2: Resolved | None) -> Action:
         """rename/link between host paths, one or both moved by the mount list."""
         assert spec.path is not None and spec.path2 is not None
-        rw = Rewrite(nr)
+        rw = Rewrite(nr, host=True)  # made with the job's root and permissions (notify.py)
         paths = [(spec.path, spec.dirfd, r1), (spec.path2, spec.dirfd2, r2)]
         new = [(arg, dirfd, os.fsencode(r.host)) for arg, dirfd, r in paths if r is not None and r.touched]
         for _, dirfd, _ in new:

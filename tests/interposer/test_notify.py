@@ -494,6 +494,14 @@ def test_host_paths_are_the_jobs_own_after_chroot(job_env, tmp_path):
             ["/usr/sbin/chroot", str(jail), "/busybox", "cat", "/cvmfs/../marker"], job_env, options=options
         )
         assert r.returncode == 0 and r.stdout == b"inside the jail\n", (options, r.stdout, r.stderr)
+        # changes too, one path moved (mkdir) or two (rename: made by the supervisor)
+        script = "/busybox mkdir /cvmfs/../d && /busybox mv /cvmfs/../marker /cvmfs/../d/moved"
+        jailed = ["/usr/sbin/chroot", str(jail), "/busybox", "sh", "-c", script]
+        r = cvmfs_run(jailed, job_env, options=options)
+        assert r.returncode == 0, (options, r.stderr)
+        assert (jail / "d" / "moved").read_text() == "inside the jail\n"
+        (jail / "d" / "moved").rename(jail / "marker")
+        (jail / "d").rmdir()
 
 
 BROKEN_SUPERVISOR = """
