@@ -33,16 +33,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from . import lazylog
+from .records import Record
+
+log = lazylog.get(__name__)
 
 EVICTED_STAMP = "evicted"
 LINKED_DIR = "linked"
@@ -59,16 +59,20 @@ _CLOCK_SLACK_NS = 1_000_000_000
 _OBJECT_PARENTS = ("", "assembled/")
 
 
-@dataclass
-class Collection:
+class Collection(Record):
     """What one :func:`collect` did."""
 
-    units_collected: int = 0
-    units_removed: int = 0
-    units_busy: list[Path] = field(default_factory=list)
-    links_removed: int = 0
-    copies_removed: int = 0
-    bytes_freed: int = 0  # sizes of files whose last name was removed
+    __slots__ = (
+        "units_collected", "units_removed", "units_busy", "links_removed", "copies_removed", "bytes_freed",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.units_collected = 0
+        self.units_removed = 0
+        self.units_busy: list[Path] = []
+        self.links_removed = 0
+        self.copies_removed = 0
+        self.bytes_freed = 0  # sizes of files whose last name was removed
 
 
 def _key(path: Path) -> str:
@@ -164,6 +168,8 @@ def _remove_tree(top: str) -> None:
         except FileNotFoundError:
             continue
         stack += subdirs
+    import shutil  # start-up time: its archive formats load bz2 and lzma
+
     shutil.rmtree(top, ignore_errors=True)
 
 

@@ -14,7 +14,8 @@ p_filesz (8) ...; PT_INTERP = 3; the interpreter string is NUL-terminated within
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from cvmfs_client.records import FrozenRecord
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -23,13 +24,15 @@ HEAD_SIZE = 4096  # enough for the ELF header and the program headers of ordinar
 _MAX_INTERP = 4096
 
 
-@dataclass(frozen=True)
-class Interp:
+class Interp(FrozenRecord):
     """A program's PT_INTERP string and its room in the file (a patched path must fit there)."""
 
-    offset: int  # file offset of the string
-    size: int  # bytes available, NUL included
-    path: bytes
+    __slots__ = ("offset", "size", "path")
+
+    def __init__(self, offset: int, size: int, path: bytes) -> None:
+        self.offset = offset  # file offset of the string
+        self.size = size  # bytes available, NUL included
+        self.path = path
 
 
 def elf_class(head: bytes) -> int | None:

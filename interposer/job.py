@@ -28,13 +28,13 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from cvmfs_client import lazylog
 from cvmfs_client.config_basics import foreign_directory
 from cvmfs_client.errors import CvmfsError
+from cvmfs_client.records import Record
 
 from . import notify, seccomp
 from . import ptrace_api as pt
@@ -65,13 +65,15 @@ class RunError(Exception):
     """The job could not be started under the tracer (no ptrace, no seccomp...)."""
 
 
-@dataclass
-class PrivateTmp:
+class PrivateTmp(Record):
     """``--private-tmp``: the host directory that is the job's /tmp."""
 
-    path: Path
-    created: bool  # made by us (removed when empty or with --clean-tmp)
-    clean: bool = False
+    __slots__ = ("path", "created", "clean")
+
+    def __init__(self, path: Path, created: bool, clean: bool = False) -> None:
+        self.path = path
+        self.created = created  # made by us (removed when empty or with --clean-tmp)
+        self.clean = clean
 
     def count(self) -> int:
         n = 0
@@ -100,26 +102,49 @@ class PrivateTmp:
         return f"the job's /tmp is kept in {self.path} ({n} files)"
 
 
-@dataclass
-class RunOptions:
+class RunOptions(Record):
     """What ``cvmfs-client run`` was told; ``params`` are the CVMFS_* settings (environment)."""
 
-    params: Mapping[str, str]
-    env: Mapping[str, str]
-    shadow_dir: Path
-    repos: Sequence[str] | None = None  # --repo: mount only these
-    listed: Callable[[], Sequence[str]] = lambda: ()  # what `ls /cvmfs` shows before first access
-    per_repo: Callable[[str], Mapping[str, str] | None] | None = None  # Parrot: params per fqrn
-    debug: bool = False
-    stats: dict = field(default_factory=dict)  # filled with counters when the job ends
-    mount_lines: Sequence[Line] = ()  # mount list, private /tmp, denials (policy.py); () = none
-    own_proc: bool = False  # --sandbox: /proc DENY except the job's own /proc/PID
-    private_tmp: PrivateTmp | None = None
-    allow_write: Sequence[str] | None = None  # --allow-write prefixes (logical); None: anywhere
-    name_list: Path | None = None  # -n: where the paths the job used are written at its end
-    env_list: Path | None = None  # -e: where the job's initial environment is written
-    cwd: Path | None = None  # the job's first working directory (a host path); None: ours
-    notify: bool = True  # metadata calls through seccomp user notifications where possible (notify.py)
+    __slots__ = (
+        "params", "env", "shadow_dir", "repos", "listed", "per_repo", "debug", "stats", "mount_lines",
+        "own_proc", "private_tmp", "allow_write", "name_list", "env_list", "cwd", "notify",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        params: Mapping[str, str],
+        env: Mapping[str, str],
+        shadow_dir: Path,
+        repos: Sequence[str] | None = None,
+        listed: Callable[[], Sequence[str]] = lambda: (),
+        per_repo: Callable[[str], Mapping[str, str] | None] | None = None,
+        debug: bool = False,
+        stats: dict | None = None,
+        mount_lines: Sequence[Line] = (),
+        own_proc: bool = False,
+        private_tmp: PrivateTmp | None = None,
+        allow_write: Sequence[str] | None = None,
+        name_list: Path | None = None,
+        env_list: Path | None = None,
+        cwd: Path | None = None,
+        notify: bool = True,
+    ) -> None:
+        self.params = params
+        self.env = env
+        self.shadow_dir = shadow_dir
+        self.repos = repos  # --repo: mount only these
+        self.listed = listed  # what `ls /cvmfs` shows before first access
+        self.per_repo = per_repo  # Parrot: params per fqrn
+        self.debug = debug
+        self.stats: dict = {} if stats is None else stats  # filled with counters when the job ends
+        self.mount_lines = mount_lines  # mount list, private /tmp, denials (policy.py); () = none
+        self.own_proc = own_proc  # --sandbox: /proc DENY except the job's own /proc/PID
+        self.private_tmp = private_tmp
+        self.allow_write = allow_write  # --allow-write prefixes (logical); None: anywhere
+        self.name_list = name_list  # -n: where the paths the job used are written at its end
+        self.env_list = env_list  # -e: where the job's initial environment is written
+        self.cwd = cwd  # the job's first working directory (a host path); None: ours
+        self.notify = notify  # metadata calls through seccomp user notifications where possible
 
 
 def _opener(options: RunOptions) -> Callable[[str, str | None], object]:

@@ -40,7 +40,8 @@ import ctypes
 import errno
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from cvmfs_client.records import FrozenRecord
 
 from . import arch_x86_64 as arch
 from .ptrace_api import raw_syscall, set_no_new_privs
@@ -158,8 +159,7 @@ CONFINED_VALUE = (("prctl", 0, PR_SET_DUMPABLE),)  # ...when argument == value..
 CONFINED_TRACER = ("process_vm_readv", "process_vm_writev", "pidfd_open")  # ...when arg 0 is the tracer
 
 
-@dataclass(frozen=True)
-class FdRanges:
+class FdRanges(FrozenRecord):
     """Reserved fd numbers: ``[content, dirs)`` holds content fds, ``[dirs, top)`` directory fds.
 
     Chosen below the job's RLIMIT_NOFILE (and below 1024, so that ``select()`` callers and
@@ -169,9 +169,12 @@ class FdRanges:
     dirs range spills above ``top``, where everything is trapped again (slower, still correct).
     """
 
-    content: int
-    dirs: int
-    top: int
+    __slots__ = ("content", "dirs", "top")
+
+    def __init__(self, content: int, dirs: int, top: int) -> None:
+        self.content = content
+        self.dirs = dirs
+        self.top = top
 
     @classmethod
     def for_limit(cls, soft_limit: int) -> FdRanges | None:

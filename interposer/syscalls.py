@@ -13,7 +13,8 @@ target to exist (ENOENT) and then fail with EROFS; crossing mounts in ``rename``
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from cvmfs_client.records import FrozenRecord
 
 from .arch_x86_64 import NR
 
@@ -50,24 +51,44 @@ class FlagStyle(enum.Enum):
     FANOTIFY = "fanotify"  # FAN_MARK_DONT_FOLLOW in the flags
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(FrozenRecord):
     """Where one trapped call keeps its fd, path and flag arguments, and what it does to paths."""
 
-    name: str
-    kind: Kind
-    path: int | None  # argument index of the path
-    dirfd: int | None = None  # argument index of the directory fd; None = AT_FDCWD
-    flags: int | None = None  # argument index of the flags
-    style: FlagStyle = FlagStyle.NONE
-    nofollow: bool = False  # the last component is not followed by default (lstat, lchown...)
-    effect: Effect | None = None
-    path2: int | None = None  # MODIFY2: second path and its dirfd
-    dirfd2: int | None = None
-    buf: int | None = None  # READLINK/GETCWD: output buffer; FSTAT, STAT: struct stat (not statx)
-    xbuf: int | None = None  # statx: its struct statx
-    size: int | None = None  # READLINK/GETCWD: buffer size
-    fd: int | None = None  # FSTAT/FCHDIR/MODIFY_FD: the fd argument
+    __slots__ = ("name", "kind", "path", "dirfd", "flags", "style", "nofollow", "effect", "path2", "dirfd2",
+                 "buf", "xbuf", "size", "fd")  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        kind: Kind,
+        path: int | None,
+        *,
+        dirfd: int | None = None,
+        flags: int | None = None,
+        style: FlagStyle = FlagStyle.NONE,
+        nofollow: bool = False,
+        effect: Effect | None = None,
+        path2: int | None = None,
+        dirfd2: int | None = None,
+        buf: int | None = None,
+        xbuf: int | None = None,
+        size: int | None = None,
+        fd: int | None = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.path = path  # argument index of the path
+        self.dirfd = dirfd  # argument index of the directory fd; None = AT_FDCWD
+        self.flags = flags  # argument index of the flags
+        self.style = style
+        self.nofollow = nofollow  # the last component is not followed by default (lstat, lchown...)
+        self.effect = effect
+        self.path2 = path2  # MODIFY2: second path and its dirfd
+        self.dirfd2 = dirfd2
+        self.buf = buf  # READLINK/GETCWD: output buffer; FSTAT, STAT: struct stat (not statx)
+        self.xbuf = xbuf  # statx: its struct statx
+        self.size = size  # READLINK/GETCWD: buffer size
+        self.fd = fd  # FSTAT/FCHDIR/MODIFY_FD: the fd argument
 
 
 def _s(name: str, kind: Kind, path: int | None, **kw: object) -> Spec:

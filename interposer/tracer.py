@@ -38,10 +38,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cvmfs_client import lazylog
+from cvmfs_client.records import Record
 
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
@@ -127,23 +127,36 @@ class AddressSpace:
             self.free.append(index)
 
 
-@dataclass
-class Task:
-    tid: int
-    tgid: int
-    mm: AddressSpace
-    pending: tuple | None = None  # what to do at this thread's next syscall stop
-    exec_frame: tuple[int, int] | None = None  # slot and depth of an execve run by the stub
+class Task(Record):
+    """One traced thread."""
+
+    __slots__ = ("tid", "tgid", "mm", "pending", "exec_frame")
+
+    def __init__(
+        self,
+        tid: int,
+        tgid: int,
+        mm: AddressSpace,
+        pending: tuple | None = None,
+        exec_frame: tuple[int, int] | None = None,
+    ) -> None:
+        self.tid = tid
+        self.tgid = tgid
+        self.mm = mm
+        self.pending = pending  # what to do at this thread's next syscall stop
+        self.exec_frame = exec_frame  # slot and depth of an execve run by the stub
 
 
-@dataclass
-class Stats:
+class Stats(Record):
     """Counters for ``-v`` and the benchmark: where the stops went."""
 
-    stops: Counter = field(default_factory=Counter)  # seccomp stops, by syscall
-    actions: Counter = field(default_factory=Counter)
-    events: Counter = field(default_factory=Counter)  # every other stop (and exit), by kind
-    seconds: float = 0.0  # tracer time spent handling seccomp stops
+    __slots__ = ("stops", "actions", "events", "seconds")
+
+    def __init__(self) -> None:
+        self.stops: Counter = Counter()  # seccomp stops, by syscall
+        self.actions: Counter = Counter()
+        self.events: Counter = Counter()  # every other stop (and exit), by kind
+        self.seconds = 0.0  # tracer time spent handling seccomp stops
 
     def total(self) -> int:
         return sum(self.stops.values())

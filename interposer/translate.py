@@ -29,11 +29,11 @@ import errno
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from cvmfs_client import lazylog
 from cvmfs_client.errors import CvmfsError
+from cvmfs_client.records import Record
 
 from . import arch_x86_64 as arch
 from . import elf, magic_xattrs, statx
@@ -130,39 +130,74 @@ class Context(Protocol):
     def fd_path(self, fd: int) -> str | None: ...
 
 
-@dataclass
-class Rewrite:
-    nr: int
-    args: dict[int, int] = field(default_factory=dict)  # argument index -> new value
-    path: bytes | None = None  # written into scratch; its address goes to argument ``path_arg``
-    path_arg: int = 0
-    reloc_base: int = 0  # 0: leave the fd where the kernel put it
-    reloc_cmd: int = F_DUPFD
-    path2: bytes | None = None  # rename/link: a second new path, for argument ``path2_arg``
-    path2_arg: int = 0
-    host: bool = False  # ``path`` is a host path (not a shadow entry or content the tracer made)
+class Rewrite(Record):
+    """Make the call with these arguments instead (a new path written into scratch)."""
+
+    __slots__ = ("nr", "args", "path", "path_arg", "reloc_base", "reloc_cmd", "path2", "path2_arg", "host")
+
+    def __init__(
+        self,
+        nr: int,
+        args: dict[int, int] | None = None,
+        path: bytes | None = None,
+        path_arg: int = 0,
+        reloc_base: int = 0,
+        reloc_cmd: int = F_DUPFD,
+        path2: bytes | None = None,
+        path2_arg: int = 0,
+        host: bool = False,
+    ) -> None:
+        self.nr = nr
+        self.args: dict[int, int] = {} if args is None else args  # argument index -> new value
+        self.path = path  # written into scratch; its address goes to argument ``path_arg``
+        self.path_arg = path_arg
+        self.reloc_base = reloc_base  # 0: leave the fd where the kernel put it
+        self.reloc_cmd = reloc_cmd
+        self.path2 = path2  # rename/link: a second new path, for argument ``path2_arg``
+        self.path2_arg = path2_arg
+        self.host = host  # ``path`` is a host path (not a shadow entry or content the tracer made)
 
 
-@dataclass
-class Return:
-    value: int
+class Return(Record):
+    """Skip the call; it returns ``value`` (a negative errno)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
 
 
-@dataclass
-class WriteReturn:
-    addr: int
-    data: bytes
-    value: int
+class WriteReturn(Record):
+    """Write ``data`` at ``addr`` in the job, skip the call; it returns ``value``."""
+
+    __slots__ = ("addr", "data", "value")
+
+    def __init__(self, addr: int, data: bytes, value: int) -> None:
+        self.addr = addr
+        self.data = data
+        self.value = value
 
 
-@dataclass
-class Exec:
-    nr: int  # execve or execveat
-    filename: bytes
-    path_arg: int
-    argv_arg: int
-    argv: list[bytes | int] | None = None  # strings to write, or existing pointers to reuse
-    args: dict[int, int] = field(default_factory=dict)  # other arguments to change
+class Exec(Record):
+    """An ``execve`` to run from the stub with a new file name (and argv)."""
+
+    __slots__ = ("nr", "filename", "path_arg", "argv_arg", "argv", "args")
+
+    def __init__(
+        self,
+        nr: int,
+        filename: bytes,
+        path_arg: int,
+        argv_arg: int,
+        argv: list[bytes | int] | None = None,
+        args: dict[int, int] | None = None,
+    ) -> None:
+        self.nr = nr  # execve or execveat
+        self.filename = filename
+        self.path_arg = path_arg
+        self.argv_arg = argv_arg
+        self.argv = argv  # strings to write, or existing pointers to reuse
+        self.args: dict[int, int] = {} if args is None else args  # other arguments to change
 
 
 Action = Rewrite | Return | WriteReturn | Exec | None

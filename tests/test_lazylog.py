@@ -53,16 +53,3 @@ def test_a_configured_level_and_the_callers_line():
     lines = r.stderr.splitlines()
     assert lines[:3] == ["DEBUG <string>:6 here", "INFO <string>:7 there", "ERROR <string>:11 boom"]
     assert "ZeroDivisionError" in r.stderr
-
-
-def test_the_run_path_does_not_import_logging():
-    """A job waits for run's start-up: importing logging would cost ~7 ms of it."""
-    r = _python(
-        """
-        import sys
-        before = set(sys.modules)  # site's own imports (a .pth may load anything)
-        import cvmfs_client.entry, cvmfs_client.run_job, interposer.job, interposer.session
-        print(sorted(m for m in ("logging", "traceback", "shutil") if m in set(sys.modules) - before))
-        """
-    )
-    assert r.stdout.strip() == "[]", r.stdout
