@@ -723,27 +723,48 @@ class Translator:
             assert spec.flags is not None
             rw.args[spec.flags] = flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
             return rw
-        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
+        r = self._located(ctx, nr, spec, dirfd, raw, follows_last(spec, flags))
+        if not isinstance(r, Resolved):
+            return r
+        return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
+
+    def _target(
+        self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...], follow: bool
+    ) -> Resolved | Action:
+        """The /cvmfs entry (or /cvmfs itself) a one-path call without a dirfd names, or the
+        answer when it names none (see :meth:`_located`)."""
+        assert spec.path is not None
+        raw = ctx.read_path(args[spec.path])
+        if raw is None:
+            return self._unreadable(ctx, args[spec.path])
+        if not raw or self._plain_host(raw):
+            return None
+        return self._located(ctx, nr, spec, AT_FDCWD, raw, follow)
+
+    def _located(
+        self, ctx: Context, nr: int, spec: Spec, dirfd: int, raw: bytes, follow: bool
+    ) -> Resolved | Action:
+        """Where ``raw`` leads if into /cvmfs, else the answer: ``None`` (the kernel's), the
+        walk's errno, a rewrite to the host path it reaches."""
+        r = self.locate(ctx, dirfd, raw, follow)
         if r is None:
             return None
         if r.kind == ERROR:
             return Return(-r.errno)
         if r.kind == HOST:
             return self._host_rewrite(nr, spec, r.host)
-        return self._stat_answer(r, spec, args, flags) or self._path_rewrite(nr, spec, self._meta_target(r))
+        return r
 
     def _statfs(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         """``statfs`` of a repository path: the cache's quota and use, as the real client
-        reports them (``df /cvmfs/REPO``); anything else as :meth:`_stat` has it."""
-        raw = ctx.read_path(args[0])
-        if raw is None:
-            return self._unreadable(ctx, args[0])
-        if not raw or self._plain_host(raw):
-            return None
-        r = self.locate(ctx, AT_FDCWD, raw, True)
-        usage = r.mount.cache_usage() if r is not None and r.kind == ENTRY and r.mount is not None else None
+        reports them (``df /cvmfs/REPO``); /cvmfs itself is the kernel's answer for its
+        shadow directory."""
+        r = self._target(ctx, nr, spec, args, True)
+        if not isinstance(r, Resolved):
+            return r
+        usage = r.mount.cache_usage() if r.kind == ENTRY and r.mount is not None else None
         if usage is None:
-            return self._stat(ctx, nr, spec, args)
+            return self._path_rewrite(nr, spec, self._meta_target(r))
         return WriteReturn(args[1], repository_statfs(*usage), 0)
 
     def _xattr(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
@@ -751,18 +772,9 @@ class Translator:
         attributes (magic_xattrs.py) and a security module's label (read from the placeholder,
         as the kernel gives one to a FUSE inode), nothing else: not what the placeholder may
         have got from the cache's file system (a default ACL's)."""
-        raw = ctx.read_path(args[0])
-        if raw is None:
-            return self._unreadable(ctx, args[0])
-        if not raw or self._plain_host(raw):
-            return None
-        r = self.locate(ctx, AT_FDCWD, raw, not spec.nofollow)
-        if r is None:
-            return None
-        if r.kind == ERROR:
-            return Return(-r.errno)
-        if r.kind == HOST:
-            return self._host_rewrite(nr, spec, r.host)
+        r = self._target(ctx, nr, spec, args, not spec.nofollow)
+        if not isinstance(r, Resolved):
+            return r
         if r.kind != ENTRY or r.mount is None:  # /cvmfs itself
             return self._path_rewrite(nr, spec, self._meta_target(r))
         mount = r.mount
@@ -790,7 +802,7 @@ class Translator:
                     entry = mount.catalog_entry(r.inner) if seen == "always" else None
                     names = magic_xattrs.listed(seen, not r.inner, entry)
             except CvmfsError as exc:  # a listing without them: cp -a, tar --xattrs go on
-                log.info("listxattr %s: %s", os.fsdecode(raw), exc)
+                log.info("listxattr /cvmfs/%s%s: %s", mount.fqrn, r.inner, exc)
             value = b"".join(n.encode() + b"\0" for n in names)
             buf, size = args[1], to_int(args[2])
         if size == 0 or not value:
@@ -819,13 +831,9 @@ class Translator:
             return None
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
-        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags))
-        if r is None:
-            return None
-        if r.kind == ERROR:
-            return Return(-r.errno)
-        if r.kind == HOST:
-            return self._host_rewrite(nr, spec, r.host)
+        r = self._located(ctx, nr, spec, dirfd, raw, follows_last(spec, flags))
+        if not isinstance(r, Resolved):
+            return r
         if to_int(args[spec.path + 1]) & W_OK:
             return Return(-errno.EROFS)
         return self._path_rewrite(nr, spec, self._meta_target(r))
