@@ -1081,7 +1081,7 @@ class Translator:
             if not entry.is_regular or not mount.mode(r.inner) & 0o111:
                 return Return(-errno.EACCES)
             local = self._content_target(r)
-        head = self._exec_head(local, r.kind != HOST)
+        head = self._exec_head(local, r.kind != HOST)  # the ELF header and program headers
         if head is None and self.policy is not None and r.kind == HOST and os.path.isfile(local):
             # An execute-only program runs "not dumpable": an unprivileged tracer could not read
             # its memory, and so not check its paths.
@@ -1092,11 +1092,11 @@ class Translator:
             if kind == elf.ELFCLASS32:
                 self._warn_32bit(shown)
             elif kind == elf.ELFCLASS64:
-                patched = self._own_interpreter(ctx, local, r)
+                patched = self._own_interpreter(ctx, local, r, head)
                 if patched is not None:
                     return patched
             return (local, None) if r.kind != HOST or r.touched else None
-        interp, optarg = _parse_shebang(head)
+        interp, optarg = _parse_shebang(head[:BINPRM_BUF_SIZE])
         if interp is None or depth >= MAX_INTERP_DEPTH:
             return (local, None) if r.kind != HOST or r.touched else None
         ir = self.locate(ctx, AT_FDCWD, interp, True, X_OK)
@@ -1120,24 +1120,24 @@ class Translator:
 
     def _exec_head(self, local: bytes, content: bool) -> bytes | None:
         if not content:
-            return _read_head(local)
+            return elf.read_at(local)
         if local not in self._heads:
-            self._heads[local] = _read_head(local)
+            self._heads[local] = elf.read_at(local)
         return self._heads[local]
 
-    def _exec_interp(self, local: bytes, content: bool) -> elf.Interp | None:
+    def _exec_interp(self, local: bytes, content: bool, head: bytes) -> elf.Interp | None:
         if not content:
-            return elf.read_interp(local)
+            return elf.read_interp(local, head)
         if local not in self._interps:
-            self._interps[local] = elf.read_interp(local)
+            self._interps[local] = elf.read_interp(local, head)
         return self._interps[local]
 
     def _own_interpreter(
-        self, ctx: Context, local: bytes, r: Resolved
+        self, ctx: Context, local: bytes, r: Resolved, head: bytes
     ) -> tuple[bytes, list[bytes | int] | None] | Return | None:
         """A program whose PT_INTERP lies in /cvmfs, or is moved by the mount table (``package
         run``: the package's loader, not the host's): run a copy that names the job's interpreter."""
-        interp = self._exec_interp(local, r.kind != HOST)
+        interp = self._exec_interp(local, r.kind != HOST, head)
         if interp is None or (b"cvmfs" not in interp.path and self.policy is None):
             return None
         ir = self.locate(ctx, AT_FDCWD, interp.path, True)
@@ -1204,19 +1204,6 @@ class Translator:
             log.warning(
                 "%s is a 32-bit program: its system calls are refused (ENOSYS) under the interposer", name
             )
-
-
-def _read_head(path: bytes) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, BINPRM_BUF_SIZE)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _parse_shebang(head: bytes) -> tuple[bytes | None, bytes | None]:
