@@ -370,8 +370,9 @@ class Namespace:
 
     ``opener(fqrn, root_hash)`` opens a repository, at ``root_hash`` if given (or raises a
     :class:`CvmfsError` saying why not); ``listed()`` gives the names ``ls /cvmfs`` shows before
-    they are mounted (called when /cvmfs is first looked at); ``allowed(name)`` says whether a
-    name may be mounted at all (``--repo``, a Parrot list).
+    they are mounted (called when /cvmfs is first looked at, and when one of them cannot be
+    mounted: a warning for those, quiet ENOENT for other names); ``allowed(name)`` says whether
+    a name may be mounted at all (``--repo``, a Parrot list).
 
     Revisions: the first mount of a repository verifies its manifest and remembers the root
     hash in ``r/<fqrn>/<key>.mounted`` until the catalog's TTL (capped by ``CVMFS_MAX_TTL``)
@@ -394,6 +395,7 @@ class Namespace:
         self.base_prefix = str(base) + "/"
         self._opener = opener
         self._listed: Callable[[], Iterable[str]] | None = listed
+        self._configured = listed
         self._allowed = allowed
         self._params = dict(params or {})
         self.mounts: dict[str, Mount | None] = {}
@@ -507,13 +509,11 @@ class Namespace:
                 self._list(name)
             except FetchError as exc:
                 # Every server says it has no such repository: what a job probing names such as
-                # /cvmfs/package.json meets (ENOENT, as under autofs), not worth a warning.
-                log.log(
-                    lazylog.INFO if exc.not_found else lazylog.WARNING,
-                    "cannot mount /cvmfs/%s: %s",
-                    name,
-                    exc,
-                )
+                # /cvmfs/package.json meets (ENOENT, as under autofs), not worth a warning; but
+                # a repository the user named (--repo, CVMFS_REPOSITORIES) is, a wrong
+                # CVMFS_SERVER_URL then shows only as "No such file or directory" in the job.
+                quiet = exc.not_found and name not in self._configured()
+                log.log(lazylog.INFO if quiet else lazylog.WARNING, "cannot mount /cvmfs/%s: %s", name, exc)
             except CvmfsError as exc:
                 log.warning("cannot mount /cvmfs/%s: %s", name, exc)
             except OSError as exc:

@@ -129,6 +129,22 @@ def test_ls_cvmfs_lists_configured_repositories_and_unknown_ones_are_absent(job_
     ]
 
 
+def test_a_named_repository_that_no_server_has_is_reported(job_env):
+    """A repository the user asked for (--repo, CVMFS_REPOSITORIES) that every server says it
+    does not have (a wrong CVMFS_SERVER_URL, a typo in the name) is not a probe: without a
+    word the job would only print "No such file or directory"."""
+    missing = "missing.example.org"
+    for how, options, env in [
+        ("--repo", ["--repo", missing], job_env),
+        ("CVMFS_REPOSITORIES", [], dict(job_env, CVMFS_REPOSITORIES=f"sw.example.org,{missing}")),
+    ]:
+        r = cvmfs_run(["ls", f"/cvmfs/{missing}"], env, options=options)
+        assert r.returncode != 0, how
+        err = r.stderr.decode()
+        assert f"cannot mount /cvmfs/{missing}: " in err and f"{missing}/.cvmfspublished" in err, (how, err)
+        assert err.count("cannot mount") == 1, (how, err)
+
+
 def test_mounted_repositories_are_in_the_mount_table(job_env):
     """Job wrappers check `grep /cvmfs/X /proc/mounts` or `mountpoint /cvmfs/X` before they
     start; df and findmnt read the table too. A repository is listed once mounted (autofs)."""
