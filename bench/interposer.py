@@ -36,6 +36,13 @@ call a ptrace stop, as before seccomp user notifications, and as under a policy)
 trapped calls per workload (ptrace stops and notifications), and the cost of one trapped call
 (host path: let through; a /cvmfs path: translated), next to strace's (a C tracer; it also
 stops at the syscall's exit) as a measure of what a ptrace stop costs on the machine then.
+
+"floor": the ratio no implementation of this design could beat on the machine then: native
+time plus, for the workload's counted notifications and ptrace stops, what the kernel alone
+charges for each (a seccomp notification answered by a supervisor written in C,
+``notify_rtt.c``, compiled with the machine's ``cc``; half of strace's price per call for a
+ptrace stop), with no decision work and no start-up. What lies between it and "ratio" is the
+tracer's own (Python, start-up, fds handed over); what lies below it is the workload's calls.
 """
 
 from __future__ import annotations
@@ -154,12 +161,60 @@ def policy_overhead(keys: list[str], env: dict[str, str], repeat: int) -> dict[s
     return results
 
 
-def parse_stops(stderr: str) -> int:
+def parse_stops(stderr: str) -> tuple[int, int, int]:
+    """From ``run --stats``: trapped calls, of which notifications, and other ptrace stops
+    (exec, fork, clone, signal events and exits)."""
     for line in stderr.splitlines():
         if line.startswith("cvmfs-client run: stops "):
             data = eval(line.split("stops ", 1)[1])  # noqa: S307 - our own repr of counters
-            return sum(data["stops"].values())
-    return 0
+            calls = sum(data["stops"].values())
+            notified = min(calls, data["actions"].get("notified", 0))
+            return calls, notified, sum(data["events"].values())
+    return 0, 0, 0
+
+
+def c_prices(workdir: Path, code: str) -> dict[str, float]:
+    """Microseconds per ``stat`` paid by supervisors written in C, measured now: plain, with a
+    seccomp user notification answered "continue" (``notify_rtt.c``, compiled here when a C
+    compiler is on the machine), and under strace (a ptrace stop at entry and at exit)."""
+    out: dict[str, float] = {}
+    cc = shutil.which("cc") or shutil.which("gcc")
+    exe = workdir / "notify_rtt"
+    if cc is not None:
+        build = subprocess.run([cc, "-O2", "-o", str(exe), str(HERE / "notify_rtt.c")], capture_output=True)
+        if build.returncode != 0:
+            print(f"notify_rtt.c: {build.stderr.decode()[-500:]}", file=sys.stderr)
+        else:
+            runs = []
+            for _ in range(3):
+                r = subprocess.run([str(exe), "20000", "/etc/passwd"], capture_output=True, text=True)
+                if r.returncode == 0:  # else no seccomp listener here (old kernel, container)
+                    plain, notified = (float(x) for x in r.stdout.split())
+                    runs.append((notified, plain))
+            if runs:
+                out["notified stat, C supervisor"], out["native stat (C)"] = min(runs)
+    strace = shutil.which("strace")
+    if strace:  # the machine's own price of a ptrace stop, paid by a tracer written in C
+        argv = [strace, "-f", "--seccomp-bpf", "-e", "trace=newfstatat", "-o", "/dev/null"]
+        argv += [sys.executable, "-c", code, "/etc/passwd"]
+        runs_s = [
+            float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout) for _ in range(3)
+        ]
+        out["strace --seccomp-bpf (C), host path"] = min(runs_s)
+    return out
+
+
+def floor_time(t_native: float, calls: int, notified: int, events: int, c: dict[str, float]) -> float | None:
+    """The least a job could take under this design with a supervisor in C that decides in no
+    time and starts in none: native, plus the kernel's price of each notification and each
+    ptrace stop (strace's per call, half of it: it stops at entry and exit)."""
+    plain = c.get("native stat (C)")
+    notif = c.get("notified stat, C supervisor")
+    strace = c.get("strace --seccomp-bpf (C), host path")
+    if plain is None or notif is None or strace is None:
+        return None
+    stops = calls - notified + events
+    return t_native + (notified * (notif - plain) + stops * (strace - plain) / 2) * 1e-6
 
 
 STAT_LOOP = """import os, sys, time
@@ -190,14 +245,6 @@ def per_call_costs(env: dict[str, str]) -> dict[str, float]:
     loops = (("trapped fstat, /cvmfs content fd", FSTAT_LOOP), ("trapped open, /cvmfs", OPEN_LOOP))
     for label, loop in loops:
         out[label] = min(_stat_loop_under_run(env, loop, f"{MOUNT}/README.txt") for _ in range(3))
-    strace = shutil.which("strace")
-    if strace:  # the machine's own price of a ptrace stop, paid by a tracer written in C
-        argv = [strace, "-f", "--seccomp-bpf", "-e", "trace=newfstatat", "-o", "/dev/null"]
-        argv += [sys.executable, "-c", code, "/etc/passwd"]
-        runs = [
-            float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout) for _ in range(3)
-        ]
-        out["strace --seccomp-bpf (C), host path"] = min(runs)
     return out
 
 
@@ -229,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     proot = shutil.which("proot")
     results = {}
+    c = c_prices(args.workdir, STAT_LOOP)
     print(f"{'':4} {'workload':16} {'native':>8} {'cvmfs-run':>10} {'ratio':>6} {'target':>6} "
-          f"{'proot':>8} {'vs proot':>8} {'ptrace':>7} {'calls':>7} {'us/call':>8}")  # fmt: skip
+          f"{'proot':>8} {'vs proot':>8} {'ptrace':>7} {'calls':>7} {'us/call':>8} {'floor':>6}")  # fmt: skip
     for key in keys:
         label, template = WORKLOADS[key]
         local = template.format(root=src)
@@ -239,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         t_native, _ = best_time(["/bin/sh", "-c", local], env, args.repeat)
         t_run, stderr = best_time(interposer_cmd(mounted), env, args.repeat)
         t_ptrace, _ = best_time(interposer_cmd(mounted, ["--ptrace-only"]), env, args.repeat)
-        stops = parse_stops(stderr)
+        stops, notified, events = parse_stops(stderr)
+        t_floor = floor_time(t_native, stops, notified, events, c)
         t_proot = None
         proot_failed = False
         if proot:
@@ -258,14 +307,18 @@ def main(argv: list[str] | None = None) -> int:
             stops=stops,
             ptrace_only=t_ptrace,
             proot_failed=proot_failed,
+            notified=notified,
+            events=events,
+            floor=t_floor,
         )
         proot_s = f"{t_proot:8.3f} {t_run / t_proot:8.2f}" if t_proot else f"{'-':>8} {'-':>8}"
         if proot_failed:
             proot_s = f"{'fails':>8} {'-':>8}"
         target = f"{TARGETS[key]:.2f}" if key in TARGETS else "-"
-        print(f"{key:4} {label:16} {t_native:8.3f} {t_run:10.3f} {ratio:6.2f} {target:>6} "
-              f"{proot_s} {t_ptrace / t_native:7.2f} {stops:7d} {per_stop:8.1f}", flush=True)  # fmt: skip
-    costs = per_call_costs(env)
+        floor_s = f"{t_floor / t_native:6.2f}" if t_floor is not None else f"{'-':>6}"
+        print(f"{key:4} {label:16} {t_native:8.3f} {t_run:10.3f} {ratio:6.2f} {target:>6} {proot_s} "
+              f"{t_ptrace / t_native:7.2f} {stops:7d} {per_stop:8.1f} {floor_s}", flush=True)  # fmt: skip
+    costs = {**per_call_costs(env), **c}
     print()
     for k, v in costs.items():
         print(f"{k:36} {v:7.1f} us")
