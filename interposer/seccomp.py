@@ -84,7 +84,8 @@ TRAPPED = (
     "fchownat", "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "getxattr",
     "lgetxattr", "listxattr", "llistxattr", "removexattr", "lremovexattr", "setxattrat",
     "getxattrat", "listxattrat", "removexattrat", "inotify_add_watch", "fanotify_mark",
-    "name_to_handle_at", "file_getattr", "file_setattr",
+    "name_to_handle_at", "file_getattr", "file_setattr", "fchmod", "fchown", "fsetxattr",
+    "fremovexattr",
 )  # fmt: skip
 # (name, dirfd argument, flags argument): stop unless relative to a reserved dir fd with
 # AT_SYMLINK_NOFOLLOW, or an fstat-style AT_EMPTY_PATH call on an fd that is not content.
@@ -93,9 +94,9 @@ STAT_AT = (("newfstatat", 0, 3), ("statx", 0, 2))
 FD_CONTENT = (("fstat", 0),)
 # (name, dirfd argument): stop unless relative to a reserved dir fd (the shadow symlink is exact).
 DIRFD_ALLOWED = (("readlinkat", 0),)
-# (name, fd argument): stop for fds in either reserved range (they must not change the shadow
-# tree or the cache); other fds are the job's own business.
-FD_OURS = (("fchmod", 0), ("fchown", 0), ("fsetxattr", 0), ("fremovexattr", 0), ("dup", 0))
+# (name, fd argument): stop for fds in either reserved range (the copy must stay in its range);
+# other fds are the job's own business.
+FD_OURS = (("dup", 0),)
 # fcntl(fd, F_DUPFD[_CLOEXEC], min) on a reserved fd: stop, so that the copy stays in its range
 # (fts makes every directory fd it opens its working directory through such a copy, min 3,
 # and then calls fstatat relative to it)...
@@ -111,6 +112,11 @@ ENOSYS = ("io_uring_setup",)
 NOTIFIED = frozenset({
     "stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat", "faccessat2", "readlink",
     "readlinkat", "getcwd", "getxattr", "lgetxattr", "listxattr", "llistxattr", "statfs",
+    # Changes through an fd, whatever its number: a copy of a shadow directory's or a content fd
+    # made below the reserved ranges (dup2, os.dup) must not change the shadow tree or a cache
+    # object that every job of the node shares. Answered EROFS for those, else let through:
+    # the supervisor changes nothing itself.
+    "fchmod", "fchown", "fsetxattr", "fremovexattr",
 })  # fmt: skip
 # ...and the calls that change host files (a host path is let through, /cvmfs refused, a moved
 # path changed by the supervisor as the job; not linkat, whose AT_EMPTY_PATH names a job's fd,

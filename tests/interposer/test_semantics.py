@@ -74,6 +74,17 @@ ERRNOS = textwrap.dedent(
     checks.append(("fchmod-dir-fd", code(os.fchmod, d, 0o700)))
     checks.append(("unlinkat-dirfd", code(os.unlink, "example.conf", dir_fd=d)))
     checks.append(("mkdirat-dirfd", code(os.mkdir, "sub", dir_fd=d)))
+    # copies below the reserved fd ranges (os.dup: F_DUPFD min 0; dup2), which the kernel makes
+    os.dup2(d, 7)
+    os.dup2(fd, 8)
+    for kind, copy in (("dir", os.dup(d)), ("dir-dup2", 7), ("content", os.dup(fd)), ("content-dup2", 8)):
+        checks.append((f"fchmod-{{kind}}-copy", code(os.fchmod, copy, 0o700)))
+        checks.append((f"fchown-{{kind}}-copy", code(os.fchown, copy, os.getuid(), 4321)))
+        checks.append((f"fsetxattr-{{kind}}-copy", code(os.setxattr, copy, "user.x", b"1")))
+        checks.append((f"fremovexattr-{{kind}}-copy", code(os.removexattr, copy, "user.x")))
+        checks.append((f"futimens-{{kind}}-copy", code(os.utime, copy, ns=(1, 1))))
+    st, sf = os.stat(M + "/etc"), os.stat(M + "/etc/example.conf")
+    checks.append(("modes-after", "%o %o %d %d" % (st.st_mode, sf.st_mode, st.st_mtime_ns > 1, sf.st_gid)))
     for name, result in checks:
         print(name, result)
     """
@@ -119,16 +130,26 @@ EXPECTED = {
     "fchmod-dir-fd": "EROFS",
     "unlinkat-dirfd": "EROFS",
     "mkdirat-dirfd": "EROFS",
+    **{
+        f"{call}-{kind}-copy": "EROFS"
+        for call in ("fchmod", "fchown", "fsetxattr", "fremovexattr", "futimens")
+        for kind in ("dir", "dir-dup2", "content", "content-dup2")
+    },
+    "modes-after": f"40755 100644 1 {os.getgid()}",
 }
 
 
 def test_errors_are_those_of_a_read_only_mount(job_env, tmp_path):
+    """Every change is refused, including those made through copies of /cvmfs fds below the
+    reserved fd ranges: the shadow tree and the cache objects are every job's on the node (a
+    copy's fchmod once changed a directory's mode for all later jobs)."""
     script = tmp_path / "errnos.py"
     script.write_text(ERRNOS)
-    r = cvmfs_run(["python3", str(script)], job_env)
-    assert r.returncode == 0, r.stderr.decode()
-    got = dict(line.split(" ", 1) for line in r.stdout.decode().splitlines())
-    assert got == EXPECTED
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run(["python3", str(script)], job_env, options=options)
+        assert r.returncode == 0, r.stderr.decode()
+        got = dict(line.split(" ", 1) for line in r.stdout.decode().splitlines())
+        assert got == EXPECTED, (options, {k: v for k, v in got.items() if EXPECTED.get(k) != v})
 
 
 def test_shell_tools_report_read_only(job_env):
