@@ -355,16 +355,14 @@ class Packer:
 
     def _interpreter_of(self, local: str) -> None:
         """Queue what the kernel opens to run this file: a ``#!`` or ELF interpreter."""
-        try:
-            with open(local, "rb") as f:
-                head = f.read(BINPRM_BUF_SIZE)
-        except OSError:
+        head = elf.read_at(os.fsencode(local))
+        if head is None:
             return
         found: bytes | None = None
         if head.startswith(b"#!"):
-            found, _ = _parse_shebang(head)
+            found, _ = _parse_shebang(head[:BINPRM_BUF_SIZE])
         elif elf.elf_class(head) is not None:
-            interp = elf.read_interp(os.fsencode(local))
+            interp = elf.read_interp(os.fsencode(local), head)
             found = interp.path if interp is not None else None
         if found and found.startswith(b"/") and found not in self._queued:
             self._queued.add(found)
