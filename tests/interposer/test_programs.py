@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from cvmfs_client.publisher import publish
+from tests.integration.nginx import start_nginx
 from tests.interposer.conftest import TOOLS, cvmfs_run, sh
 from tests.interposer.trees import MOUNT
 
@@ -288,3 +294,65 @@ def test_programs_opened_from_relative_paths_and_fds(job_env, tmp_path: Path):
     assert out[8] == f"{MOUNT} ['README.txt', 'bin', 'cases'] True"
     assert out[9] == "/"
     assert int(out[10]) >= 1
+
+
+MPI_HELLO = r"""
+#include <mpi.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    int rank, size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    long bytes = 0;
+    char buf[4096];
+    size_t n;
+    FILE *f = fopen(argv[1], "r");
+    if (f == NULL)
+        bytes = -1000000;
+    else {
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+            bytes += n;
+        fclose(f);
+    }
+    long total = 0;
+    MPI_Reduce(&bytes, &total, 1, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (rank == 0)
+        printf("ranks=%d total=%ld\n", size, total);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
+
+def test_mpi_ranks_of_a_program_in_cvmfs(job_env, tmp_path):
+    """The HPC case: the host's mpirun (OpenMPI: orted, PMIx, shared-memory transport, progress
+    threads) starts four ranks of a program that lives in /cvmfs, each rank reads a /cvmfs
+    file, and the reduced total comes back to rank 0."""
+    mpicc, mpirun = shutil.which("mpicc"), shutil.which("mpirun")
+    if mpicc is None or mpirun is None:
+        pytest.fail("mpicc/mpirun not found: apt-get install -y openmpi-bin libopenmpi-dev", pytrace=False)
+    fqrn = "mpi.example.org"
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "data").mkdir()
+    (tmp_path / "hello.c").write_text(MPI_HELLO)
+    subprocess.run([mpicc, "-O1", "-o", str(src / "bin" / "hello"), str(tmp_path / "hello.c")], check=True)
+    (src / "data" / "input.txt").write_bytes(b"x" * 100_000)
+    keys = tmp_path / "keys"
+    publish(src, fqrn, tmp_path / "s1" / fqrn, keys)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(keys / f"{fqrn}.pub", trusted)
+    server = start_nginx(tmp_path / "s1", tmp_path / "nginx")
+    try:
+        env = dict(job_env, CVMFS_SERVER_URL=server.server_url, CVMFS_KEYS_DIR=str(trusted))
+        env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"  # 4 ranks on a 2-core machine
+        if os.getuid() == 0:
+            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        m = f"/cvmfs/{fqrn}"
+        r = cvmfs_run([mpirun, "-n", "4", f"{m}/bin/hello", f"{m}/data/input.txt"], env, timeout=120)
+    finally:
+        server.stop()
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["ranks=4", "total=400000"], r.stderr.decode()
