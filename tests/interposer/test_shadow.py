@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
+from cvmfs_client.catalog import FLAG_DIR, FLAG_FILE, FLAG_SPECIAL, DirEntry
 from interposer.shadow import ShadowTree
 
 
@@ -85,4 +87,87 @@ def test_a_program_whose_object_cannot_be_made_executable_runs_from_a_copy(
     assert len(copies) == 1 and os.stat(path).st_ino == copies[0].stat().st_ino
     assert os.stat(path).st_mode & 0o777 == 0o555 and Path(path).read_bytes() == obj.read_bytes()
     assert obj.stat().st_mode & 0o777 == 0o444
+    shadow.close()
+
+
+MTIME = 1_700_000_000
+
+
+def _entry(path: str, mode: int, size: int, flags: int = FLAG_FILE, **kw: object) -> DirEntry:
+    name = path.rpartition("/")[2]
+    return DirEntry(path=path, name=name, mode=mode, size=size, mtime=MTIME, flags=flags, **kw)  # type: ignore[arg-type]
+
+
+def _populated_root(tmp_path: Path, listing: dict[str, dict[str, DirEntry]]) -> ShadowTree:
+    shadow = ShadowTree(tmp_path / "tree", "repo.example.org", "abc", listing.__getitem__, lambda e: "")
+    shadow.ensure_root(_entry("", 0o40755, 4096, FLAG_DIR))
+    shadow.ensure_populated("")
+    return shadow
+
+
+def _listing() -> dict[str, dict[str, DirEntry]]:
+    def entry(name: str, mode: int, size: int, flags: int = FLAG_FILE, **kw: object) -> DirEntry:
+        return _entry(f"/d/{name}", mode, size, flags, **kw)
+
+    group = (7 << 32) | 2
+    return {
+        "": {"d": _entry("/d", 0o40755, 4096, FLAG_DIR)},
+        "/d": {
+            "big": entry("big", 0o100640, 5_000_000),
+            "empty": entry("empty", 0o100444, 0),
+            "prog": entry("prog", 0o100755, 123),
+            "twin-a": entry("twin-a", 0o100644, 10, hardlinks=group),
+            "twin-b": entry("twin-b", 0o100644, 10, hardlinks=group),
+            "fifo": entry("fifo", 0o10600, 0, flags=FLAG_SPECIAL),
+            "kept": entry("kept", 0o100644, 99),
+        },
+    }
+
+
+@pytest.mark.parametrize("anonymous", [True, False], ids=["O_TMPFILE", "named-temporary"])
+def test_placeholders_have_size_mode_mtime_and_no_blocks(tmp_path: Path, anonymous: bool) -> None:
+    """Placeholders are made whole before they get their name, as anonymous (O_TMPFILE) files
+    where the file system has them, else under a temporary name: the same result either way,
+    a placeholder another job made first is kept, and nothing is left in tmp/."""
+    listing = _listing()
+    shadow = _populated_root(tmp_path, listing)
+    shadow._anonymous = anonymous
+    named: list[str] = []
+    tmp_name = shadow._tmp_name
+    shadow._tmp_name = lambda: named.append("x") or tmp_name()  # type: ignore[method-assign]
+    d = Path(shadow.meta) / "d"
+    (d / "kept").write_bytes(b"another job's")  # made by a concurrent job meanwhile
+    shadow.ensure_populated("/d")
+    assert len(named) == (1 if anonymous else 5)  # anonymous: only the FIFO has a temporary name
+    got = {p.name: os.lstat(p) for p in d.iterdir()}
+    assert set(got) == set(listing["/d"])
+    for name, e in listing["/d"].items():
+        if name == "kept":
+            continue
+        st = got[name]
+        assert (st.st_mode, st.st_mtime_ns) == (e.mode, MTIME * 10**9), name
+        assert st.st_size == (e.size if e.is_regular else 0) and st.st_blocks == 0, name
+    assert got["twin-a"].st_ino == got["twin-b"].st_ino and got["twin-a"].st_nlink == 2
+    assert (d / "kept").read_bytes() == b"another job's"
+    assert list(Path(shadow.root / "tmp").iterdir()) == []
+    shadow.close()
+
+
+def test_placeholders_without_anonymous_files_fall_back_to_named_ones(tmp_path: Path, monkeypatch) -> None:
+    """A file system without O_TMPFILE (EOPNOTSUPP): the first placeholder finds out, every
+    placeholder is still made."""
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *a, **k):  # type: ignore[no-untyped-def]
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE here")
+        return real_open(path, flags, *a, **k)
+
+    listing = _listing()
+    shadow = _populated_root(tmp_path, listing)
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    shadow.ensure_populated("/d")
+    assert shadow._anonymous is False
+    assert os.stat(Path(shadow.meta) / "d" / "big").st_size == 5_000_000
+    assert sorted(p.name for p in (Path(shadow.meta) / "d").iterdir()) == sorted(listing["/d"])
     shadow.close()
