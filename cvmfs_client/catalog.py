@@ -639,19 +639,20 @@ class Catalog:
         c = schema.catalog.c
         rows = self._execute(self._entry_select().where(c.parent_1 == p1, c.parent_2 == p2))
         out: list[DirEntry] = []
+        at = self._entry_columns.index
+        i_name, i_md5_1, i_md5_2 = at("name"), at("md5path_1"), at("md5path_2")
         for row in rows:
-            m = row._mapping
-            name = m["name"]
-            what = f"row {name!r} in {self._to_repo(cpath) or '/'!r}"
+            name = row[i_name]
             if not isinstance(name, str):
-                raise self._hostile(what, "name is not text")
+                raise self._hostile(f"row {name!r} in {self._to_repo(cpath) or '/'!r}", "name is not text")
             why = check_name(name)
             if why is not None:
-                raise self._hostile(what, why)
+                raise self._hostile(f"row {name!r} in {self._to_repo(cpath) or '/'!r}", why)
             child = f"{cpath}/{name}"
-            if (m["md5path_1"], m["md5path_2"]) != md5path(child):
+            if (row[i_md5_1], row[i_md5_2]) != md5path(child):
+                what = f"row {name!r} in {self._to_repo(cpath) or '/'!r}"
                 raise self._hostile(what, "md5path does not match parent path + name")
-            entry = self._make_entry(m, child)
+            entry = self._decode_row(row, child)  # the lookups' decoder, faster than _make_entry
             if not entry.is_hidden:
                 out.append(entry)
         out.sort(key=lambda e: e.name.encode("utf-8", "surrogateescape"))
