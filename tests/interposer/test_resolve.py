@@ -96,3 +96,33 @@ def test_shortcut_leaves_symlinks_to_follow_and_odd_names_to_the_walk(namespace:
     assert missing is not None and missing.kind == ERROR and missing.errno == errno.ENOENT
     assert ns._via_parent("/cvmfs/unlisted.example.org/x", True) is None  # no repository mounted for it
     assert FQRN in ns.mounts and "unlisted.example.org" not in ns.mounts
+
+
+def test_listings_beyond_the_limit_are_dropped_and_read_again(
+    namespace: Namespace, sw_src: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A walk over a large tree keeps at most LISTED_LIMIT entries of directory listings (plus
+    the directory just read); a dropped one is read again, from the shadow tree or the
+    catalog, with the same answers."""
+    import stat as st
+
+    from interposer import vfs
+
+    monkeypatch.setattr(vfs, "LISTED_LIMIT", 20)
+    ns = namespace
+    entries, _ = _paths(sw_src)
+    kinds = {st.S_IFDIR: "d", st.S_IFLNK: "l", st.S_IFREG: "f"}
+    largest = max(len(os.listdir(d)) for d, _, _ in os.walk(sw_src))
+    for _ in range(2):  # the second round finds most listings dropped
+        for path, _is_link in entries:
+            r = ns.resolve(path, False)
+            want = kinds[st.S_IFMT(os.lstat(sw_src / path[len(MOUNT) + 1 :]).st_mode)]
+            assert r.kind == ENTRY and r.entry is not None and r.entry.kind == want, path
+            mount = r.mount
+            assert mount is not None
+            assert mount._nodes.held() <= 20 + largest and mount._catalog.held() <= 20 + largest
+            if want == "f":
+                assert mount.catalog_entry(r.inner).size == os.lstat(sw_src / r.inner[1:]).st_size
+        ns._cache.clear()  # resolve again through the listings, not the memo
+    directories = sum(1 for _ in os.walk(sw_src)) - 1  # python/ not walked
+    assert len(entries) > 50 and len(mount._nodes._by_dir) < directories / 2  # some were dropped
