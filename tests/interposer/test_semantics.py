@@ -83,6 +83,11 @@ ERRNOS = textwrap.dedent(
         checks.append((f"fsetxattr-{{kind}}-copy", code(os.setxattr, copy, "user.x", b"1")))
         checks.append((f"fremovexattr-{{kind}}-copy", code(os.removexattr, copy, "user.x")))
         checks.append((f"futimens-{{kind}}-copy", code(os.utime, copy, ns=(1, 1))))
+    low = os.dup(d)
+    checks.append(("reopen-rw-proc-fd", code(os.open, f"/proc/self/fd/{{fd}}", os.O_RDWR)))
+    checks.append(("chmod-proc-fd-dir-copy", code(os.chmod, f"/proc/self/fd/{{low}}", 0o700)))
+    r = libc.fchownat(low, b"", os.getuid(), 4321, 0x1000)  # AT_EMPTY_PATH
+    checks.append(("fchownat-empty-path-dir-copy", "ok" if r == 0 else errno.errorcode[ctypes.get_errno()]))
     st, sf = os.stat(M + "/etc"), os.stat(M + "/etc/example.conf")
     checks.append(("modes-after", "%o %o %d %d" % (st.st_mode, sf.st_mode, st.st_mtime_ns > 1, sf.st_gid)))
     for name, result in checks:
@@ -135,6 +140,9 @@ EXPECTED = {
         for call in ("fchmod", "fchown", "fsetxattr", "fremovexattr", "futimens")
         for kind in ("dir", "dir-dup2", "content", "content-dup2")
     },
+    "reopen-rw-proc-fd": "EROFS",
+    "chmod-proc-fd-dir-copy": "EROFS",
+    "fchownat-empty-path-dir-copy": "EROFS",
     "modes-after": f"40755 100644 1 {os.getgid()}",
 }
 
