@@ -51,7 +51,13 @@ FLAG_HIDDEN = 0x8000
 FLAG_DIRECT_IO = 0x10000
 
 DEFAULT_TTL = 240  # seconds, when the root catalog has no TTL property (spec 5.3)
-XATTR_VERSION = 1  # cvmfs/cvmfs:cvmfs/xattr.h: byte 0 of the packed blob
+# Byte 0 of a packed xattr blob (cvmfs/cvmfs:cvmfs/xattr.h, xattr.cc XattrEntrySerializer):
+# version 1 gives each value's length in one byte; version 2 (CernVM-FS 2.12, written when a
+# value is longer than 255 bytes) in two, little-endian, values below 64 KiB. Earlier clients
+# refuse version 2 blobs.
+XATTR_VERSION = 1
+XATTR_VERSION_BIG = 2
+XATTR_BIG_VALUE_MAX = 64 * 1024 - 1
 MAX_XATTRS = 256  # cvmfs/cvmfs:cvmfs/xattr.h kMaxNumXattrs
 _NULL_DIGEST = bytes(DIGEST_SIZE)  # "no previous revision" is written as 40 zeros
 # Directory rows remembered per open catalog (:meth:`Catalog.lookup`): resolving a path looks
@@ -74,7 +80,8 @@ def md5path(path: str) -> tuple[int, int]:
 
 
 def parse_xattrs(blob: bytes, source: str) -> dict[str, bytes]:
-    """Unpack an xattr BLOB (spec 5.7): version, count, then (klen, vlen, key, value)...
+    """Unpack an xattr BLOB (spec 5.7): version, count, then (klen, vlen, key, value)...,
+    ``vlen`` one byte in version 1 and two (little-endian) in version 2.
 
     Anything that does not parse exactly (trailing bytes, empty or NUL keys, duplicates) is
     refused: a client must not guess what a publisher meant by a malformed blob.
@@ -83,16 +90,20 @@ def parse_xattrs(blob: bytes, source: str) -> dict[str, bytes]:
         return {}
     if len(blob) < 2:
         raise HostileCatalog(source, "xattr blob shorter than its header")
-    if blob[0] != XATTR_VERSION:
-        raise HostileCatalog(source, f"xattr blob version {blob[0]}, expected {XATTR_VERSION}")
+    if blob[0] not in (XATTR_VERSION, XATTR_VERSION_BIG):
+        raise HostileCatalog(
+            source, f"xattr blob version {blob[0]}, expected {XATTR_VERSION} or {XATTR_VERSION_BIG}"
+        )
+    head = 2 if blob[0] == XATTR_VERSION else 3
     count = blob[1]
     pos = 2
     out: dict[str, bytes] = {}
     for _ in range(count):
-        if pos + 2 > len(blob):
+        if pos + head > len(blob):
             raise HostileCatalog(source, "xattr blob truncated in an entry header")
-        klen, vlen = blob[pos], blob[pos + 1]
-        pos += 2
+        klen = blob[pos]
+        vlen = blob[pos + 1] if head == 2 else blob[pos + 1] | blob[pos + 2] << 8
+        pos += head
         if pos + klen + vlen > len(blob):
             raise HostileCatalog(source, "xattr blob truncated in a key or value")
         key_raw = blob[pos : pos + klen]
@@ -116,11 +127,13 @@ def encode_xattrs(xattrs: Mapping[str, bytes]) -> bytes | None:
     if len(xattrs) > MAX_XATTRS - 1:  # the count must fit in one byte
         raise ValueError(f"{len(xattrs)} extended attributes, at most {MAX_XATTRS - 1} fit")
     items = sorted((k.encode("utf-8", "surrogateescape"), bytes(v)) for k, v in xattrs.items())
-    out = bytearray((XATTR_VERSION, len(items)))
+    big = any(len(value) > 255 for _, value in items)  # as CernVM-FS 2.12: version 2 only then
+    out = bytearray((XATTR_VERSION_BIG if big else XATTR_VERSION, len(items)))
     for key, value in items:
-        if not key or b"\0" in key or len(key) > 255 or len(value) > 255:
-            raise ValueError(f"xattr {key!r}: key must be 1-255 bytes without NUL, value <= 255 bytes")
-        out += bytes((len(key), len(value))) + key + value
+        if not key or b"\0" in key or len(key) > 255 or len(value) > XATTR_BIG_VALUE_MAX:
+            raise ValueError(f"xattr {key!r}: key must be 1-255 bytes without NUL, value < 64 KiB")
+        size = len(value).to_bytes(2, "little") if big else bytes((len(value),))
+        out += bytes((len(key),)) + size + key + value
     return bytes(out)
 
 

@@ -155,10 +155,34 @@ def test_xattr_blob_round_trip_and_spec_example() -> None:
     assert encode_xattrs({}) is None
 
 
+def test_xattr_blob_version_2_for_values_beyond_255_bytes() -> None:
+    """CernVM-FS 2.12 writes version 2 (two-byte little-endian value lengths) when a value is
+    longer than 255 bytes, e.g. an IMA signature; 1 otherwise. A directory holding such an entry
+    could not be listed before (the blob was refused as an unknown version)."""
+    big = bytes(range(256)) * 2 + b"end"  # 515 bytes
+    blob = encode_xattrs({"user.small": b"s", "security.ima": big})
+    assert blob is not None and blob[:2] == b"\x02\x02"
+    # bytewise key order; each entry: key length (1 byte), value length (2 bytes, LE), key, value
+    first = b"\x0c" + len(big).to_bytes(2, "little") + b"security.ima" + big
+    assert blob[2 : 2 + len(first)] == first
+    assert blob[2 + len(first) :] == b"\x0a\x01\x00user.small" + b"s"
+    assert parse_xattrs(blob, "t") == {"user.small": b"s", "security.ima": big}
+    # small values keep version 1, byte for byte as before
+    assert encode_xattrs({"user.foo": b"bar"}) == bytes.fromhex("01010803757365722e666f6f626172")
+    # a version 2 blob of small values (allowed by the format) and one of 64 KiB - 1
+    assert parse_xattrs(b"\x02\x01\x01\x01\x00ab", "t") == {"a": b"b"}
+    largest = b"x" * (64 * 1024 - 1)
+    assert parse_xattrs(encode_xattrs({"user.l": largest}) or b"", "t") == {"user.l": largest}
+    with pytest.raises(ValueError, match="64 KiB"):
+        encode_xattrs({"user.l": largest + b"x"})
+
+
 @pytest.mark.parametrize(
     "blob",
     [
-        b"\x02\x00",  # unknown version
+        b"\x03\x00",  # unknown version
+        b"\x02\x01\x01\x01",  # version 2 entry header cut (3 bytes)
+        b"\x02\x01\x01\x05\x00ab",  # version 2 value longer than the blob
         b"\x01",  # header cut
         b"\x01\x01\x08",  # entry header cut
         b"\x01\x01\x08\x03user",  # key cut
