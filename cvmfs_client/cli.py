@@ -332,6 +332,11 @@ def _size(text: str) -> int:
 )
 @click.option("--ttl", default=240, show_default=True, help="Catalog TTL in seconds.")
 @click.option("--tag", default=None, help="Also name this revision with a tag.")
+@click.option(
+    "--include-xattrs",
+    is_flag=True,
+    help="Store each file's extended attributes in the catalogs (CVMFS_INCLUDE_XATTRS).",
+)
 @_fail_cleanly
 def publish_cmd(
     src: Path,
@@ -343,6 +348,7 @@ def publish_cmd(
     chunk_size: str,
     ttl: int,
     tag: str | None,
+    include_xattrs: bool,
 ) -> None:
     """Publish directory SRC as the next revision of FQRN, unprivileged, into a Stratum-0 tree."""
     from .hashing import HashAlgorithm
@@ -359,6 +365,7 @@ def publish_cmd(
         chunk_sizes=_chunk_sizes(chunk_size),
         ttl=ttl,
         tag=tag,
+        include_xattrs=include_xattrs,
     )
     click.echo(
         f"{fqrn}: revision {result.revision}, root catalog {result.root_hash}, "

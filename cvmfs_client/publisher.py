@@ -41,7 +41,7 @@ from typing import BinaryIO
 import sqlalchemy as sa
 
 from . import chunking
-from .catalog import Catalog, Chunk, DirEntry, NestedRef
+from .catalog import MAX_XATTRS, XATTR_BIG_VALUE_MAX, Catalog, Chunk, DirEntry, NestedRef
 from .catalog_schema import COUNTER_NAMES
 from .catalog_writer import CatalogWriter, make_flags, make_hardlinks
 from .errors import ConfigError, CvmfsError, FormatError, HashMismatch
@@ -446,6 +446,28 @@ class _Settings:
     ttl: int
     now: int
     revision: int
+    include_xattrs: bool = False
+
+
+def _read_xattrs(path: Path) -> dict[str, bytes]:
+    """A source file's extended attributes, as the real publisher takes them with
+    CVMFS_INCLUDE_XATTRS (cvmfs/xattr.cc CreateFromFile: the entry's own, not a link target's;
+    names over 255 bytes, values of 64 KiB or more and any beyond the 255th are left out)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a file system without xattrs
+        return {}
+    found: dict[str, bytes] = {}
+    for name in sorted(names, key=os.fsencode):
+        if len(found) == MAX_XATTRS - 1 or not 0 < len(os.fsencode(name)) <= 255:
+            continue
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile, or not readable
+        if len(value) <= XATTR_BIG_VALUE_MAX:
+            found[name] = value
+    return found
 
 
 class _CatalogBuilder:
@@ -516,6 +538,7 @@ class _CatalogBuilder:
             hardlinks=hardlinks,
             content_hash=content_hash,
             symlink=node.target,
+            xattrs=_read_xattrs(node.fs_path) if self.s.include_xattrs else {},
         )
 
     def _dir_entry(self, node: _Node, nested: bool) -> DirEntry:
@@ -816,11 +839,13 @@ def publish(
     whitelist_days: int = 30,
     now: int | None = None,
     tag: str | None = None,
+    include_xattrs: bool = False,
 ) -> PublishResult:
     """Publish ``src`` as the next revision of ``fqrn`` in the Stratum-0 tree ``stratum0``.
 
     Keys are taken from (or created in) ``keys_dir``. ``chunk_sizes`` is (min, avg, max) bytes
     or ``None`` to store every file whole. ``now`` (Unix seconds) fixes every timestamp written.
+    ``include_xattrs``: store each entry's extended attributes (CVMFS_INCLUDE_XATTRS).
     Readers of ``stratum0`` see either the previous revision or the new one, never a mixture:
     ``.cvmfspublished`` is replaced last, after every object it reaches exists.
     """
@@ -849,7 +874,7 @@ def publish(
                 raise ConfigError(f"{fqrn}: tag {tag!r} already exists")
             tree = _scan(src)
             revision = prev.revision + 1
-            settings = _Settings(hash_algorithm, compression, chunk_sizes, ttl, now, revision)
+            settings = _Settings(hash_algorithm, compression, chunk_sizes, ttl, now, revision, include_xattrs)
             root = _CatalogBuilder(objects, work, settings).build_root(
                 tree, prev_root, prev.root_hash, prev.root_entry
             )

@@ -577,3 +577,38 @@ def test_source_must_be_a_directory(tmp_path: Path, keys_dir: Path) -> None:
     _write(tmp_path / "file", b"x")
     with pytest.raises(ConfigError, match="not a directory"):
         do_publish(tmp_path / "file", tmp_path / "s0", keys_dir)
+
+
+def test_extended_attributes_are_published_only_when_asked(tmp_path: Path, keys_dir: Path) -> None:
+    """``include_xattrs`` (CVMFS_INCLUDE_XATTRS) stores every entry's own extended attributes,
+    a value over 255 bytes in the format's version 2; without it none are stored."""
+    from cvmfs_client.cache import NodeCache
+    from cvmfs_client.fetcher import Fetcher, file_url
+    from cvmfs_client.keys import load_master_keys
+    from cvmfs_client.repository import Repository
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("x")
+    os.symlink("f", src / "d" / "l")
+    os.setxattr(src / "d" / "f", "user.small", b"s")
+    os.setxattr(src / "d" / "f", "user.big", b"b" * 300)
+    os.setxattr(src / "d", "user.dir", b"")
+    for include, want in ((False, {}), (True, {"/d/f": {"user.big": b"b" * 300, "user.small": b"s"}})):
+        s0 = tmp_path / f"s0-{include}"
+        publish(src, FQRN, s0, keys_dir, now=NOW, include_xattrs=include)
+        repo = Repository(
+            FQRN,
+            Fetcher.for_servers(file_url(s0)),
+            load_master_keys(str(keys_dir / f"{FQRN}.pub"), None),
+            NodeCache(tmp_path / f"store-{include}", None),
+            now=datetime.fromtimestamp(NOW, UTC),
+        )
+        try:
+            got = {e.path: dict(e.xattrs) for e in repo.walk("") if e.xattrs}
+            if include:
+                want = {**want, "/d": {"user.dir": b""}}
+            assert got == want
+            assert not repo.lookup("/d/l").xattrs  # a symlink's own, not its target's
+        finally:
+            repo.close()
