@@ -33,7 +33,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,7 @@ class ShadowTree:
         self._readlink = readlink
         self._populated: set[str] = set()
         self._content: dict[str, str] = {}
+        self._xattr_names: dict[str, frozenset[str] | None] = {}
         self._counter = 0
         # Placeholders are made as anonymous files and linked into place where the file
         # system has O_TMPFILE (and /proc to link them from): no name to make up and remove.
@@ -138,9 +139,50 @@ class ShadowTree:
             existing = set(os.listdir(path))
         except FileNotFoundError:
             raise ShadowError(errno.ENOENT, f"shadow directory {path} is missing (parent not populated)")
-        self._populate(inner, path, self._listing(inner), existing)
-        os.close(os.open(self._marker(inner), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        entries = self._listing(inner)
+        self._populate(inner, path, entries, existing)
+        # The marker names the entries that have extended attributes in the catalog ("." for
+        # the repository root itself), so that a later job answers the others without opening
+        # the catalog (ls -l asks for an ACL of every entry). Written whole, then renamed.
+        with_xattrs = [name for name, e in entries.items() if e.xattrs]
+        this = self._listing_entry(inner) if not inner else None
+        if this is not None and this.xattrs:
+            with_xattrs.append(".")
+        self._write_marker(inner, with_xattrs)
         self._populated.add(inner)
+
+    def note_xattr_names(self, inner: str, names: Iterable[str]) -> frozenset[str]:
+        """Record which entries of ``inner`` have extended attributes, found in the catalog
+        for a directory populated before markers named them: its marker is rewritten in the
+        current format, so that later jobs need not ask the catalog again."""
+        known = frozenset(names)
+        if self.is_populated(inner):
+            self._write_marker(inner, sorted(known))
+        self._xattr_names[inner] = known
+        return known
+
+    def _write_marker(self, inner: str, with_xattrs: Iterable[str]) -> None:
+        tmp = self._tmp_name()
+        with open(tmp, "wb") as f:
+            f.write(_MARKER_FORMAT + b"\0".join(n.encode("utf-8", "surrogateescape") for n in with_xattrs))
+        os.replace(tmp, self._marker(inner))  # whole or not at all, for a concurrent job
+
+    def xattr_names(self, inner: str) -> frozenset[str] | None:
+        """Names of the entries of populated directory ``inner`` that have extended attributes
+        in the catalog ("." for the repository root itself); None if not known (a directory
+        populated before markers recorded them, or not populated)."""
+        known = self._xattr_names.get(inner)
+        if known is None and inner not in self._xattr_names:
+            try:
+                with open(self._marker(inner), "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""
+            if data.startswith(_MARKER_FORMAT):
+                rest = data[len(_MARKER_FORMAT) :]
+                known = frozenset(n.decode("utf-8", "surrogateescape") for n in rest.split(b"\0") if n)
+            self._xattr_names[inner] = known
+        return known
 
     def _populate(self, inner: str, path: str, entries: Mapping[str, DirEntry], existing: set[str]) -> None:
         st = os.lstat(path)
@@ -318,6 +360,9 @@ _LINK_ATTEMPTS = 3  # a busy cache may evict an object again before it is linked
 
 def _mtime_ns(entry: DirEntry) -> int:
     return entry.mtime * 1_000_000_000 + (entry.mtime_ns or 0)
+
+
+_MARKER_FORMAT = b"xattrs:"  # a marker's first bytes; markers of older versions are empty
 
 
 def _set_meta(path: str, entry: DirEntry) -> None:

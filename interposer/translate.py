@@ -788,10 +788,14 @@ class Translator:
             name = os.fsdecode(asked)
             if name.startswith(_LSM_LABELS):  # the security module's, as on the real client's mount
                 return self._label(nr, spec, r, mount, name)
-            if name not in magic_xattrs.ALL:
-                return Return(-errno.ENODATA)  # ls -l's ACL: no repository opened
-            entry = mount.catalog_entry(r.inner) if magic_xattrs.needs_entry(name) else None
-            value = magic_xattrs.value(name, mount.magic_facts, entry, lambda: mount.chunk_list(entry))
+            value = None
+            if name in magic_xattrs.ALL:  # a magic one hides the catalog's of the same name
+                entry = mount.catalog_entry(r.inner) if magic_xattrs.needs_entry(name) else None
+                value = magic_xattrs.value(name, mount.magic_facts, entry, lambda: mount.chunk_list(entry))
+            if value is None:
+                # published ones (CVMFS_INCLUDE_XATTRS); ls -l's ACL of an entry without any
+                # costs no catalog (its directory's marker says so)
+                value = mount.entry_xattrs(r.inner).get(name)
             if value is None:
                 return Return(-errno.ENODATA)
             buf, size = args[2], to_int(args[3])
@@ -804,7 +808,11 @@ class Translator:
                     names = magic_xattrs.listed(seen, not r.inner, entry)
             except CvmfsError as exc:  # a listing without them: cp -a, tar --xattrs go on
                 log.info("listxattr /cvmfs/%s%s: %s", mount.fqrn, r.inner, exc)
-            value = b"".join(n.encode() + b"\0" for n in names)
+            # as the real client's XattrList::ListKeysPosix: magic names the catalog has not,
+            # then the catalog's, in bytewise order
+            published = sorted(os.fsencode(k) for k in mount.entry_xattrs(r.inner))
+            magic = [n.encode() for n in names if os.fsencode(n) not in published]
+            value = b"".join(n + b"\0" for n in magic + published)
             buf, size = args[1], to_int(args[2])
         if size == 0 or not value:
             return Return(len(value))

@@ -284,6 +284,21 @@ class Mount:
             raise LookupFailure(f"/cvmfs/{self.fqrn}{inner}", "vanished from the catalog")
         return entry
 
+    def entry_xattrs(self, inner: str) -> Mapping[str, bytes]:
+        """The extended attributes the catalog stores for ``inner`` (CVMFS_INCLUDE_XATTRS).
+        The catalog is read only for an entry its directory's marker names (or one of a
+        directory populated before markers named them)."""
+        parent, _, name = inner.rpartition("/")
+        known = self.shadow.xattr_names(parent)
+        if known is None:  # one catalog listing, then the marker knows (for later jobs too)
+            names = [n for n, e in self.catalog_children(parent).items() if e.xattrs]
+            if not parent and self.catalog_entry("").xattrs:
+                names.append(".")
+            known = self.shadow.note_xattr_names(parent, names)
+        if (name if inner else ".") not in known:
+            return {}
+        return self.catalog_entry(inner).xattrs
+
     def magic_facts(self) -> RepoFacts:
         """The mounted revision and where its fetcher goes now, for the magic xattrs."""
         from cvmfs_client import __version__

@@ -206,3 +206,61 @@ def test_a_placeholders_own_xattrs_are_not_the_entrys(job_env):
             for name in ("user.leak", "security.selinux"):
                 with contextlib.suppress(OSError):
                     os.removexattr(p, name, follow_symlinks=False)
+
+
+PUBLISHED_PROBE = """
+import errno, os, sys
+m = sys.argv[1]
+def get(path, name, follow=True):
+    try:
+        return os.getxattr(path, name, follow_symlinks=follow)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(os.listxattr(m + "/d/f"), os.listxattr(m + "/d"), os.listxattr(m + "/d/l", follow_symlinks=False))
+print(get(m + "/d/f", "user.color"), len(get(m + "/d/f", "user.big")), get(m + "/d", "user.dir"))
+print(get(m + "/d/l", "user.color"), get(m + "/d/l", "user.color", False), get(m + "/d/f", "user.none"))
+print(get(m + "/d/f", "user.hash") != b"published, hidden by the magic one")
+print(get(m + "/plain", "system.posix_acl_access"), os.listxattr(m + "/plain"))
+"""
+
+
+def test_published_xattrs_are_the_entries(job_env, tmp_path):
+    """A repository published with its files' extended attributes (CVMFS_INCLUDE_XATTRS): a
+    job reads them as on the real client's mount (values over 255 bytes too: format version
+    2), a magic attribute hides a published one of the same name, a symlink has its own, and
+    a later job, finding the shadow tree populated, answers the same."""
+    from cvmfs_client.publisher import publish
+    from tests.integration.nginx import start_nginx
+
+    fqrn = "xattrs.example.org"
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("hi\n")
+    (src / "plain").write_text("no attributes\n")
+    os.symlink("f", src / "d" / "l")
+    os.setxattr(src / "d" / "f", "user.color", b"blue")
+    os.setxattr(src / "d" / "f", "user.big", b"x" * 1000)
+    os.setxattr(src / "d" / "f", "user.hash", b"published, hidden by the magic one")
+    os.setxattr(src / "d", "user.dir", b"yes")
+    keys = tmp_path / "keys"
+    publish(src, fqrn, tmp_path / "s1" / fqrn, keys, include_xattrs=True)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(keys / f"{fqrn}.pub", trusted)
+    server = start_nginx(tmp_path / "s1", tmp_path / "nginx")
+    env = dict(job_env, CVMFS_SERVER_URL=server.server_url, CVMFS_KEYS_DIR=str(trusted))
+    env["CVMFS_CACHE_BASE"] = str(tmp_path / "cache")
+    want = [
+        "['user.big', 'user.color', 'user.hash'] ['user.dir'] []",
+        "b'blue' 1000 b'yes'",
+        "b'blue' ENODATA ENODATA",
+        "True",
+        "ENODATA []",
+    ]
+    try:
+        for options in ([], [], ["--ptrace-only"]):  # the second and third find m/ populated
+            r = cvmfs_run(["python3", "-c", PUBLISHED_PROBE, f"/cvmfs/{fqrn}"], env, options=options)
+            assert r.returncode == 0, r.stderr.decode()
+            assert r.stdout.decode().splitlines() == want, (options, r.stdout.decode())
+    finally:
+        server.stop()

@@ -138,7 +138,8 @@ def test_placeholders_have_size_mode_mtime_and_no_blocks(tmp_path: Path, anonymo
     d = Path(shadow.meta) / "d"
     (d / "kept").write_bytes(b"another job's")  # made by a concurrent job meanwhile
     shadow.ensure_populated("/d")
-    assert len(named) == (1 if anonymous else 5)  # anonymous: only the FIFO has a temporary name
+    # anonymous: only the FIFO (and the directory's marker) has a temporary name
+    assert len(named) == (2 if anonymous else 6)
     got = {p.name: os.lstat(p) for p in d.iterdir()}
     assert set(got) == set(listing["/d"])
     for name, e in listing["/d"].items():
@@ -171,3 +172,25 @@ def test_placeholders_without_anonymous_files_fall_back_to_named_ones(tmp_path: 
     assert os.stat(Path(shadow.meta) / "d" / "big").st_size == 5_000_000
     assert sorted(p.name for p in (Path(shadow.meta) / "d").iterdir()) == sorted(listing["/d"])
     shadow.close()
+
+
+def test_a_directorys_marker_names_its_entries_with_xattrs(tmp_path: Path) -> None:
+    """ls -l asks for an ACL of every entry: the marker of a populated directory says which
+    entries have published xattrs, so the others are answered without the catalog. A marker
+    of an older version (empty) is unknown until rewritten."""
+    listing = _listing()
+    listing["/d"]["big"] = _entry("/d/big", 0o100640, 5_000_000, xattrs={"user.a": b"1"})
+    shadow = _populated_root(tmp_path, listing)
+    assert shadow.xattr_names("") == frozenset()
+    shadow.ensure_populated("/d")
+    assert shadow.xattr_names("/d") == {"big"}
+    assert shadow.xattr_names("/d/never-populated") is None
+    shadow.close()
+    Path(shadow._marker("/d")).write_bytes(b"")  # as markers were before they named any
+    again = _populated_root(tmp_path, listing)
+    assert again.is_populated("/d") and again.xattr_names("/d") is None
+    assert again.note_xattr_names("/d", ["big"]) == {"big"}
+    again.close()
+    third = _populated_root(tmp_path, listing)
+    assert third.xattr_names("/d") == {"big"}  # the rewritten marker, read by a later job
+    third.close()
