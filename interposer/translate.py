@@ -810,7 +810,11 @@ class Translator:
                 log.info("listxattr /cvmfs/%s%s: %s", mount.fqrn, r.inner, exc)
             # as the real client's XattrList::ListKeysPosix: magic names the catalog has not,
             # then the catalog's, in bytewise order
-            published = sorted(os.fsencode(k) for k in mount.entry_xattrs(r.inner))
+            try:
+                published = sorted(os.fsencode(k) for k in mount.entry_xattrs(r.inner))
+            except CvmfsError as exc:
+                log.info("listxattr /cvmfs/%s%s: %s", mount.fqrn, r.inner, exc)
+                published = []
             magic = [n.encode() for n in names if os.fsencode(n) not in published]
             value = b"".join(n + b"\0" for n in magic + published)
             buf, size = args[1], to_int(args[2])
