@@ -1032,11 +1032,18 @@ class Translator:
         return rw
 
     def _modify_fd(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
-        if self.policy is not None:
-            self.policy.written()  # fchmod/fchown of a directory: what the walks remembered may change
-        real = ctx.fd_path(to_int(args[0]))
+        fd = to_int(args[0])
+        real = ctx.fd_path(fd)
         if real is not None and self.ns.is_ours(real):
             return Return(-errno.EROFS)
+        if self.policy is not None:
+            # A change of metadata is a write: an fd opened only for reading (which the
+            # kernel accepts for fchmod, fsetxattr, futimens) must not change a file outside
+            # --allow-write, as chmod of its name may not.
+            err = self._fd_check(ctx, fd, W_OK)
+            if err:
+                return Return(-err)
+            self.policy.written()  # fchmod/fchown of a directory: what the walks remembered may change
         return None
 
     def _dup(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:

@@ -381,6 +381,43 @@ def test_renaming_a_directory_above_a_denied_path_is_refused(job_env, tmp_path):
     assert (secret / "k").exists()
 
 
+FD_CHANGES = """
+import errno, os, sys
+def code(f, *a):
+    try:
+        f(*a)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+ro, ok = sys.argv[1], sys.argv[2]
+fd = os.open(ro, os.O_RDONLY)  # the kernel lets the owner change metadata through it
+w = os.open(ok + "/w", os.O_RDWR | os.O_CREAT, 0o644)
+for f in (fd, w):
+    print(code(os.fchmod, f, 0o600), code(os.fchown, f, os.getuid(), os.getgid()),
+          code(os.setxattr, f, "user.x", b"1"), code(os.utime, f, None))
+print(code(os.fchmod, 1, 0o644))  # stdout, a pipe
+"""
+
+
+def test_metadata_changes_through_a_read_only_fd_are_writes(job_env, tmp_path):
+    """``--allow-write``: fchmod, fchown, fsetxattr and futimens through an fd opened only for
+    reading changed a file outside the allowed paths (chmod of its name was refused)."""
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    ro = tmp_path / "ro"
+    ro.write_text("orig\n")
+    ro.chmod(0o644)
+    before = ro.stat()
+    command = ["python3", "-c", FD_CHANGES, str(ro), str(ok)]
+    r = cvmfs_run(command, job_env, options=["--allow-write", str(ok)])
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["EACCES"] * 4 + ["ok"] * 4 + ["ok"]
+    after = ro.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert os.listxattr(ro) == []
+    assert (ok / "w").stat().st_mode & 0o777 == 0o600
+
+
 def test_links_and_renames_under_allow_write(job_env, tmp_path):
     ok = tmp_path / "ok"
     ok.mkdir()
