@@ -656,15 +656,12 @@ class Catalog:
         i_name, i_md5_1, i_md5_2 = at("name"), at("md5path_1"), at("md5path_2")
         for row in rows:
             name = row[i_name]
-            if not isinstance(name, str):
-                raise self._hostile(f"row {name!r} in {self._to_repo(cpath) or '/'!r}", "name is not text")
-            why = check_name(name)
-            if why is not None:
-                raise self._hostile(f"row {name!r} in {self._to_repo(cpath) or '/'!r}", why)
+            why = "name is not text" if not isinstance(name, str) else check_name(name)
             child = f"{cpath}/{name}"
-            if (row[i_md5_1], row[i_md5_2]) != md5path(child):
-                what = f"row {name!r} in {self._to_repo(cpath) or '/'!r}"
-                raise self._hostile(what, "md5path does not match parent path + name")
+            if why is None and (row[i_md5_1], row[i_md5_2]) != md5path(child):
+                why = "md5path does not match parent path + name"
+            if why is not None:  # the row's context is formatted for an error only
+                raise self._hostile(f"row {name!r} in {self._to_repo(cpath) or '/'!r}", why)
             entry = self._decode_row(row, child)  # the lookups' decoder, faster than _make_entry
             if not entry.is_hidden:
                 out.append(entry)
