@@ -89,6 +89,11 @@ _MAGIC_ROOTS = (b"/proc/", b"/dev/")  # where a host path may be a magic link in
 # Host trees where nobody puts a symlink into /cvmfs: paths there are not checked for one
 # (the loader's probes, /etc/localtime for every line of `find -ls`, terminfo...).
 _SYSTEM_ROOTS = (b"/usr/", b"/lib", b"/etc/", b"/bin/", b"/sbin/", b"/proc/", b"/dev/", b"/sys/", b"/run/")
+# The calls whose handler lets a plain host path through before anything else (see
+# Translator.host_rule), and the opens among them that look at one flag first.
+_HOST_RULE_CALLS = ("stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2")
+_HOST_RULE_OPENS = ("open", "openat")
+_OPEN_SPECIAL = (b"/etc/mtab",)  # opens answered by the translator although under a system root
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
 _XATTR_GETS = frozenset({"getxattr", "lgetxattr"})  # (path, name, value, size)
@@ -203,6 +208,30 @@ class Exec(Record):
 Action = Rewrite | Return | WriteReturn | Exec | None
 
 
+class HostRule(Record):
+    """See :meth:`Translator.host_rule`: which calls with which paths the kernel answers alone.
+
+    A call among ``calls`` (path-only) or ``opens`` (their flags argument decides too: an open
+    with ``directory_flag`` goes to the translator, as one of ``open_special``) is left alone when
+    its path is absolute, contains no "cvmfs" and starts with one of ``prefixes``."""
+
+    __slots__ = ("calls", "opens", "prefixes", "open_special", "directory_flag")
+
+    def __init__(
+        self,
+        calls: tuple[str, ...],
+        opens: tuple[str, ...],
+        prefixes: tuple[bytes, ...],
+        open_special: tuple[bytes, ...],
+        directory_flag: int,
+    ) -> None:
+        self.calls = calls
+        self.opens = opens
+        self.prefixes = prefixes
+        self.open_special = open_special
+        self.directory_flag = directory_flag
+
+
 class Translator:
     """Decides what each trapped call does; see the module docstring."""
 
@@ -299,6 +328,21 @@ class Translator:
                 return self._via_host_link(os.fsencode(full), follow)
             return found_r
         return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
+
+    def host_rule(self) -> HostRule | None:
+        """The part of :meth:`_plain_host` that needs nothing but the path, for a supervisor
+        that decides without Python (notify.py's fast path): the calls, and the prefixes whose
+        paths (absolute, without "cvmfs") the kernel answers alone. ``None`` under a policy,
+        where every path is walked."""
+        if self.policy is not None:
+            return None
+        return HostRule(
+            calls=_HOST_RULE_CALLS,
+            opens=_HOST_RULE_OPENS,
+            prefixes=tuple(r for r in _SYSTEM_ROOTS if not r.startswith(_MAGIC_ROOTS)),
+            open_special=_OPEN_SPECIAL,
+            directory_flag=O_DIRECTORY if self.relocate_host_dirs else 0,
+        )
 
     def _plain_host(self, raw: bytes) -> bool:
         """Whether :meth:`locate` leaves ``raw`` to the kernel whatever the call: an absolute
@@ -541,7 +585,7 @@ class Translator:
         else:
             assert spec.flags is not None
             flags = to_int(args[spec.flags])
-        if raw == b"/etc/mtab" or raw.startswith(b"/proc/") and _MOUNTS.match(raw):
+        if raw in _OPEN_SPECIAL or raw.startswith(b"/proc/") and _MOUNTS.match(raw):
             return self._proc_mounts(ctx, nr, spec, raw)
         if self._plain_host(raw) and not (flags & O_DIRECTORY and self.relocate_host_dirs):
             return None

@@ -533,15 +533,16 @@ def test_kernel_version_gate():
     assert not notify.kernel_supports("garbage")
 
 
-def _filtered_child(body):  # type: ignore[no-untyped-def]
-    """A child with the notify filter and its listener; the parent gets the listener fd."""
+def _filtered_child(body, **options: bool):  # type: ignore[no-untyped-def]
+    """A child with the notify filter (``options``: build_filter's notify_*) and its listener;
+    the parent gets the listener fd."""
     parent, child = notify.make_channel()
     pid = os.fork()
     if pid == 0:
         parent.close()
         try:
             ranges = seccomp.FdRanges.for_limit(1024)
-            fd = seccomp.install(seccomp.build_filter(ranges, notify=True), listener=True)
+            fd = seccomp.install(seccomp.build_filter(ranges, notify=True, **options), listener=True)
             notify.send_listener(child, fd)
             body()
         finally:
