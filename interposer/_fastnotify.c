@@ -11,6 +11,10 @@
  * and exceptions all come from notify.py, which uses it only where the translator's first
  * check (Translator._plain_host) is the whole decision (no policy, no name list, no --debug).
  *
+ * It also gives again the errno answers Python marked as depending on nothing but the call,
+ * its value arguments and its path (an Answers table: the dynamic loader's ENOENT probes of a
+ * /cvmfs LD_LIBRARY_PATH, the same ~20 in every process a job starts).
+ *
  * The kernel reads a continued call's path again after us (seccomp_unotify(2)), exactly as
  * it does after Python's check: no answer here depends on the job's memory staying put.
  */
@@ -20,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/types.h>
@@ -48,7 +53,7 @@ struct notif_resp {
 #define IOCTL_SEND 0xC0182101UL
 #define FLAG_CONTINUE 1U
 
-#define TABLE_NRS 1024   /* syscall numbers the table covers: 2 bytes each */
+#define TABLE_NRS 1024   /* syscall numbers the table covers: 3 bytes each (struct config) */
 #define PATH_LIMIT 4096  /* PATH_MAX: longer paths go to Python, which answers ENAMETOOLONG */
 #define PAGE 4096UL
 
@@ -107,9 +112,197 @@ static int is_one_of(const char *s, size_t n, const char *list, size_t list_len)
     return 0;
 }
 
+/* ---- Answers: remembered errno answers, keyed by (syscall, value arguments, path) ---------- */
+
+#define ANSWER_SLOTS 8192 /* open addressing, at most half full: then emptied and refilled */
+
+struct answer {
+    uint64_t hash; /* 0: empty */
+    uint64_t args[6]; /* the key's value arguments, the others zero */
+    int32_t nr;
+    int32_t err;
+    uint32_t len;
+    char *path;
+};
+
+typedef struct {
+    PyObject_HEAD
+    struct answer *slots;
+    size_t used;
+} Answers;
+
+static uint64_t answer_hash(int nr, const uint64_t *args, const char *path, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    const unsigned char *p = (const unsigned char *)args;
+    h = (h ^ (uint64_t)(uint32_t)nr) * 1099511628211ULL;
+    for (size_t i = 0; i < 6 * sizeof(uint64_t); i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)path[i]) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+/* The key's arguments: those whose bit is set in mask. */
+static void key_args(const uint64_t *args, unsigned mask, uint64_t *out)
+{
+    for (int i = 0; i < 6; i++)
+        out[i] = (mask >> i) & 1 ? args[i] : 0;
+}
+
+static struct answer *answer_find(Answers *a, int nr, const uint64_t *args, const char *path,
+                                  size_t len, uint64_t h)
+{
+    for (size_t i = h & (ANSWER_SLOTS - 1);; i = (i + 1) & (ANSWER_SLOTS - 1)) {
+        struct answer *s = &a->slots[i];
+        if (s->hash == 0 || (s->hash == h && s->nr == nr && s->len == len &&
+                             memcmp(s->args, args, sizeof(s->args)) == 0 &&
+                             memcmp(s->path, path, len) == 0))
+            return s;
+    }
+}
+
+static void answers_clear(Answers *a)
+{
+    for (size_t i = 0; i < ANSWER_SLOTS; i++) {
+        free(a->slots[i].path);
+        memset(&a->slots[i], 0, sizeof(a->slots[i]));
+    }
+    a->used = 0;
+}
+
+static PyObject *answers_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    Answers *a = (Answers *)type->tp_alloc(type, 0);
+    if (a == NULL)
+        return NULL;
+    a->slots = calloc(ANSWER_SLOTS, sizeof(struct answer));
+    if (a->slots == NULL) {
+        Py_DECREF(a);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)a;
+}
+
+static void answers_dealloc(Answers *a)
+{
+    if (a->slots != NULL) {
+        answers_clear(a);
+        free(a->slots);
+    }
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+/* Parse (nr, args tuple of 6, mask, path) shared by remember() and get(). */
+static int answer_key(PyObject *args, int *nr, uint64_t *key, Py_buffer *path, int *err)
+{
+    PyObject *values;
+    unsigned mask;
+    int ok = err != NULL ? PyArg_ParseTuple(args, "iO!Iy*i", nr, &PyTuple_Type, &values, &mask, path, err)
+                         : PyArg_ParseTuple(args, "iO!Iy*", nr, &PyTuple_Type, &values, &mask, path);
+    if (!ok)
+        return -1;
+    uint64_t raw[6] = {0};
+    if (PyTuple_GET_SIZE(values) != 6 || *nr < 0 || *nr >= TABLE_NRS || path->len >= PATH_LIMIT) {
+        PyErr_SetString(PyExc_ValueError, "Answers: a syscall number, 6 arguments and a path");
+        PyBuffer_Release(path);
+        return -1;
+    }
+    for (int i = 0; i < 6; i++) {
+        raw[i] = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
+        if (PyErr_Occurred()) {
+            PyBuffer_Release(path);
+            return -1;
+        }
+    }
+    key_args(raw, mask, key);
+    return 0;
+}
+
+static PyObject *answers_remember(Answers *a, PyObject *args)
+{
+    int nr, err;
+    uint64_t key[6];
+    Py_buffer path;
+    if (answer_key(args, &nr, key, &path, &err) < 0)
+        return NULL;
+    if (err <= 0 || path.len == 0) {
+        PyBuffer_Release(&path);
+        PyErr_SetString(PyExc_ValueError, "Answers.remember: an errno (positive) and a path");
+        return NULL;
+    }
+    if (2 * (a->used + 1) > ANSWER_SLOTS)
+        answers_clear(a);
+    uint64_t h = answer_hash(nr, key, path.buf, (size_t)path.len);
+    struct answer *s = answer_find(a, nr, key, path.buf, (size_t)path.len, h);
+    if (s->hash == 0) {
+        char *copy = malloc((size_t)path.len);
+        if (copy == NULL) {
+            PyBuffer_Release(&path);
+            return PyErr_NoMemory();
+        }
+        memcpy(copy, path.buf, (size_t)path.len);
+        s->hash = h;
+        s->nr = nr;
+        memcpy(s->args, key, sizeof(s->args));
+        s->len = (uint32_t)path.len;
+        s->path = copy;
+        a->used++;
+    }
+    s->err = err;
+    PyBuffer_Release(&path);
+    Py_RETURN_NONE;
+}
+
+static PyObject *answers_get(Answers *a, PyObject *args)
+{
+    int nr;
+    uint64_t key[6];
+    Py_buffer path;
+    if (answer_key(args, &nr, key, &path, NULL) < 0)
+        return NULL;
+    uint64_t h = answer_hash(nr, key, path.buf, (size_t)path.len);
+    struct answer *s = answer_find(a, nr, key, path.buf, (size_t)path.len, h);
+    PyBuffer_Release(&path);
+    return PyLong_FromLong(s->hash ? s->err : 0);
+}
+
+static PyObject *answers_len(Answers *a, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromSize_t(a->used);
+}
+
+static PyMethodDef answers_methods[] = {
+    {"remember", (PyCFunction)answers_remember, METH_VARARGS,
+     "remember(nr, args, mask, path, errno): answer -errno to this call from now on (args: its 6\n"
+     "arguments; mask: which of them are part of the key).  Only from the thread that runs serve()."},
+    {"get", (PyCFunction)answers_get, METH_VARARGS, "get(nr, args, mask, path) -> the errno remembered, or 0."},
+    {"size", (PyCFunction)answers_len, METH_NOARGS, "size() -> how many answers are remembered."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AnswersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interposer._fastnotify.Answers",
+    .tp_basicsize = sizeof(Answers),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Errno answers serve() gives again without Python (see remember()).",
+    .tp_new = answers_new,
+    .tp_dealloc = (destructor)answers_dealloc,
+    .tp_methods = answers_methods,
+};
+
+/* ---- serve ---------------------------------------------------------------------------------- */
+
 struct config {
     uint32_t arch;
-    const unsigned char *table; /* per syscall number: path argument + 1, open flags argument + 1 */
+    /* per syscall number: path argument + 1, open flags argument + 1, the arguments (bits) that
+     * key a remembered answer */
+    const unsigned char *table;
+    Answers *answers;
     const char *prefixes;
     size_t prefixes_len;
     const char *never;          /* exact paths an open must not pass (/etc/mtab) */
@@ -117,13 +310,14 @@ struct config {
     unsigned long directory_flag; /* opens with this flag go to Python (0: none do) */
 };
 
-/* 1: let it through; 0: Python decides; MEMORY_REFUSED: as 0, and stop using this path. */
+/* 1: let it through; a negative errno: answer it; 0: Python decides; MEMORY_REFUSED: as 0, and
+ * stop using this path. */
 static int passes(const struct config *c, const struct notif *n, char *path)
 {
     const struct notif_data *d = &n->data;
     if (d->arch != c->arch || d->nr < 0 || d->nr >= TABLE_NRS)
         return 0;
-    unsigned path_arg = c->table[2 * d->nr], flags_arg = c->table[2 * d->nr + 1];
+    unsigned path_arg = c->table[3 * d->nr], flags_arg = c->table[3 * d->nr + 1];
     if (path_arg == 0 || path_arg > 6 || flags_arg > 6)
         return 0;
     int is_open = flags_arg != 0;
@@ -135,8 +329,15 @@ static int passes(const struct config *c, const struct notif *n, char *path)
         return MEMORY_REFUSED;
     if (err != 0 || len == 0 || path[0] != '/')
         return 0;
-    if (memmem(path, len, "cvmfs", 5) != NULL)
-        return 0;
+    if (memmem(path, len, "cvmfs", 5) != NULL) {
+        if (c->answers == NULL || c->answers->used == 0)
+            return 0;
+        uint64_t key[6];
+        key_args(d->args, c->table[3 * d->nr + 2], key);
+        struct answer *s = answer_find(c->answers, d->nr, key, path, len,
+                                       answer_hash(d->nr, key, path, len));
+        return s->hash ? -s->err : 0;
+    }
     if (!has_prefix(path, len, c->prefixes, c->prefixes_len))
         return 0;
     if (is_open && is_one_of(path, len, c->never, c->never_len))
@@ -145,9 +346,10 @@ static int passes(const struct config *c, const struct notif *n, char *path)
 }
 
 PyDoc_STRVAR(serve_doc,
-"serve(listener, request, table, prefixes, never, directory_flag, arch, counts) -> int\n\n"
+"serve(listener, request, table, prefixes, never, directory_flag, arch, answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
-"counting them per syscall number in counts (unsigned 64-bit, one per number of table).\n"
+"or answer it with an errno in answers (an Answers, or None), counting them per syscall\n"
+"number in counts (unsigned 64-bit: continued, then answered, one per number of table).\n"
 "Returns 0 with the first other notification in request (struct seccomp_notif), -1 the\n"
 "same when the job's memory could not be read from this process, or the errno RECV\n"
 "failed with.  Raises OSError when SEND fails other than with ENOENT (call interrupted).");
@@ -156,20 +358,25 @@ static PyObject *serve(PyObject *self, PyObject *args)
 {
     int listener;
     unsigned long directory_flag, arch;
+    PyObject *answers;
     Py_buffer request, table, prefixes, never, counts;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkw*", &listener, &request, &table, &prefixes, &never,
-                          &directory_flag, &arch, &counts))
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkOw*", &listener, &request, &table, &prefixes, &never,
+                          &directory_flag, &arch, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
-    if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != 2 * TABLE_NRS ||
-        counts.len != (Py_ssize_t)(8 * TABLE_NRS)) {
+    if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != 3 * TABLE_NRS ||
+        counts.len != (Py_ssize_t)(2 * 8 * TABLE_NRS)) {
         PyErr_SetString(PyExc_ValueError, "serve: buffer sizes do not match");
         goto out;
     }
+    if (answers != Py_None && !PyObject_TypeCheck(answers, &AnswersType)) {
+        PyErr_SetString(PyExc_TypeError, "serve: answers must be an Answers or None");
+        goto out;
+    }
     struct config c = {
-        (uint32_t)arch, table.buf, prefixes.buf, (size_t)prefixes.len, never.buf, (size_t)never.len,
-        directory_flag,
+        (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
+        (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;
@@ -183,16 +390,17 @@ static PyObject *serve(PyObject *self, PyObject *args)
             break;
         }
         int verdict = passes(&c, n, path);
-        if (verdict != 1) {
-            code = verdict == MEMORY_REFUSED ? MEMORY_REFUSED : 0;
+        if (verdict == 0 || verdict == MEMORY_REFUSED) {
+            code = verdict;
             break;
         }
-        struct notif_resp resp = {n->id, 0, 0, FLAG_CONTINUE};
+        /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
+        struct notif_resp resp = {n->id, 0, verdict < 0 ? verdict : 0, verdict < 0 ? 0 : FLAG_CONTINUE};
         if (ioctl(listener, IOCTL_SEND, &resp) < 0 && errno != ENOENT) {
             send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
             break;
         }
-        count[n->data.nr] += 1;
+        count[n->data.nr + (verdict < 0 ? TABLE_NRS : 0)] += 1;
     }
     Py_END_ALLOW_THREADS
     if (send_errno != 0) {
@@ -248,9 +456,17 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastnotify(void)
 {
+    if (PyType_Ready(&AnswersType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    Py_INCREF(&AnswersType);
+    if (PyModule_AddObject(m, "Answers", (PyObject *)&AnswersType) < 0) {
+        Py_DECREF(&AnswersType);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "TABLE_NRS", TABLE_NRS) < 0 ||
         PyModule_AddIntConstant(m, "MEMORY_REFUSED", MEMORY_REFUSED) < 0) {
         Py_DECREF(m);

@@ -37,8 +37,12 @@ Fast path: where the translator's first check is its whole decision (no policy, 
 the host-path calls it leaves to the kernel need no Python. :class:`FastPath` receives with
 :mod:`._fastnotify` (C, built when the package is installed with a C compiler), which continues
 every ``stat``/``access``/``open`` whose path is absolute, names no "cvmfs" and lies under a system
-tree (:meth:`.Translator.host_rule`), and hands any other notification to the loop below. A
-``find -ls`` stats ``/etc/localtime`` for every line: W3 of bench/interposer.py lost 14%.
+tree (:meth:`.Translator.fast_rule`), and hands any other notification to the loop below. A
+``find -ls`` stats ``/etc/localtime`` for every line: W3 of bench/interposer.py lost 14%. It also
+gives again the ENOENT/ENOTDIR answers the translator marked as the repository's alone
+(``Context.pure``: an absolute /cvmfs path whose remembered walk failed), keyed by the call, its
+value arguments and the path (:meth:`FastPath.remember`): the dynamic loader probes the same
+~20 missing paths of a /cvmfs ``LD_LIBRARY_PATH`` in every process (W5: -10%).
 ``CVMFS_CLIENT_PURE_PYTHON=1`` decides everything in Python; a job whose memory cannot be read
 with ``process_vm_readv`` (container profiles) falls back to it at its first notification.
 
@@ -73,7 +77,7 @@ from .cpu_pin import SameCpu
 from .statx import STATX_SIZE
 from .syscalls import BY_NR, Kind, Spec
 from .tracer import Stats, Tracer, _Ctx, _tgid_of, describe_call
-from .translate import HostRule, Return, Rewrite, WriteReturn
+from .translate import FastRule, Return, Rewrite, WriteReturn
 
 try:
     from . import _fastnotify
@@ -104,6 +108,7 @@ _NR_KCMP = arch.NR["kcmp"]
 _kcmp = ctypes.CDLL(None, use_errno=True).syscall
 _kcmp.argtypes = [ctypes.c_long] * 6
 _kcmp.restype = ctypes.c_long
+_REMEMBERED = frozenset({-errno.ENOENT, -errno.ENOTDIR})  # answers the fast path may give again
 _RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd already
 
 
@@ -214,7 +219,7 @@ class Supervisor:
         self._caps = _capget() if self._root else (0, 0, 0)  # (effective, permitted, inheritable)
         self._fast: FastPath | None = None
         if tracer.names is None and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
-            rule = tracer.translator.host_rule()
+            rule = tracer.translator.fast_rule()
             if rule is not None and _fastnotify is not None:
                 self._fast = FastPath(rule)
 
@@ -344,6 +349,7 @@ class Supervisor:
         ctx = self.ctx
         ctx.tid = tid
         ctx.tgid = task.tgid if task is not None else _tgid_of(tid)
+        ctx.pure = None
         args_t = tuple(args)
         if tracer.names is not None:
             tracer.names.syscall(ctx, spec, args_t)
@@ -357,6 +363,8 @@ class Supervisor:
             return 0, 0, FLAG_CONTINUE
         if type(action) is Return:  # nothing done to the job: a stale answer is refused
             tracer.stats.actions["return"] += 1
+            if ctx.pure and self._fast is not None and action.value in _REMEMBERED:
+                self._fast.remember(nr, args, ctx.pure, -action.value)
             return _result(action.value)
         if not self._still_waiting(notif_id):
             return 0, -errno.ESRCH, 0  # gone: its tid may be another process's by now
@@ -739,31 +747,47 @@ class Supervisor:
 
 class FastPath:
     """The supervisor's fast path: :mod:`._fastnotify` (C) receives the notifications and lets
-    through, without Python, the host-path calls :meth:`.Translator.host_rule` describes
+    through, without Python, the host-path calls :meth:`.Translator.fast_rule` describes
     (``stat("/etc/localtime")`` in every ``localtime()``, the dynamic loader's probes), ~6 us
     less each; it hands every other notification to Python. Used only when that rule is the
     translator's whole decision: no policy, no name list (which records every path).
     :data:`PURE_PYTHON_ENV` turns it off."""
 
-    __slots__ = ("_table", "_prefixes", "_special", "_directory_flag", "_counts")
+    __slots__ = (
+        "_table",
+        "_prefixes",
+        "_special",
+        "_directory_flag",
+        "_counts",
+        "_keys",
+        "_opens",
+        "answers",
+    )
 
-    def __init__(self, rule: HostRule) -> None:
+    def __init__(self, rule: FastRule) -> None:
         size = _fastnotify.TABLE_NRS
-        table = bytearray(2 * size)  # per syscall number: path argument + 1, flags argument + 1
+        # per syscall number: path argument + 1, flags argument + 1, the arguments keying an answer
+        table = bytearray(3 * size)
         by_name = {spec.name: spec for spec in BY_NR.values()}
+        self._keys: dict[int, int] = {}  # syscall number -> mask of the arguments keying an answer
+        self._opens: dict[int, int] = {}  # the opens: syscall number -> their flags argument
         for name in (*rule.calls, *rule.opens):
             spec = by_name[name]
             nr = arch.NR[name]
             assert spec.path is not None and nr < size
-            table[2 * nr] = spec.path + 1
+            table[3 * nr] = spec.path + 1
             if name in rule.opens:
                 assert spec.flags is not None
-                table[2 * nr + 1] = spec.flags + 1
+                table[3 * nr + 1] = spec.flags + 1
+                self._opens[nr] = spec.flags
+            mask = sum(1 << i for i in rule.answer_keys[name])
+            table[3 * nr + 2] = self._keys[nr] = mask
         self._table = bytes(table)
         self._prefixes = b"\0".join(rule.prefixes)
         self._special = b"\0".join(rule.open_special)
         self._directory_flag = rule.directory_flag
-        self._counts = bytearray(8 * size)  # calls let through, per syscall number
+        self._counts = bytearray(2 * 8 * size)  # per syscall number: let through, then answered
+        self.answers = _fastnotify.Answers()
 
     def receive(self, listener: int, req: bytearray) -> int:
         """Wait for a notification Python must decide and put it in ``req``: 0, or the errno
@@ -771,17 +795,32 @@ class FastPath:
         C (``req`` then holds a notification, and this path is of no use to the job)."""
         return _fastnotify.serve(
             listener, req, self._table, self._prefixes, self._special, self._directory_flag,
-            arch.AUDIT_ARCH, self._counts,
+            arch.AUDIT_ARCH, self.answers, self._counts,
         )  # fmt: skip
 
+    def remember(self, nr: int, args: list[int], path: bytes, err: int) -> None:
+        """Give ``-err`` to this call with this path from now on, without Python: the
+        translator marked it as the repository's answer (``Context.pure``). Only from the
+        supervisor thread, between two :meth:`receive` calls."""
+        mask = self._keys.get(nr)
+        if mask is None:
+            return
+        flags = self._opens.get(nr)
+        if flags is not None and args[flags] & (os.O_CREAT | os.O_TMPFILE):
+            return  # a creating open also walks its parent
+        self.answers.remember(nr, tuple(args), mask, path, err)
+
     def add_counts(self, stats: Stats) -> None:
-        """Count the calls let through here as Python counts its own notifications."""
-        for nr, n in enumerate(memoryview(self._counts).cast("Q")):
+        """Count the calls let through or answered here as Python counts its own."""
+        size = _fastnotify.TABLE_NRS
+        for index, n in enumerate(memoryview(self._counts).cast("Q")):
             if n:
-                spec = BY_NR[nr]
+                spec = BY_NR[index % size]
                 stats.stops[spec.name] += n
                 stats.actions["notified"] += n
                 stats.actions["fast"] += n
+                if index >= size:
+                    stats.actions["return"] += n
         memoryview(self._counts)[:] = bytes(len(self._counts))  # (serve may still hold it)
 
 

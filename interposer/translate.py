@@ -90,9 +90,15 @@ _MAGIC_ROOTS = (b"/proc/", b"/dev/")  # where a host path may be a magic link in
 # (the loader's probes, /etc/localtime for every line of `find -ls`, terminfo...).
 _SYSTEM_ROOTS = (b"/usr/", b"/lib", b"/etc/", b"/bin/", b"/sbin/", b"/proc/", b"/dev/", b"/sys/", b"/run/")
 # The calls whose handler lets a plain host path through before anything else (see
-# Translator.host_rule), and the opens among them that look at one flag first.
+# Translator.fast_rule), and the opens among them that look at one flag first.
 _HOST_RULE_CALLS = ("stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2")
 _HOST_RULE_OPENS = ("open", "openat")
+# What else than its path an errno answer of theirs from a remembered walk depends on: their
+# value arguments (dirfd, flags, mode, statx's mask), not their buffers.
+_ANSWER_KEYS = {
+    "stat": (), "lstat": (), "newfstatat": (0, 3), "statx": (0, 2, 3), "access": (1,),
+    "faccessat": (0, 2), "faccessat2": (0, 2, 3), "open": (1, 2), "openat": (0, 2, 3),
+}  # fmt: skip
 _OPEN_SPECIAL = (b"/etc/mtab",)  # opens answered by the translator although under a system root
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
@@ -127,6 +133,10 @@ class Context(Protocol):
 
     tid: int
     tgid: int
+    # Set by Translator.locate: the absolute path whose remembered walk ended in an error, when
+    # that walk was the decision's only one (its errno answer depends on nothing else); b"" when
+    # another walk was made. Reset to None by the caller before each decision.
+    pure: bytes | None
 
     def read_path(self, addr: int) -> bytes | None: ...
     def read_memory(self, addr: int, size: int) -> bytes | None: ...
@@ -208,14 +218,16 @@ class Exec(Record):
 Action = Rewrite | Return | WriteReturn | Exec | None
 
 
-class HostRule(Record):
-    """See :meth:`Translator.host_rule`: which calls with which paths the kernel answers alone.
+class FastRule(Record):
+    """See :meth:`Translator.fast_rule`: which calls with which paths the kernel answers alone.
 
     A call among ``calls`` (path-only) or ``opens`` (their flags argument decides too: an open
     with ``directory_flag`` goes to the translator, as one of ``open_special``) is left alone when
-    its path is absolute, contains no "cvmfs" and starts with one of ``prefixes``."""
+    its path is absolute, contains no "cvmfs" and starts with one of ``prefixes``.
+    ``answer_keys``: per call, the arguments besides its path that an errno answer marked
+    :attr:`Context.pure` depends on."""
 
-    __slots__ = ("calls", "opens", "prefixes", "open_special", "directory_flag")
+    __slots__ = ("calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys")
 
     def __init__(
         self,
@@ -230,6 +242,7 @@ class HostRule(Record):
         self.prefixes = prefixes
         self.open_special = open_special
         self.directory_flag = directory_flag
+        self.answer_keys = dict(_ANSWER_KEYS)
 
 
 class Translator:
@@ -290,6 +303,8 @@ class Translator:
 
     def locate(self, ctx: Context, dirfd: int, raw: bytes, follow: bool, need: int = 0) -> Resolved | None:
         """Where ``raw`` (relative to ``dirfd``) leads, or ``None`` if the kernel alone is right."""
+        first = ctx.pure is None
+        ctx.pure = b""
         if self.policy is not None:
             return self._locate_policy(ctx, dirfd, raw, follow, need)
         if raw[:1] == b"/":
@@ -307,6 +322,8 @@ class Translator:
                     self._memo[key] = found
             if found.kind == HOST and not found.touched:  # "cvmfs" merely in a host path
                 return self._via_host_link(raw, follow) or found
+            if found.kind == ERROR and first and found.errno != errno.EIO:
+                ctx.pure = raw  # the repository's answer for this revision: the same every time
             return found
         if not raw:
             return None
@@ -329,14 +346,14 @@ class Translator:
             return found_r
         return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
 
-    def host_rule(self) -> HostRule | None:
+    def fast_rule(self) -> FastRule | None:
         """The part of :meth:`_plain_host` that needs nothing but the path, for a supervisor
         that decides without Python (notify.py's fast path): the calls, and the prefixes whose
         paths (absolute, without "cvmfs") the kernel answers alone. ``None`` under a policy,
         where every path is walked."""
         if self.policy is not None:
             return None
-        return HostRule(
+        return FastRule(
             calls=_HOST_RULE_CALLS,
             opens=_HOST_RULE_OPENS,
             prefixes=tuple(r for r in _SYSTEM_ROOTS if not r.startswith(_MAGIC_ROOTS)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import textwrap
 
 import pytest
 from hypothesis import given
@@ -17,11 +18,12 @@ from interposer.tracer import Stats
 from interposer.translate import Translator
 from tests.interposer.conftest import cvmfs_run
 from tests.interposer.test_notify import _filtered_child, _send, _survey
+from tests.interposer.trees import MOUNT
 
 fast = pytest.importorskip("interposer._fastnotify", reason="built without a C compiler")
 
 TRANSLATOR = Translator(ns=None, ranges=None)  # type: ignore[arg-type]  # only the host rule is asked
-RULE = TRANSLATOR.host_rule()
+RULE = TRANSLATOR.fast_rule()
 assert RULE is not None
 PREFIXES = b"\0".join(RULE.prefixes)
 SPECIAL = b"\0".join(RULE.open_special)
@@ -120,3 +122,111 @@ def test_off_under_a_policy_and_with_a_name_list(job_env, tmp_path):
         assert "'fast'" not in r.stderr.decode()
     names = (tmp_path / "names").read_text()
     assert "/etc/hostname" in names  # every path recorded: none went past Python
+
+
+def test_answers_are_keyed_by_call_value_arguments_and_path():
+    answers = fast.Answers()
+    args = (0xFFFFFF9C, 0x7F00DEAD, 0, 0x900, 0, 0)  # newfstatat(AT_FDCWD, path, buf, flags)
+    mask = 0b1001  # dirfd and flags, not the buffer
+    answers.remember(262, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so", errno.ENOENT)
+    assert answers.get(262, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so") == errno.ENOENT
+    other_buffer = (0xFFFFFF9C, 0x1234, 0, 0x900, 0, 0)
+    assert answers.get(262, other_buffer, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so") == errno.ENOENT
+    other_flags = (0xFFFFFF9C, 0x7F00DEAD, 0, 0x000, 0, 0)  # lstat -> stat: another walk
+    assert answers.get(262, other_flags, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so") == 0
+    assert answers.get(4, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so") == 0  # another call
+    assert answers.get(262, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.s") == 0  # a prefix
+    assert answers.get(262, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so/") == 0
+    answers.remember(262, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so", errno.ENOTDIR)  # replaced
+    assert answers.get(262, args, mask, b"/cvmfs/r/lib/x86-64-v3/libz.so") == errno.ENOTDIR
+    assert answers.size() == 1
+    with pytest.raises(ValueError):
+        answers.remember(262, args, mask, b"/cvmfs/x", 0)  # not an errno
+    with pytest.raises(ValueError):
+        answers.remember(262, args[:3], mask, b"/cvmfs/x", errno.ENOENT)
+
+
+def test_answers_stay_bounded():
+    answers = fast.Answers()
+    for i in range(20_000):
+        answers.remember(4, (0,) * 6, 0, b"/cvmfs/r/missing-%d" % i, errno.ENOENT)
+        assert answers.size() <= 4096
+    assert answers.get(4, (0,) * 6, 0, b"/cvmfs/r/missing-19999") == errno.ENOENT
+
+
+def test_serve_gives_a_remembered_answer_again_without_python():
+    """The child stats a /cvmfs path three times: Python answers the first and remembers it,
+    C the other two; an open of the same path is another call, and comes to Python."""
+    missing = b"/cvmfs/sw.example.org/lib/glibc-hwcaps/x86-64-v3/libtinfo.so.6"
+
+    def body() -> None:
+        results = []
+        for f in [lambda: os.stat(missing)] * 3 + [lambda: os.open(missing, os.O_RDONLY)]:
+            try:
+                f()
+                results.append(0)
+            except OSError as e:
+                results.append(e.errno)
+        os._exit(0 if results == [errno.ENOENT] * 3 + [errno.EACCES] else 1)
+
+    path = notify.FastPath(RULE)
+    pid, listener = _filtered_child(body, notify_opens=True)
+    seen = []
+    try:
+        req = bytearray(notify._NOTIF.size)
+        for answer in (errno.ENOENT, errno.EACCES):
+            assert path.receive(listener, req) == 0
+            notif_id, _, _, nr, _, _, *args = notify._NOTIF.unpack(req)
+            seen.append(nr)
+            path.remember(nr, args, missing, answer)
+            _send(listener, notif_id, 0, -answer, 0)
+        assert path.receive(listener, req) == errno.ENOENT  # the child is gone
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(listener)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert seen == [arch.NR["newfstatat"], arch.NR["openat"]]
+    stats = Stats()
+    path.add_counts(stats)
+    assert stats.stops == {"newfstatat": 2}
+    assert stats.actions == {"notified": 2, "fast": 2, "return": 2}
+
+
+REMEMBERED = textwrap.dedent(
+    f"""
+    import errno, os, sys
+    M = "{MOUNT}"
+    def call(f, *a):
+        try:
+            f(*a)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    out = []
+    missing, notdir = M + "/cases/missing", M + "/etc/example.conf/x"
+    for _ in range(3):
+        out += [call(os.stat, missing), call(os.lstat, notdir), call(os.open, missing, os.O_RDONLY)]
+        out += [str(os.access(missing, os.F_OK)), call(os.open, notdir, os.O_RDONLY)]
+    out.append(call(os.open, missing, os.O_WRONLY | os.O_CREAT))  # the same path, another answer
+    # a host path reached through /cvmfs/..: missing, then made; never a remembered answer
+    later = M + "/../.." + sys.argv[1]
+    out.append(call(os.stat, later))
+    open(sys.argv[1], "w").close()
+    out.append(call(os.stat, later))
+    print(" ".join(out))
+    """
+)
+
+
+def test_remembered_answers_are_the_pythons(job_env, tmp_path):
+    script = tmp_path / "remembered.py"
+    script.write_text(REMEMBERED)
+    got = {}
+    for mode in ("1", "0"):
+        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
+        later = tmp_path / f"later-{mode}"
+        r = cvmfs_run(["python3", str(script), str(later)], env, options=["--stats"])
+        assert r.returncode == 0, r.stderr.decode()
+        got[mode] = r.stdout.decode().split()
+    assert got["0"] == got["1"]
+    assert got["0"] == ["ENOENT", "ENOTDIR", "ENOENT", "False", "ENOTDIR"] * 3 + ["EROFS", "ENOENT", "ok"]
