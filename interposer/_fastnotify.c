@@ -11,9 +11,11 @@
  * and exceptions all come from notify.py, which uses it only where the translator's first
  * check (Translator._plain_host) is the whole decision (no policy, no name list, no --debug).
  *
- * It also gives again the errno answers Python marked as depending on nothing but the call,
- * its value arguments and its path (an Answers table: the dynamic loader's ENOENT probes of a
- * /cvmfs LD_LIBRARY_PATH, the same ~20 in every process a job starts).
+ * It also gives again the answers Python marked as depending on nothing but what the C loop
+ * can see (an Answers table): errnos keyed by the call, its value arguments and its path (the
+ * dynamic loader's ENOENT probes of a /cvmfs LD_LIBRARY_PATH, the same ~20 in every process a
+ * job starts), and the struct stat of /cvmfs content keyed by what an fd of it links to in
+ * /proc (glibc's fstat of every file a job opens, twice per file for tar).
  *
  * The kernel reads a continued call's path again after us (seccomp_unotify(2)), exactly as
  * it does after Python's check: no answer here depends on the job's memory staying put.
@@ -29,6 +31,8 @@
 #include <sys/ioctl.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <stdio.h>
+#include <unistd.h>
 
 /* linux/seccomp.h, kept here so that building needs no kernel headers */
 struct notif_data {
@@ -51,9 +55,13 @@ struct notif_resp {
 };
 #define IOCTL_RECV 0xC0502100UL
 #define IOCTL_SEND 0xC0182101UL
+#define IOCTL_ID_VALID 0x40082102UL
 #define FLAG_CONTINUE 1U
 
-#define TABLE_NRS 1024   /* syscall numbers the table covers: 3 bytes each (struct config) */
+#define TABLE_NRS 1024   /* syscall numbers the table covers: TABLE_STRIDE bytes each */
+#define TABLE_STRIDE 6   /* see struct config */
+#define FD_KEY TABLE_NRS /* the "syscall number" of a struct stat answer keyed by an fd's target */
+#define STAT_SIZE_MAX 256
 #define PATH_LIMIT 4096  /* PATH_MAX: longer paths go to Python, which answers ENAMETOOLONG */
 #define PAGE 4096UL
 
@@ -120,9 +128,11 @@ struct answer {
     uint64_t hash; /* 0: empty */
     uint64_t args[6]; /* the key's value arguments, the others zero */
     int32_t nr;
-    int32_t err;
+    int32_t err;      /* an errno answer, or 0 with data */
     uint32_t len;
-    char *path;
+    uint32_t data_len;
+    char *path;       /* path and data, in one allocation */
+    const char *data;
 };
 
 typedef struct {
@@ -221,6 +231,36 @@ static int answer_key(PyObject *args, int *nr, uint64_t *key, Py_buffer *path, i
     return 0;
 }
 
+/* Store (or replace) an answer: an errno, or data. 0, or -1 with MemoryError set. */
+static int answer_store(Answers *a, int nr, const uint64_t *key, const char *path, size_t len,
+                        int err, const char *data, size_t data_len)
+{
+    if (2 * (a->used + 1) > ANSWER_SLOTS)
+        answers_clear(a);
+    uint64_t h = answer_hash(nr, key, path, len);
+    struct answer *s = answer_find(a, nr, key, path, len, h);
+    char *copy = malloc(len + data_len);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, path, len);
+    if (data_len > 0)
+        memcpy(copy + len, data, data_len);
+    if (s->hash == 0)
+        a->used++;
+    free(s->path);
+    s->hash = h;
+    s->nr = nr;
+    memcpy(s->args, key, sizeof(s->args));
+    s->len = (uint32_t)len;
+    s->path = copy;
+    s->err = err;
+    s->data = copy + len;
+    s->data_len = (uint32_t)data_len;
+    return 0;
+}
+
 static PyObject *answers_remember(Answers *a, PyObject *args)
 {
     int nr, err;
@@ -233,27 +273,44 @@ static PyObject *answers_remember(Answers *a, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "Answers.remember: an errno (positive) and a path");
         return NULL;
     }
-    if (2 * (a->used + 1) > ANSWER_SLOTS)
-        answers_clear(a);
-    uint64_t h = answer_hash(nr, key, path.buf, (size_t)path.len);
-    struct answer *s = answer_find(a, nr, key, path.buf, (size_t)path.len, h);
-    if (s->hash == 0) {
-        char *copy = malloc((size_t)path.len);
-        if (copy == NULL) {
-            PyBuffer_Release(&path);
-            return PyErr_NoMemory();
-        }
-        memcpy(copy, path.buf, (size_t)path.len);
-        s->hash = h;
-        s->nr = nr;
-        memcpy(s->args, key, sizeof(s->args));
-        s->len = (uint32_t)path.len;
-        s->path = copy;
-        a->used++;
-    }
-    s->err = err;
+    int failed = answer_store(a, nr, key, path.buf, (size_t)path.len, err, NULL, 0);
     PyBuffer_Release(&path);
+    if (failed)
+        return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *answers_remember_stat(Answers *a, PyObject *args)
+{
+    Py_buffer target, data;
+    uint64_t key[6] = {0};
+    if (!PyArg_ParseTuple(args, "y*y*", &target, &data))
+        return NULL;
+    PyObject *result = NULL;
+    if (target.len == 0 || target.len >= PATH_LIMIT || data.len == 0 || data.len > STAT_SIZE_MAX) {
+        PyErr_SetString(PyExc_ValueError, "Answers.remember_stat: a target and a struct stat");
+    } else if (answer_store(a, FD_KEY, key, target.buf, (size_t)target.len, 0, data.buf,
+                            (size_t)data.len) == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&target);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyObject *answers_get_stat(Answers *a, PyObject *args)
+{
+    Py_buffer target;
+    uint64_t key[6] = {0};
+    if (!PyArg_ParseTuple(args, "y*", &target))
+        return NULL;
+    struct answer *s = answer_find(a, FD_KEY, key, target.buf, (size_t)target.len,
+                                   answer_hash(FD_KEY, key, target.buf, (size_t)target.len));
+    PyBuffer_Release(&target);
+    if (s->hash == 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(s->data, s->data_len);
 }
 
 static PyObject *answers_get(Answers *a, PyObject *args)
@@ -266,7 +323,7 @@ static PyObject *answers_get(Answers *a, PyObject *args)
     uint64_t h = answer_hash(nr, key, path.buf, (size_t)path.len);
     struct answer *s = answer_find(a, nr, key, path.buf, (size_t)path.len, h);
     PyBuffer_Release(&path);
-    return PyLong_FromLong(s->hash ? s->err : 0);
+    return PyLong_FromLong(s->hash ? s->err : 0); /* (an errno entry: nr < FD_KEY) */
 }
 
 static PyObject *answers_len(Answers *a, PyObject *unused)
@@ -280,6 +337,11 @@ static PyMethodDef answers_methods[] = {
      "remember(nr, args, mask, path, errno): answer -errno to this call from now on (args: its 6\n"
      "arguments; mask: which of them are part of the key).  Only from the thread that runs serve()."},
     {"get", (PyCFunction)answers_get, METH_VARARGS, "get(nr, args, mask, path) -> the errno remembered, or 0."},
+    {"remember_stat", (PyCFunction)answers_remember_stat, METH_VARARGS,
+     "remember_stat(target, data): write data (a struct stat) for an fstat of an fd that links to\n"
+     "target in /proc, and answer 0.  Only from the thread that runs serve()."},
+    {"get_stat", (PyCFunction)answers_get_stat, METH_VARARGS,
+     "get_stat(target) -> the struct stat remembered for it, or None."},
     {"size", (PyCFunction)answers_len, METH_NOARGS, "size() -> how many answers are remembered."},
     {NULL, NULL, 0, NULL},
 };
@@ -299,8 +361,9 @@ static PyTypeObject AnswersType = {
 
 struct config {
     uint32_t arch;
-    /* per syscall number: path argument + 1, open flags argument + 1, the arguments (bits) that
-     * key a remembered answer */
+    /* per syscall number, TABLE_STRIDE bytes: its path argument + 1; for an open its flags
+     * argument + 1; the arguments (bits) keying a remembered errno; for an fstat-like call its
+     * fd argument + 1, its buffer argument + 1 and its AT_* flags argument + 1 */
     const unsigned char *table;
     Answers *answers;
     const char *prefixes;
@@ -308,48 +371,100 @@ struct config {
     const char *never;          /* exact paths an open must not pass (/etc/mtab) */
     size_t never_len;
     unsigned long directory_flag; /* opens with this flag go to Python (0: none do) */
+    unsigned long empty_path;     /* AT_EMPTY_PATH: with an empty path, a call is an fstat */
+    unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
 };
 
-/* 1: let it through; a negative errno: answer it; 0: Python decides; MEMORY_REFUSED: as 0, and
- * stop using this path. */
-static int passes(const struct config *c, const struct notif *n, char *path)
+enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3 };
+
+struct verdict {
+    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE; or MEMORY_REFUSED */
+    int err;          /* ERRNO: the errno */
+    const char *data; /* WRITE: what to write, where */
+    uint32_t len;
+    uint64_t buf;
+};
+
+/* An fstat of a content fd whose struct stat is remembered: WRITE; else PYTHON. */
+static int fd_stat(const struct config *c, const struct notif *n, const unsigned char *t,
+                   char *target, struct verdict *v)
 {
     const struct notif_data *d = &n->data;
+    if (t[4] == 0 || t[4] > 6 || t[3] > 6 || c->answers == NULL || c->answers->used == 0)
+        return PYTHON;
+    if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags))
+        return PYTHON;
+    char link[64];
+    snprintf(link, sizeof(link), "/proc/%u/fd/%d", n->pid, (int)(uint32_t)d->args[t[3] - 1]);
+    ssize_t len = readlink(link, target, PATH_LIMIT);
+    if (len <= 0 || len >= PATH_LIMIT)
+        return PYTHON;
+    uint64_t key[6] = {0};
+    struct answer *s = answer_find(c->answers, FD_KEY, key, target, (size_t)len,
+                                   answer_hash(FD_KEY, key, target, (size_t)len));
+    if (s->hash == 0)
+        return PYTHON;
+    v->data = s->data;
+    v->len = s->data_len;
+    v->buf = d->args[t[4] - 1];
+    return WRITE;
+}
+
+/* What to do with notification n (path: room for a path); v->kind, also returned. */
+static int decide(const struct config *c, const struct notif *n, char *path, struct verdict *v)
+{
+    const struct notif_data *d = &n->data;
+    v->kind = PYTHON;
     if (d->arch != c->arch || d->nr < 0 || d->nr >= TABLE_NRS)
-        return 0;
-    unsigned path_arg = c->table[3 * d->nr], flags_arg = c->table[3 * d->nr + 1];
-    if (path_arg == 0 || path_arg > 6 || flags_arg > 6)
-        return 0;
+        return PYTHON;
+    const unsigned char *t = &c->table[TABLE_STRIDE * d->nr];
+    unsigned path_arg = t[0], flags_arg = t[1];
+    if (path_arg > 6 || flags_arg > 6)
+        return PYTHON;
+    if (path_arg == 0) /* fstat */
+        return v->kind = t[3] ? fd_stat(c, n, t, path, v) : PYTHON;
     int is_open = flags_arg != 0;
     if (is_open && (d->args[flags_arg - 1] & c->directory_flag))
-        return 0;
+        return PYTHON;
     size_t len = 0;
     int err = read_path((pid_t)n->pid, d->args[path_arg - 1], path, &len);
     if (err == -EPERM || err == -ENOSYS)
-        return MEMORY_REFUSED;
-    if (err != 0 || len == 0 || path[0] != '/')
-        return 0;
+        return v->kind = MEMORY_REFUSED;
+    if (err != 0)
+        return PYTHON;
+    if (len == 0) { /* newfstatat(fd, "", buf, AT_EMPTY_PATH): an fstat */
+        if (t[3] == 0 || t[5] == 0 || !(d->args[t[5] - 1] & c->empty_path))
+            return PYTHON;
+        return v->kind = fd_stat(c, n, t, path, v);
+    }
+    if (path[0] != '/')
+        return PYTHON;
     if (memmem(path, len, "cvmfs", 5) != NULL) {
         if (c->answers == NULL || c->answers->used == 0)
-            return 0;
+            return PYTHON;
         uint64_t key[6];
-        key_args(d->args, c->table[3 * d->nr + 2], key);
+        key_args(d->args, t[2], key);
         struct answer *s = answer_find(c->answers, d->nr, key, path, len,
                                        answer_hash(d->nr, key, path, len));
-        return s->hash ? -s->err : 0;
+        if (s->hash == 0 || s->err == 0)
+            return PYTHON;
+        v->err = s->err;
+        return v->kind = ERRNO;
     }
     if (!has_prefix(path, len, c->prefixes, c->prefixes_len))
-        return 0;
+        return PYTHON;
     if (is_open && is_one_of(path, len, c->never, c->never_len))
-        return 0;
-    return 1;
+        return PYTHON;
+    return v->kind = CONTINUE;
 }
 
 PyDoc_STRVAR(serve_doc,
-"serve(listener, request, table, prefixes, never, directory_flag, arch, answers, counts) -> int\n\n"
+"serve(listener, request, table, prefixes, never, directory_flag, empty_path, stat_flags, arch,\n"
+"      answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
-"or answer it with an errno in answers (an Answers, or None), counting them per syscall\n"
-"number in counts (unsigned 64-bit: continued, then answered, one per number of table).\n"
+"or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
+"(unsigned 64-bit, one per number of table: continued, then answered with an errno, then\n"
+"with a struct stat).\n"
 "Returns 0 with the first other notification in request (struct seccomp_notif), -1 the\n"
 "same when the job's memory could not be read from this process, or the errno RECV\n"
 "failed with.  Raises OSError when SEND fails other than with ENOENT (call interrupted).");
@@ -357,16 +472,16 @@ PyDoc_STRVAR(serve_doc,
 static PyObject *serve(PyObject *self, PyObject *args)
 {
     int listener;
-    unsigned long directory_flag, arch;
+    unsigned long directory_flag, empty_path, stat_flags, arch;
     PyObject *answers;
     Py_buffer request, table, prefixes, never, counts;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkOw*", &listener, &request, &table, &prefixes, &never,
-                          &directory_flag, &arch, &answers, &counts))
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkkkOw*", &listener, &request, &table, &prefixes, &never,
+                          &directory_flag, &empty_path, &stat_flags, &arch, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
-    if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != 3 * TABLE_NRS ||
-        counts.len != (Py_ssize_t)(2 * 8 * TABLE_NRS)) {
+    if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != TABLE_STRIDE * TABLE_NRS ||
+        counts.len != (Py_ssize_t)(3 * 8 * TABLE_NRS)) {
         PyErr_SetString(PyExc_ValueError, "serve: buffer sizes do not match");
         goto out;
     }
@@ -376,7 +491,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
     }
     struct config c = {
         (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
-        (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag,
+        (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag, empty_path, stat_flags,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;
@@ -389,18 +504,33 @@ static PyObject *serve(PyObject *self, PyObject *args)
             code = errno;
             break;
         }
-        int verdict = passes(&c, n, path);
-        if (verdict == 0 || verdict == MEMORY_REFUSED) {
-            code = verdict;
+        struct verdict v;
+        decide(&c, n, path, &v);
+        if (v.kind == PYTHON || v.kind == MEMORY_REFUSED) {
+            code = v.kind;
             break;
         }
         /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
-        struct notif_resp resp = {n->id, 0, verdict < 0 ? verdict : 0, verdict < 0 ? 0 : FLAG_CONTINUE};
+        struct notif_resp resp = {n->id, 0, 0, 0};
+        if (v.kind == CONTINUE) {
+            resp.flags = FLAG_CONTINUE;
+        } else if (v.kind == ERRNO) {
+            resp.error = -v.err;
+        } else {
+            /* as Python: write into the job only while the call still waits (its tid may be
+             * another process's by now), and EFAULT when the buffer is not writable */
+            if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
+                continue;
+            struct iovec local = {(void *)v.data, v.len};
+            struct iovec remote = {(void *)(uintptr_t)v.buf, v.len};
+            if (process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)v.len)
+                resp.error = -EFAULT;
+        }
         if (ioctl(listener, IOCTL_SEND, &resp) < 0 && errno != ENOENT) {
             send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
             break;
         }
-        count[n->data.nr + (verdict < 0 ? TABLE_NRS : 0)] += 1;
+        count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
     }
     Py_END_ALLOW_THREADS
     if (send_errno != 0) {

@@ -165,12 +165,13 @@ class Stats(Record):
 class _Ctx:
     """The translator's view of one stopped thread (see translate.Context)."""
 
-    __slots__ = ("tid", "tgid", "pure", "_cwds", "pf_addr", "pf_path", "_read_cstring")
+    __slots__ = ("tid", "tgid", "pure", "fd_target", "_cwds", "pf_addr", "pf_path", "_read_cstring")
 
     def __init__(self, cwds: dict[int, str], mem: pt.ProcMem | None = None) -> None:
         self.tid = 0
         self.tgid = 0
         self.pure: bytes | None = None  # see translate.Context
+        self.fd_target: str | None = None
         self._cwds = cwds
         self.pf_addr = 0  # a path read ahead together with the stub depth counter
         self.pf_path: bytes | None = None
@@ -399,7 +400,7 @@ class Tracer:
         ctx = self.ctx
         ctx.tid = tid
         ctx.tgid = task.tgid
-        ctx.pure = None
+        ctx.pure = ctx.fd_target = None
         started = time.perf_counter()
         args = arch.args(regs)
         depth = None

@@ -99,6 +99,8 @@ _ANSWER_KEYS = {
     "stat": (), "lstat": (), "newfstatat": (0, 3), "statx": (0, 2, 3), "access": (1,),
     "faccessat": (0, 2), "faccessat2": (0, 2, 3), "open": (1, 2), "openat": (0, 2, 3),
 }  # fmt: skip
+# fstat-like calls answered from an fd's entry alone: fstat(fd), newfstatat(fd, "", AT_EMPTY_PATH)
+_FD_STATS = ("fstat", "newfstatat")
 _OPEN_SPECIAL = (b"/etc/mtab",)  # opens answered by the translator although under a system root
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
@@ -137,6 +139,9 @@ class Context(Protocol):
     # that walk was the decision's only one (its errno answer depends on nothing else); b"" when
     # another walk was made. Reset to None by the caller before each decision.
     pure: bytes | None
+    # Set by Translator._fd_entry: what the content fd whose entry answered links to in /proc
+    # (its struct stat depends on nothing else). Reset to None by the caller before each decision.
+    fd_target: str | None
 
     def read_path(self, addr: int) -> bytes | None: ...
     def read_memory(self, addr: int, size: int) -> bytes | None: ...
@@ -225,9 +230,14 @@ class FastRule(Record):
     with ``directory_flag`` goes to the translator, as one of ``open_special``) is left alone when
     its path is absolute, contains no "cvmfs" and starts with one of ``prefixes``.
     ``answer_keys``: per call, the arguments besides its path that an errno answer marked
-    :attr:`Context.pure` depends on."""
+    :attr:`Context.pure` depends on. ``fd_stats``: the calls that are an ``fstat`` when made
+    on an fd (``newfstatat`` with an empty path and ``AT_EMPTY_PATH``, other ``stat_flags``
+    allowed), whose written answer depends on nothing but :attr:`Context.fd_target`."""
 
-    __slots__ = ("calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys")
+    __slots__ = (
+        "calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys", "fd_stats",
+        "empty_path", "stat_flags",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -243,6 +253,9 @@ class FastRule(Record):
         self.open_special = open_special
         self.directory_flag = directory_flag
         self.answer_keys = dict(_ANSWER_KEYS)
+        self.fd_stats = _FD_STATS
+        self.empty_path = AT_EMPTY_PATH
+        self.stat_flags = _STAT_FLAGS
 
 
 class Translator:
@@ -531,6 +544,7 @@ class Translator:
             if len(self._fd_entries) >= 100_000:
                 self._fd_entries.clear()
             self._fd_entries[real] = found
+        ctx.fd_target = real
         return found
 
     def _stat_answer(self, r: Resolved, spec: Spec, args: tuple[int, ...], flags: int) -> Action:
@@ -663,11 +677,25 @@ class Translator:
             return Return(-errno.EROFS)
         if flags & O_PATH or not entry.is_regular:
             return self._path_rewrite(nr, spec, self._meta_target(r))
-        rw = self._path_rewrite(nr, spec, self._content_target(r))
+        target = self._content_target(r)
+        rw = self._path_rewrite(nr, spec, target)
         if reloc:
             assert self.ranges is not None
             rw.reloc_base, rw.reloc_cmd = self.ranges.content, cmd
+            # what the new fd will link to in /proc, and so what its fstat will find
+            if len(self._fd_entries) >= 100_000:
+                self._fd_entries.clear()
+            ctx.fd_target = os.fsdecode(target)
+            self._fd_entries[ctx.fd_target] = r
         return rw
+
+    def content_stat(self, target: str) -> bytes | None:
+        """The ``struct stat`` an ``fstat`` of a content fd linking to ``target`` gets, when
+        known (a content open just made it the fd's target); ``None`` otherwise."""
+        r = self._fd_entries.get(target)
+        if r is None:
+            return None
+        return r.stat_b or self._placeholder_bytes(r, False)
 
     def _proc_maps(self, ctx: Context, nr: int, spec: Spec, raw: bytes) -> Action:
         """``/proc/PID/maps``: a snapshot with shadow paths shown as ``/cvmfs`` paths, and paths

@@ -4,8 +4,10 @@ what the translator would, counts what it let through, and hands everything else
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import struct
 import textwrap
 
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interposer import arch_x86_64 as arch
-from interposer import notify
+from interposer import notify, seccomp
 from interposer.tracer import Stats
 from interposer.translate import Translator
 from tests.interposer.conftest import cvmfs_run
@@ -192,6 +194,65 @@ def test_serve_gives_a_remembered_answer_again_without_python():
     assert stats.actions == {"notified": 2, "fast": 2, "return": 2}
 
 
+def test_stat_answers_are_keyed_by_the_fds_target():
+    answers = fast.Answers()
+    data = arch.pack_stat(os.stat("/etc/passwd"))
+    answers.remember_stat(b"/var/cache/cvmfs/shadow/r/d/lib/libz.so", data)
+    assert answers.get_stat(b"/var/cache/cvmfs/shadow/r/d/lib/libz.so") == data
+    assert answers.get_stat(b"/var/cache/cvmfs/shadow/r/d/lib/libz.so (deleted)") is None
+    # a stat answer is not an errno answer for a call with that path, nor the reverse
+    assert answers.get(262, (0,) * 6, 0, b"/var/cache/cvmfs/shadow/r/d/lib/libz.so") == 0
+    answers.remember(262, (0,) * 6, 0, b"/cvmfs/r/x", errno.ENOENT)
+    assert answers.get_stat(b"/cvmfs/r/x") is None
+    with pytest.raises(ValueError):
+        answers.remember_stat(b"/x", b"")
+    with pytest.raises(ValueError):
+        answers.remember_stat(b"/x", bytes(1000))
+
+
+def test_serve_writes_a_remembered_struct_stat_for_an_fstat():
+    """The child fstats an fd in the content range three times, both ways glibc and the kernel
+    offer: each answered in C with what was remembered for its target (the struct stat of
+    another file, to tell them apart); an fd linking elsewhere comes to Python."""
+    ranges = seccomp.FdRanges.for_limit(1024)
+    assert ranges is not None
+    fd_in_range, other_in_range = ranges.content + 2, ranges.content + 3
+    remembered = os.stat("/etc/passwd")
+
+    def body() -> None:
+        os.dup2(os.open("/etc/hostname", os.O_RDONLY), fd_in_range)
+        sizes = [os.fstat(fd_in_range).st_size for _ in range(2)]  # newfstatat(fd, "", AT_EMPTY_PATH)
+        buf = ctypes.create_string_buffer(arch.STAT_SIZE)
+        ok = ctypes.CDLL(None, use_errno=True).syscall(arch.NR["fstat"], fd_in_range, buf) == 0
+        sizes.append(struct.unpack_from("<q", buf, 48)[0] if ok else -1)  # st_size
+        os.dup2(os.open("/etc/group", os.O_RDONLY), other_in_range)
+        with contextlib.suppress(OSError):
+            os.fstat(other_in_range)
+        odd_flags = 0x1000 | 0x4000000  # AT_EMPTY_PATH and a flag the kernel refuses
+        ctypes.CDLL(None).syscall(arch.NR["newfstatat"], fd_in_range, b"", buf, odd_flags)
+        os._exit(0 if sizes == [remembered.st_size] * 3 else 1)
+
+    path = notify.FastPath(RULE)
+    path.answers.remember_stat(b"/etc/hostname", arch.pack_stat(remembered))
+    pid, listener = _filtered_child(body, notify_opens=True)
+    try:
+        req = bytearray(notify._NOTIF.size)
+        for fd, answer in ((other_in_range, errno.EBADF), (fd_in_range, errno.EINVAL)):
+            assert path.receive(listener, req) == 0  # the other fd's fstat, then the odd flags
+            notif_id, _, _, nr, _, _, *args = notify._NOTIF.unpack(req)
+            assert (nr, args[0]) == (arch.NR["newfstatat"], fd)
+            _send(listener, notif_id, 0, -answer, 0)
+        assert path.receive(listener, req) == errno.ENOENT  # the child is gone
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(listener)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    stats = Stats()
+    path.add_counts(stats)
+    assert stats.stops == {"newfstatat": 2, "fstat": 1, "openat": 2}  # the opens: let through
+    assert stats.actions == {"notified": 5, "fast": 5, "emulate": 3}
+
+
 REMEMBERED = textwrap.dedent(
     f"""
     import errno, os, sys
@@ -216,6 +277,19 @@ REMEMBERED = textwrap.dedent(
     print(" ".join(out))
     """
 )
+
+
+def test_tar_of_content_is_the_same_without_it(job_env):
+    """tar stats each file, opens it, fstats it twice: modes, sizes and times in the archive."""
+    script = f"t=$(mktemp) && cd {MOUNT} && tar --sort=name -cf $t cases etc lib && sha256sum < $t"
+    script += " && tar -tvf $t; rm -f $t"
+    got = {}
+    for mode in ("1", "0"):
+        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
+        r = cvmfs_run(["/bin/sh", "-c", script], env, options=["--stats"])
+        assert r.returncode == 0, r.stderr.decode()
+        got[mode] = r.stdout
+    assert got["0"] == got["1"]
 
 
 def test_remembered_answers_are_the_pythons(job_env, tmp_path):
