@@ -63,6 +63,31 @@ def test_the_path_rule_by_example():
     assert not fast.path_passes(b"/etc/mtab", PREFIXES, SPECIAL, True)  # open: the job's mounts
 
 
+def _serve_child(body, path, decide):  # type: ignore[no-untyped-def]
+    """Run ``body`` in a child under the notify filter (opens notified too) and serve it with
+    ``path`` (a FastPath) until the child is gone: each notification handed over gets
+    ``decide(nr, args)``, an errno or 0 to continue. What was handed over, and the fast path's
+    own counts."""
+    pid, listener = _filtered_child(body, notify_opens=True)
+    seen = []
+    try:
+        req = bytearray(notify._NOTIF.size)
+        while (failed := path.receive(listener, req)) == 0:
+            notif_id, tid, _, nr, _, _, *args = notify._NOTIF.unpack(req)
+            assert tid == pid
+            seen.append((nr, args))
+            err = decide(nr, args)
+            _send(listener, notif_id, 0, -err, 0 if err else notify.FLAG_CONTINUE)
+        assert failed == errno.ENOENT  # no process uses the filter any more
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(listener)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    stats = Stats()
+    path.add_counts(stats)
+    return seen, stats
+
+
 def test_serve_continues_host_paths_and_hands_the_rest_to_python(tmp_path):
     """A child under the notify filter: its stat and access of system paths are let through
     in C, counted, and run; its other stats and its /etc/mtab open come to Python."""
@@ -78,26 +103,9 @@ def test_serve_continues_host_paths_and_hands_the_rest_to_python(tmp_path):
             with contextlib.suppress(OSError):
                 f()
 
-    path = notify.FastPath(RULE)
-    pid, listener = _filtered_child(body, notify_opens=True)
-    seen = []
-    try:
-        req = bytearray(notify._NOTIF.size)
-        for answer in (-errno.ENOENT, 0, -errno.EACCES):
-            assert path.receive(listener, req) == 0
-            notif_id, tid, _, nr, _, _, *args = notify._NOTIF.unpack(req)
-            assert tid == pid
-            seen.append(nr)
-            _send(listener, notif_id, 0, answer, notify.FLAG_CONTINUE if answer == 0 else 0)
-        # the child has exited: RECV fails with ENOENT (no process uses the filter any more)
-        assert path.receive(listener, req) == errno.ENOENT
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(listener)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert seen == [arch.NR["newfstatat"], arch.NR["newfstatat"], arch.NR["openat"]]
-    stats = Stats()
-    path.add_counts(stats)
+    answers = iter((errno.ENOENT, 0, errno.EACCES))
+    seen, stats = _serve_child(body, notify.FastPath(RULE), lambda nr, args: next(answers))
+    assert [nr for nr, _ in seen] == [arch.NR["newfstatat"], arch.NR["newfstatat"], arch.NR["openat"]]
     assert stats.stops == {"newfstatat": 1, "access": 1}
     assert stats.actions == {"notified": 2, "fast": 2}
 
@@ -172,24 +180,15 @@ def test_serve_gives_a_remembered_answer_again_without_python():
         os._exit(0 if results == [errno.ENOENT] * 3 + [errno.EACCES] else 1)
 
     path = notify.FastPath(RULE)
-    pid, listener = _filtered_child(body, notify_opens=True)
-    seen = []
-    try:
-        req = bytearray(notify._NOTIF.size)
-        for answer in (errno.ENOENT, errno.EACCES):
-            assert path.receive(listener, req) == 0
-            notif_id, _, _, nr, _, _, *args = notify._NOTIF.unpack(req)
-            seen.append(nr)
-            path.remember(nr, args, missing, answer)
-            _send(listener, notif_id, 0, -answer, 0)
-        assert path.receive(listener, req) == errno.ENOENT  # the child is gone
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(listener)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert seen == [arch.NR["newfstatat"], arch.NR["openat"]]
-    stats = Stats()
-    path.add_counts(stats)
+    answers = iter((errno.ENOENT, errno.EACCES))
+
+    def decide(nr: int, args: list[int]) -> int:
+        answer = next(answers)
+        path.remember(nr, args, missing, answer)
+        return answer
+
+    seen, stats = _serve_child(body, path, decide)
+    assert [nr for nr, _ in seen] == [arch.NR["newfstatat"], arch.NR["openat"]]
     assert stats.stops == {"newfstatat": 2}
     assert stats.actions == {"notified": 2, "fast": 2, "return": 2}
 
@@ -234,21 +233,12 @@ def test_serve_writes_a_remembered_struct_stat_for_an_fstat():
 
     path = notify.FastPath(RULE)
     path.answers.remember_stat(b"/etc/hostname", arch.pack_stat(remembered))
-    pid, listener = _filtered_child(body, notify_opens=True)
-    try:
-        req = bytearray(notify._NOTIF.size)
-        for fd, answer in ((other_in_range, errno.EBADF), (fd_in_range, errno.EINVAL)):
-            assert path.receive(listener, req) == 0  # the other fd's fstat, then the odd flags
-            notif_id, _, _, nr, _, _, *args = notify._NOTIF.unpack(req)
-            assert (nr, args[0]) == (arch.NR["newfstatat"], fd)
-            _send(listener, notif_id, 0, -answer, 0)
-        assert path.receive(listener, req) == errno.ENOENT  # the child is gone
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(listener)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    stats = Stats()
-    path.add_counts(stats)
+    answers = {other_in_range: errno.EBADF, fd_in_range: errno.EINVAL}
+    seen, stats = _serve_child(body, path, lambda nr, args: answers[args[0]])
+    # the other fd's fstat, then the odd flags
+    assert [(nr, args[0]) for nr, args in seen] == [
+        (arch.NR["newfstatat"], other_in_range), (arch.NR["newfstatat"], fd_in_range),
+    ]  # fmt: skip
     assert stats.stops == {"newfstatat": 2, "fstat": 1, "openat": 2}  # the opens: let through
     assert stats.actions == {"notified": 5, "fast": 5, "emulate": 3}
 
