@@ -2,14 +2,14 @@
 
 ``statx`` writes a structure the ``os`` module cannot produce (birth time, mount id, the mask of
 what was filled in), so the tracer asks the kernel itself through libc and hands the job the
-bytes, with the block count the real client reports (see ``real_blocks``). The layout is the
+bytes as they are: the same answer, block count included, as a ``statx`` relative to a shadow
+directory fd, which runs untrapped (tests/interposer/test_translate.py). The layout is the
 kernel's generic one (include/uapi/linux/stat.h), the same on every architecture.
 """
 
 from __future__ import annotations
 
 import ctypes
-import struct
 
 STATX_SIZE = 256  # sizeof(struct statx)
 STATX_BASIC_STATS = 0x7FF
@@ -17,10 +17,6 @@ STATX_BTIME = 0x800
 STATX_MNT_ID = 0x1000
 ASKED = STATX_BASIC_STATS | STATX_BTIME | STATX_MNT_ID  # what one answer is made with
 AT_STATX_SYNC_TYPE = 0x6000  # AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC: no meaning for local files
-
-_SIZE = struct.Struct("<Q")
-_SIZE_AT = 40  # stx_size
-_BLOCKS_AT = 48  # stx_blocks
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _statx = getattr(_libc, "statx", None)  # glibc >= 2.28
@@ -30,16 +26,9 @@ if _statx is not None:
 AVAILABLE = _statx is not None
 
 
-def real_blocks(size: int) -> int:
-    """``st_blocks`` as the real client reports it for files and symlinks: ``1 + size / 512``
-    (cvmfs/directory_entry.h), so ``du`` and ``ls -s`` show the published sizes, not the few
-    blocks of a sparse placeholder."""
-    return 1 + size // 512
-
-
 def shadow_statx(path: bytes) -> bytes | None:
-    """The ``struct statx`` of ``path`` itself (not followed), with the real client's block
-    count; ``None`` when libc has no ``statx`` or the call fails (the kernel then answers)."""
+    """The ``struct statx`` of ``path`` itself (not followed); ``None`` when libc has no
+    ``statx`` or the call fails (the kernel then answers)."""
     if _statx is None:
         return None
     buf = ctypes.create_string_buffer(STATX_SIZE)
