@@ -66,7 +66,7 @@ struct notif_resp {
 #define PAGE 4096UL
 
 /* serve() results besides 0 ("a notification for Python is in the buffer") */
-#define MEMORY_REFUSED (-1)  /* the job's memory cannot be read from here: do it in Python */
+#define MEMORY_REFUSED (-1)  /* the job's memory cannot be read or written from here: Python's way */
 
 /* Read the NUL-terminated string at addr in process pid, page by page (a string may end just
  * before an unmapped page).  0 and its length, or a negative errno. */
@@ -523,7 +523,12 @@ static PyObject *serve(PyObject *self, PyObject *args)
                 continue;
             struct iovec local = {(void *)v.data, v.len};
             struct iovec remote = {(void *)(uintptr_t)v.buf, v.len};
-            if (process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)v.len)
+            ssize_t wrote = process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0);
+            if (wrote < 0 && (errno == EPERM || errno == ENOSYS)) {
+                code = MEMORY_REFUSED; /* a profile refusing it: Python writes through /proc */
+                break;
+            }
+            if (wrote != (ssize_t)v.len)
                 resp.error = -EFAULT;
         }
         if (ioctl(listener, IOCTL_SEND, &resp) < 0 && errno != ENOENT) {

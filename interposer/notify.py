@@ -311,7 +311,7 @@ class Supervisor:
             if fast is not None:
                 failed = fast.receive(listener, req)
                 if failed < 0:  # no access to the job's memory from C here: Python's way
-                    log.debug("seccomp fast path: job memory unreadable, left to Python")
+                    log.debug("seccomp fast path: no process_vm_readv/writev here, left to Python")
                     fast = None
                     failed = 0
             else:

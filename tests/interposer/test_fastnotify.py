@@ -3,11 +3,13 @@ what the translator would, counts what it let through, and hands everything else
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import errno
 import os
 import struct
+import subprocess
 import textwrap
 
 import pytest
@@ -19,7 +21,7 @@ from interposer import notify, seccomp
 from interposer.tracer import Stats
 from interposer.translate import Translator
 from tests.interposer.conftest import cvmfs_run
-from tests.interposer.test_notify import _filtered_child, _send, _survey
+from tests.interposer.test_notify import ROOT, VM_WRITEV, _filtered_child, _refusing, _send, _survey
 from tests.interposer.trees import MOUNT
 
 fast = pytest.importorskip("interposer._fastnotify", reason="built without a C compiler")
@@ -294,3 +296,21 @@ def test_remembered_answers_are_the_pythons(job_env, tmp_path):
         got[mode] = r.stdout.decode().split()
     assert got["0"] == got["1"]
     assert got["0"] == ["ENOENT", "ENOTDIR", "ENOENT", "False", "ENOTDIR"] * 3 + ["EROFS", "ENOENT", "ok"]
+
+
+def test_a_profile_refusing_only_memory_writes_leaves_fstat_to_python(job_env, tmp_path):
+    """process_vm_readv allowed, process_vm_writev refused (a seccomp profile): the C loop
+    reads paths but cannot write a struct stat, so it hands the fstat to Python, which writes
+    through /proc/PID/mem; the answers are those of a plain run."""
+    script = tmp_path / "survey.py"
+    _survey(job_env, tmp_path)  # the shadow tree complete (directory link counts)
+    plain = _survey(job_env, tmp_path)
+    wrap = _refusing(VM_WRITEV)
+    r = subprocess.run([*wrap, "-m", "cvmfs_client", "run", "--", "python3", str(script)],
+                       capture_output=True, env=job_env, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    answers = {}
+    for line in r.stdout.decode().splitlines():
+        key, _, value = line.partition(" ")
+        answers[key] = ast.literal_eval(value)
+    assert answers == plain["answers"]
