@@ -222,7 +222,8 @@ class Supervisor:
         self._groups = sorted(os.getgroups())
         self._caps = _capget() if self._root else (0, 0, 0)  # (effective, permitted, inheritable)
         self._fast: FastPath | None = None
-        if tracer.names is None and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
+        # --debug logs every translated call, --name-list records every path: both in Python
+        if tracer.names is None and not tracer.debug and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
             rule = tracer.translator.fast_rule()
             if rule is not None and _fastnotify is not None:
                 self._fast = FastPath(rule)
@@ -760,8 +761,8 @@ class FastPath:
     through, without Python, the host-path calls :meth:`.Translator.fast_rule` describes
     (``stat("/etc/localtime")`` in every ``localtime()``, the dynamic loader's probes), ~6 us
     less each; it hands every other notification to Python. Used only when that rule is the
-    translator's whole decision: no policy, no name list (which records every path).
-    :data:`PURE_PYTHON_ENV` turns it off."""
+    translator's whole decision: no policy, no name list (which records every path), no
+    ``--debug`` (which logs every answer). :data:`PURE_PYTHON_ENV` turns it off."""
 
     __slots__ = (
         "_table", "_prefixes", "_special", "_directory_flag", "_empty_path", "_stat_flags", "_counts",

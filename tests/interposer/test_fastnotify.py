@@ -126,12 +126,14 @@ def test_a_job_gets_the_same_answers_with_and_without_it(job_env, tmp_path):
     assert fast_run["stats"]["actions"]["notified"] == python["stats"]["actions"]["notified"]
 
 
-def test_off_under_a_policy_and_with_a_name_list(job_env, tmp_path):
-    script = "import os, time; [os.stat('/etc/hostname') for _ in range(20)]; time.localtime()"
-    for options in (["--deny", "/home"], ["--name-list", str(tmp_path / "names")]):
-        r = cvmfs_run(["python3", "-c", script], job_env, options=["--stats", *options])
+def test_off_under_a_policy_with_a_name_list_and_with_debug(job_env, tmp_path):
+    script = f"import os; [os.stat('/etc/hostname') for _ in range(20)]; os.path.exists('{MOUNT}/x');"
+    for options in (["--deny", "/home"], ["--name-list", str(tmp_path / "names")], ["--debug"], []):
+        r = cvmfs_run(["python3", "-c", script * 2], job_env, options=["--stats", *options])
         assert r.returncode == 0, r.stderr.decode()
-        assert "'fast'" not in r.stderr.decode()
+        assert ("'fast'" in r.stderr.decode()) is (options == []), options
+        if options == ["--debug"]:  # every answer logged, the second one too
+            assert r.stderr.decode().count(f"newfstatat(b'{MOUNT}/x') -> Return") == 2
     names = (tmp_path / "names").read_text()
     assert "/etc/hostname" in names  # every path recorded: none went past Python
 
