@@ -26,12 +26,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/types.h>
 #include <sys/uio.h>
-#include <stdio.h>
 #include <unistd.h>
 
 /* linux/seccomp.h, kept here so that building needs no kernel headers */
@@ -120,7 +120,8 @@ static int is_one_of(const char *s, size_t n, const char *list, size_t list_len)
     return 0;
 }
 
-/* ---- Answers: remembered errno answers, keyed by (syscall, value arguments, path) ---------- */
+/* ---- Answers: errnos keyed by (syscall, value arguments, path); struct stats keyed by the
+ * /proc link target of a content fd (nr FD_KEY) ------------------------------------------- */
 
 #define ANSWER_SLOTS 8192 /* open addressing, at most half full: then emptied and refilled */
 

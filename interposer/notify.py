@@ -46,8 +46,9 @@ value arguments and the path (:meth:`FastPath.remember`): the dynamic loader pro
 ``struct stat`` of /cvmfs content for an ``fstat`` of a content fd, keyed by what the fd links
 to in ``/proc`` (:meth:`FastPath.remember_stat`, primed when the supervisor opens the content):
 glibc's stdio and ``tar`` fstat every file they open (W4: -10%).
-``CVMFS_CLIENT_PURE_PYTHON=1`` decides everything in Python; a job whose memory cannot be read
-with ``process_vm_readv`` (container profiles) falls back to it at its first notification.
+Not under ``--debug`` either (every answer is logged). ``CVMFS_CLIENT_PURE_PYTHON=1`` decides
+everything in Python; a job whose memory cannot be read or written with ``process_vm_readv``/
+``writev`` (container profiles) falls back to it at the first call that needs one.
 
 Decisions are the translator's, made under the tracer's lock (the two threads share its state
 and the ptrace helpers' buffers). Under a file-system policy too: the kernel
@@ -385,8 +386,8 @@ class Supervisor:
             if spec.kind is Kind.OPEN:
                 if ctx.fd_target is not None and self._fast is not None:
                     data = tracer.translator.content_stat(ctx.fd_target)
-                    if data is not None:  # the fd's fstat, answered in C from the first one
-                        self._fast.answers.remember_stat(os.fsencode(ctx.fd_target), data)
+                    if data is not None:  # the new fd's fstat, answered in C from the first one
+                        self._fast.prime_stat(ctx.fd_target, data)
                 return self._open_here(notif_id, tid, spec, action, args)
             if spec.kind is Kind.DUP:
                 return self._dup_here(notif_id, tid, action, args)
@@ -827,8 +828,13 @@ class FastPath:
         """Write ``answer``'s struct stat for an ``fstat`` of any fd linking to ``target`` from
         now on, without Python: the translator answered from the fd's entry alone
         (``Context.fd_target``). Only from the supervisor thread, between two :meth:`receive`."""
-        if nr in self._fd_stats and answer.value == 0 and len(answer.data) == arch.STAT_SIZE:
-            self.answers.remember_stat(os.fsencode(target), answer.data)
+        if nr in self._fd_stats and answer.value == 0:
+            self.prime_stat(target, answer.data)
+
+    def prime_stat(self, target: str, data: bytes) -> None:
+        """Write ``data`` (a ``struct stat``) for an ``fstat`` of any fd linking to ``target``."""
+        if len(data) == arch.STAT_SIZE:
+            self.answers.remember_stat(os.fsencode(target), data)
 
     def add_counts(self, stats: Stats) -> None:
         """Count the calls let through or answered here as Python counts its own."""

@@ -246,16 +246,20 @@ class FastRule(Record):
         prefixes: tuple[bytes, ...],
         open_special: tuple[bytes, ...],
         directory_flag: int,
+        answer_keys: dict[str, tuple[int, ...]],
+        fd_stats: tuple[str, ...],
+        empty_path: int,
+        stat_flags: int,
     ) -> None:
         self.calls = calls
         self.opens = opens
         self.prefixes = prefixes
         self.open_special = open_special
         self.directory_flag = directory_flag
-        self.answer_keys = dict(_ANSWER_KEYS)
-        self.fd_stats = _FD_STATS
-        self.empty_path = AT_EMPTY_PATH
-        self.stat_flags = _STAT_FLAGS
+        self.answer_keys = answer_keys
+        self.fd_stats = fd_stats
+        self.empty_path = empty_path
+        self.stat_flags = stat_flags
 
 
 class Translator:
@@ -360,10 +364,10 @@ class Translator:
         return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
 
     def fast_rule(self) -> FastRule | None:
-        """The part of :meth:`_plain_host` that needs nothing but the path, for a supervisor
-        that decides without Python (notify.py's fast path): the calls, and the prefixes whose
-        paths (absolute, without "cvmfs") the kernel answers alone. ``None`` under a policy,
-        where every path is walked."""
+        """What a supervisor that decides without Python (notify.py's fast path) may answer
+        alone: the part of :meth:`_plain_host` that needs nothing but the path, and what the
+        answers marked by :attr:`Context.pure` and :attr:`Context.fd_target` depend on.
+        ``None`` under a policy, where every path is walked."""
         if self.policy is not None:
             return None
         return FastRule(
@@ -372,6 +376,10 @@ class Translator:
             prefixes=tuple(r for r in _SYSTEM_ROOTS if not r.startswith(_MAGIC_ROOTS)),
             open_special=_OPEN_SPECIAL,
             directory_flag=O_DIRECTORY if self.relocate_host_dirs else 0,
+            answer_keys=dict(_ANSWER_KEYS),
+            fd_stats=_FD_STATS,
+            empty_path=AT_EMPTY_PATH,
+            stat_flags=_STAT_FLAGS,
         )
 
     def _plain_host(self, raw: bytes) -> bool:
