@@ -23,6 +23,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <sched.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -554,6 +558,138 @@ out:
     return result;
 }
 
+/* ---- fds handed over: the mechanics of notify.Supervisor._hand_over and _free_fd -------------- */
+
+#define IOCTL_ADDFD 0x40182103UL
+#define ADDFD_FLAG_SETFD 1U
+#define ADDFD_FLAG_SEND 2U
+#define KCMP_FILE 0
+#define MASK_BYTES 1024 /* 8192 CPUs, as cpu_pin.MASK_BYTES */
+
+struct addfd {
+    uint64_t id;
+    uint32_t flags;
+    uint32_t srcfd;
+    uint32_t newfd;
+    uint32_t newfd_flags;
+};
+
+/* Whether the job's fd n is open: 1, 0, or -1 when the job is gone. *kcmp says whether kcmp
+ * can be used (cleared, for good, when the kernel refuses it: then /proc/TID/fd/N is asked). */
+static int fd_used(pid_t tid, int n, int ours, int *kcmp)
+{
+    if (*kcmp) {
+        if (syscall(SYS_kcmp, tid, getpid(), KCMP_FILE, n, ours) >= 0)
+            return 1;
+        if (errno == EBADF)
+            return 0;
+        if (errno == ESRCH)
+            return -1;
+        *kcmp = 0;
+    }
+    char link[64];
+    struct stat st;
+    snprintf(link, sizeof(link), "/proc/%d/fd/%d", (int)tid, n);
+    if (lstat(link, &st) == 0)
+        return 1;
+    return errno == ENOENT ? 0 : -1;
+}
+
+PyDoc_STRVAR(first_free_doc,
+"first_free(tid, ours, start, base, end, kcmp) -> (number or -1, kcmp)\n\n"
+"notify._first_free with the job's fds probed here (kcmp against our fd ours, else\n"
+"/proc/TID/fd/N): from start to end, then from base to start, then 1024 above end.  -1: none\n"
+"free, or the job is gone.  kcmp comes back False once the kernel refused it.");
+
+static PyObject *first_free(PyObject *self, PyObject *args)
+{
+    int tid, ours, start, base, end, kcmp;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iiiiip", &tid, &ours, &start, &base, &end, &kcmp))
+        return NULL;
+    if (end < start)
+        end = start;
+    int found = -1;
+    Py_BEGIN_ALLOW_THREADS
+    int ranges[3][2] = {{start, end}, {base, start}, {end, end + 1024}};
+    for (int r = 0; r < 3 && found == -1; r++) {
+        int state = 1;
+        for (int n = ranges[r][0]; n < ranges[r][1]; n++) {
+            state = fd_used((pid_t)tid, n, ours, &kcmp);
+            if (state != 1) {
+                found = state == 0 ? n : -2;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("iO", found < 0 ? -1 : found, kcmp ? Py_True : Py_False);
+}
+
+/* Move tid (waiting in a notified call) to this thread's CPU; saved gets its mask. 1 if done. */
+static int pin(pid_t tid, unsigned char *saved)
+{
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= MASK_BYTES * 8)
+        return 0;
+    if (syscall(SYS_sched_getaffinity, tid, MASK_BYTES, saved) < 0)
+        return 0;
+    if (!(saved[cpu / 8] >> (cpu % 8) & 1))
+        return 0; /* the job may not run here: it chose its CPUs, leave them */
+    unsigned char one[MASK_BYTES] = {0};
+    one[cpu / 8] = (unsigned char)(1U << (cpu % 8));
+    return syscall(SYS_sched_setaffinity, tid, MASK_BYTES, one) == 0;
+}
+
+PyDoc_STRVAR(hand_over_doc,
+"hand_over(listener, notif_id, tid, fd, target, cloexec, pin) -> (value, error, flags, unpin_errno)\n\n"
+"notify.Supervisor._hand_over: give our fd to the waiting call notif_id, at target (-1: the\n"
+"lowest free number), the job thread moved to this CPU meanwhile when pin (cpu_pin.py).\n"
+"(value, error, flags) as _answer returns them (flags -1: answered with the fd already);\n"
+"unpin_errno: why the thread's own CPU mask could not be put back, or 0.");
+
+static PyObject *hand_over(PyObject *self, PyObject *args)
+{
+    int listener, tid, fd, target, cloexec, want_pin;
+    unsigned long long notif_id;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKiiipp", &listener, &notif_id, &tid, &fd, &target, &cloexec, &want_pin))
+        return NULL;
+    long long value = 0;
+    int error = 0, flags = 0, unpin_errno = 0;
+    unsigned char saved[MASK_BYTES] = {0}; /* the kernel fills only its own mask's bytes */
+    Py_BEGIN_ALLOW_THREADS
+    int pinned = want_pin && pin((pid_t)tid, saved);
+    for (;;) {
+        struct addfd a = {
+            notif_id, (pinned ? 0 : ADDFD_FLAG_SEND) | (target >= 0 ? ADDFD_FLAG_SETFD : 0),
+            (uint32_t)fd, target >= 0 ? (uint32_t)target : 0, cloexec ? O_CLOEXEC : 0,
+        };
+        int installed = ioctl(listener, IOCTL_ADDFD, &a);
+        if (installed >= 0) {
+            if (pinned)
+                value = installed;
+            else
+                flags = -1;
+            break;
+        }
+        int err = errno;
+        if (err == ENOENT) { /* the call was interrupted meanwhile: nothing to answer */
+            flags = -1;
+            break;
+        }
+        if (target < 0 || (err != EBADF && err != EMFILE && err != EINVAL)) {
+            error = -err; /* EMFILE and the like: the job's call fails with it */
+            break;
+        }
+        target = -1; /* a number the job cannot have (its RLIMIT_NOFILE): the lowest free one */
+    }
+    if (pinned && syscall(SYS_sched_setaffinity, tid, MASK_BYTES, saved) < 0 && errno != ESRCH)
+        unpin_errno = errno;
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("Liii", value, error, flags, unpin_errno);
+}
+
 PyDoc_STRVAR(path_passes_doc,
 "path_passes(path, prefixes, never, is_open) -> bool\n\n"
 "The path rule of serve() on its own, for tests: whether serve() would continue a call\n"
@@ -581,6 +717,8 @@ static PyObject *path_passes(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS, serve_doc},
     {"path_passes", path_passes, METH_VARARGS, path_passes_doc},
+    {"first_free", first_free, METH_VARARGS, first_free_doc},
+    {"hand_over", hand_over, METH_VARARGS, hand_over_doc},
     {NULL, NULL, 0, NULL},
 };
 

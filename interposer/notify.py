@@ -222,9 +222,11 @@ class Supervisor:
         self._gid = os.getegid()
         self._groups = sorted(os.getgroups())
         self._caps = _capget() if self._root else (0, 0, 0)  # (effective, permitted, inheritable)
+        pure = os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0")
+        self._c = None if pure else _fastnotify  # fds handed over in C where built
         self._fast: FastPath | None = None
         # --debug logs every translated call, --name-list records every path: both in Python
-        if tracer.names is None and not tracer.debug and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
+        if tracer.names is None and not tracer.debug and not pure:
             rule = tracer.translator.fast_rule()
             if rule is not None and _fastnotify is not None:
                 self._fast = FastPath(rule)
@@ -576,18 +578,25 @@ class Supervisor:
         usually finds one; a full range spills above it, as ``F_DUPFD`` would.
         """
         ranges = self.tracer.translator.ranges
-        used = functools.partial(self._fd_used, tid)
         if ranges is None or minimum not in (ranges.content, ranges.dirs):
-            return _first_free(used, minimum, minimum)
+            return self._first_free(tid, minimum, minimum)
         end = ranges.dirs if minimum == ranges.content else ranges.top
         key = (self.ctx.tgid, minimum)
         start = self._cursor.get(key, minimum)
-        found = _first_free(used, start, minimum, end)
+        found = self._first_free(tid, start, minimum, end)
         if found is not None and found < end:
             if len(self._cursor) >= 4096:
                 self._cursor.clear()
             self._cursor[key] = found + 1 if found + 1 < end else minimum
         return found
+
+    def _first_free(self, tid: int, start: int, base: int, end: int = 0) -> int | None:
+        """:func:`_first_free` over the job's fds (:meth:`_fd_used`), in C where built."""
+        if self._c is None:
+            return _first_free(functools.partial(self._fd_used, tid), start, base, end)
+        assert self.listener is not None
+        found, self._kcmp = self._c.first_free(tid, self.listener, start, base, end, self._kcmp)
+        return None if found < 0 else found
 
     def _fd_used(self, tid: int, n: int) -> bool | None:
         """Whether the job's fd ``n`` is open (None: cannot tell, the job is gone).
@@ -661,8 +670,16 @@ class Supervisor:
         (:mod:`.cpu_pin`): the fd goes over first, the job gets its CPU mask back, then the
         answer. Otherwise fd and answer go together (``ADDFD_FLAG_SEND``). A job that lowered
         its RLIMIT_NOFILE below the reserved range gets the lowest free number instead (the
-        range is an optimisation, as ``F_DUPFD`` failing is in the stub).
+        range is an optimisation, as ``F_DUPFD`` failing is in the stub). In C where built
+        (``_fastnotify.hand_over``: the same steps, without a Python call per system call).
         """
+        if self._c is not None:
+            value, error, flags, unpin_errno = self._c.hand_over(
+                self.listener, notif_id, tid, fd, -1 if target is None else target, cloexec, True
+            )
+            if unpin_errno:
+                log.warning("cannot give job thread %d its CPUs back: %s", tid, os.strerror(unpin_errno))
+            return value, error, flags
         pinned = self._same_cpu.pin(tid)
         try:
             while True:

@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import textwrap
+import time
 
 import pytest
 from hypothesis import given
@@ -316,3 +317,34 @@ def test_a_profile_refusing_only_memory_writes_leaves_fstat_to_python(job_env, t
         key, _, value = line.partition(" ")
         answers[key] = ast.literal_eval(value)
     assert answers == plain["answers"]
+
+
+@pytest.mark.parametrize("kcmp", [True, False], ids=["kcmp", "proc"])
+def test_first_free_probes_a_jobs_fds_as_python_does(kcmp):
+    """_fastnotify.first_free against notify._first_free over the same child's fds."""
+    ours = os.open("/dev/null", os.O_RDONLY)
+    child = subprocess.Popen(
+        ["python3", "-c", "import os, time; [os.dup2(0, n) for n in (700, 701, 703, 705)]; time.sleep(30)"],
+        stdin=subprocess.DEVNULL,
+        pass_fds=(),
+    )
+    try:
+        for _ in range(100):  # until the child holds its fds
+            if os.path.exists(f"/proc/{child.pid}/fd/705"):
+                break
+            time.sleep(0.05)
+        held = {n for n in range(0, 1024) if os.path.exists(f"/proc/{child.pid}/fd/{n}")}
+        assert {700, 701, 703, 705} <= held
+        for start, base, end in ((700, 700, 0), (704, 700, 706), (705, 700, 706), (0, 0, 0), (3, 3, 0)):
+            found, still = fast.first_free(child.pid, ours, start, base, end, kcmp)
+            assert found == notify._first_free(held.__contains__, start, base, end), (start, base, end)
+            assert still is kcmp  # kcmp answered (the machine's kernel has it)
+        child.kill()
+        child.wait()
+        sup = notify.Supervisor.__new__(notify.Supervisor)  # Python's probe, for the gone child
+        sup._kcmp, sup._pid, sup.listener = kcmp, os.getpid(), ours
+        python = notify._first_free(lambda n: sup._fd_used(child.pid, n), 700, 700)
+        assert fast.first_free(child.pid, ours, 700, 700, 0, kcmp)[0] == (-1 if python is None else python)
+    finally:
+        child.kill()
+        os.close(ours)
