@@ -63,7 +63,7 @@ struct notif_resp {
 #define FLAG_CONTINUE 1U
 
 #define TABLE_NRS 1024   /* syscall numbers the table covers: TABLE_STRIDE bytes each */
-#define TABLE_STRIDE 6   /* see struct config */
+#define TABLE_STRIDE 7   /* see struct config */
 #define FD_KEY TABLE_NRS /* the "syscall number" of a struct stat answer keyed by an fd's target */
 #define STAT_SIZE_MAX 256
 #define PATH_LIMIT 4096  /* PATH_MAX: longer paths go to Python, which answers ENAMETOOLONG */
@@ -140,11 +140,28 @@ struct answer {
     const char *data;
 };
 
+#define CURSORS 64 /* where the next free fd is looked for, per (thread, range): see _free_fd */
+
+struct cursor {
+    int tid;
+    int base;
+    int next;
+};
+
 typedef struct {
     PyObject_HEAD
     struct answer *slots;
     size_t used;
+    struct cursor cursors[CURSORS];
 } Answers;
+
+/* An open answered here (err 0, data): the rewritten path's open, its fd handed over. */
+struct open_answer {
+    int32_t base;    /* the reserved range's first number, or 0: the lowest free one */
+    int32_t end;     /* the range's end */
+    int32_t content; /* content (never made blocking), else a shadow directory */
+    char path[];     /* NUL-terminated */
+};
 
 static uint64_t answer_hash(int nr, const uint64_t *args, const char *path, size_t len)
 {
@@ -220,7 +237,7 @@ static int answer_key(PyObject *args, int *nr, uint64_t *key, Py_buffer *path, i
     if (!ok)
         return -1;
     uint64_t raw[6] = {0};
-    if (PyTuple_GET_SIZE(values) != 6 || *nr < 0 || *nr >= TABLE_NRS || path->len >= PATH_LIMIT) {
+    if (PyTuple_GET_SIZE(values) != 6 || *nr < 0 || *nr >= TABLE_NRS || path->len >= 2 * PATH_LIMIT) {
         PyErr_SetString(PyExc_ValueError, "Answers: a syscall number, 6 arguments and a path");
         PyBuffer_Release(path);
         return -1;
@@ -285,6 +302,51 @@ static PyObject *answers_remember(Answers *a, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *answers_remember_open(Answers *a, PyObject *args)
+{
+    PyObject *values;
+    unsigned mask;
+    int nr, base, end, content;
+    Py_buffer key_path, path;
+    if (!PyArg_ParseTuple(args, "iO!Iy*y*iip", &nr, &PyTuple_Type, &values, &mask, &key_path, &path,
+                          &base, &end, &content))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t raw[6] = {0}, key[6];
+    if (PyTuple_GET_SIZE(values) != 6 || nr < 0 || nr >= TABLE_NRS || key_path.len == 0 ||
+        key_path.len >= 2 * PATH_LIMIT || path.len == 0 || path.len >= PATH_LIMIT ||
+        memchr(path.buf, 0, (size_t)path.len) != NULL || ((char *)path.buf)[0] != '/') {
+        PyErr_SetString(PyExc_ValueError, "Answers.remember_open: a call, 6 arguments, a key, an absolute path");
+        goto out;
+    }
+    for (int i = 0; i < 6; i++) {
+        raw[i] = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
+        if (PyErr_Occurred())
+            goto out;
+    }
+    key_args(raw, mask, key);
+    size_t size = sizeof(struct open_answer) + (size_t)path.len + 1;
+    struct open_answer *o = calloc(1, size);
+    if (o == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    o->base = base;
+    o->end = end;
+    o->content = content;
+    memcpy(o->path, path.buf, (size_t)path.len);
+    int failed = answer_store(a, nr, key, key_path.buf, (size_t)key_path.len, 0, (const char *)o, size);
+    free(o);
+    if (!failed) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+out:
+    PyBuffer_Release(&key_path);
+    PyBuffer_Release(&path);
+    return result;
+}
+
 static PyObject *answers_remember_stat(Answers *a, PyObject *args)
 {
     Py_buffer target, data;
@@ -342,6 +404,11 @@ static PyMethodDef answers_methods[] = {
      "remember(nr, args, mask, path, errno): answer -errno to this call from now on (args: its 6\n"
      "arguments; mask: which of them are part of the key).  Only from the thread that runs serve()."},
     {"get", (PyCFunction)answers_get, METH_VARARGS, "get(nr, args, mask, path) -> the errno remembered, or 0."},
+    {"remember_open", (PyCFunction)answers_remember_open, METH_VARARGS,
+     "remember_open(nr, args, mask, key, path, base, end, content): open path for this call from\n"
+     "now on and hand the fd over (at a free number from base below end; base 0: the lowest).\n"
+     "key: the absolute path, or a shadow directory fd's target, NUL, the relative path (the\n"
+     "dirfd then not in mask).  Only from the thread that runs serve()."},
     {"remember_stat", (PyCFunction)answers_remember_stat, METH_VARARGS,
      "remember_stat(target, data): write data (a struct stat) for an fstat of an fd that links to\n"
      "target in /proc, and answer 0.  Only from the thread that runs serve()."},
@@ -361,202 +428,6 @@ static PyTypeObject AnswersType = {
     .tp_dealloc = (destructor)answers_dealloc,
     .tp_methods = answers_methods,
 };
-
-/* ---- serve ---------------------------------------------------------------------------------- */
-
-struct config {
-    uint32_t arch;
-    /* per syscall number, TABLE_STRIDE bytes: its path argument + 1; for an open its flags
-     * argument + 1; the arguments (bits) keying a remembered errno; for an fstat-like call its
-     * fd argument + 1, its buffer argument + 1 and its AT_* flags argument + 1 */
-    const unsigned char *table;
-    Answers *answers;
-    const char *prefixes;
-    size_t prefixes_len;
-    const char *never;          /* exact paths an open must not pass (/etc/mtab) */
-    size_t never_len;
-    unsigned long directory_flag; /* opens with this flag go to Python (0: none do) */
-    unsigned long empty_path;     /* AT_EMPTY_PATH: with an empty path, a call is an fstat */
-    unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
-};
-
-enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3 };
-
-struct verdict {
-    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE; or MEMORY_REFUSED */
-    int err;          /* ERRNO: the errno */
-    const char *data; /* WRITE: what to write, where */
-    uint32_t len;
-    uint64_t buf;
-};
-
-/* An fstat of a content fd whose struct stat is remembered: WRITE; else PYTHON. */
-static int fd_stat(const struct config *c, const struct notif *n, const unsigned char *t,
-                   char *target, struct verdict *v)
-{
-    const struct notif_data *d = &n->data;
-    if (t[4] == 0 || t[4] > 6 || t[3] > 6 || c->answers == NULL || c->answers->used == 0)
-        return PYTHON;
-    if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags))
-        return PYTHON;
-    char link[64];
-    snprintf(link, sizeof(link), "/proc/%u/fd/%d", n->pid, (int)(uint32_t)d->args[t[3] - 1]);
-    ssize_t len = readlink(link, target, PATH_LIMIT);
-    if (len <= 0 || len >= PATH_LIMIT)
-        return PYTHON;
-    uint64_t key[6] = {0};
-    struct answer *s = answer_find(c->answers, FD_KEY, key, target, (size_t)len,
-                                   answer_hash(FD_KEY, key, target, (size_t)len));
-    if (s->hash == 0)
-        return PYTHON;
-    v->data = s->data;
-    v->len = s->data_len;
-    v->buf = d->args[t[4] - 1];
-    return WRITE;
-}
-
-/* What to do with notification n (path: room for a path); v->kind, also returned. */
-static int decide(const struct config *c, const struct notif *n, char *path, struct verdict *v)
-{
-    const struct notif_data *d = &n->data;
-    v->kind = PYTHON;
-    if (d->arch != c->arch || d->nr < 0 || d->nr >= TABLE_NRS)
-        return PYTHON;
-    const unsigned char *t = &c->table[TABLE_STRIDE * d->nr];
-    unsigned path_arg = t[0], flags_arg = t[1];
-    if (path_arg > 6 || flags_arg > 6)
-        return PYTHON;
-    if (path_arg == 0) /* fstat */
-        return v->kind = t[3] ? fd_stat(c, n, t, path, v) : PYTHON;
-    int is_open = flags_arg != 0;
-    if (is_open && (d->args[flags_arg - 1] & c->directory_flag))
-        return PYTHON;
-    size_t len = 0;
-    int err = read_path((pid_t)n->pid, d->args[path_arg - 1], path, &len);
-    if (err == -EPERM || err == -ENOSYS)
-        return v->kind = MEMORY_REFUSED;
-    if (err != 0)
-        return PYTHON;
-    if (len == 0) { /* newfstatat(fd, "", buf, AT_EMPTY_PATH): an fstat */
-        if (t[3] == 0 || t[5] == 0 || !(d->args[t[5] - 1] & c->empty_path))
-            return PYTHON;
-        return v->kind = fd_stat(c, n, t, path, v);
-    }
-    if (path[0] != '/')
-        return PYTHON;
-    if (memmem(path, len, "cvmfs", 5) != NULL) {
-        if (c->answers == NULL || c->answers->used == 0)
-            return PYTHON;
-        uint64_t key[6];
-        key_args(d->args, t[2], key);
-        struct answer *s = answer_find(c->answers, d->nr, key, path, len,
-                                       answer_hash(d->nr, key, path, len));
-        if (s->hash == 0 || s->err == 0)
-            return PYTHON;
-        v->err = s->err;
-        return v->kind = ERRNO;
-    }
-    if (!has_prefix(path, len, c->prefixes, c->prefixes_len))
-        return PYTHON;
-    if (is_open && is_one_of(path, len, c->never, c->never_len))
-        return PYTHON;
-    return v->kind = CONTINUE;
-}
-
-PyDoc_STRVAR(serve_doc,
-"serve(listener, request, table, prefixes, never, directory_flag, empty_path, stat_flags, arch,\n"
-"      answers, counts) -> int\n\n"
-"Receive notifications on listener and continue every one the configuration lets through,\n"
-"or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
-"(unsigned 64-bit, one per number of table: continued, then answered with an errno, then\n"
-"with a struct stat).\n"
-"Returns 0 with the first other notification in request (struct seccomp_notif), -1 the\n"
-"same when the job's memory could not be read from this process, or the errno RECV\n"
-"failed with.  Raises OSError when SEND fails other than with ENOENT (call interrupted).");
-
-static PyObject *serve(PyObject *self, PyObject *args)
-{
-    int listener;
-    unsigned long directory_flag, empty_path, stat_flags, arch;
-    PyObject *answers;
-    Py_buffer request, table, prefixes, never, counts;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkkkOw*", &listener, &request, &table, &prefixes, &never,
-                          &directory_flag, &empty_path, &stat_flags, &arch, &answers, &counts))
-        return NULL;
-    PyObject *result = NULL;
-    if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != TABLE_STRIDE * TABLE_NRS ||
-        counts.len != (Py_ssize_t)(3 * 8 * TABLE_NRS)) {
-        PyErr_SetString(PyExc_ValueError, "serve: buffer sizes do not match");
-        goto out;
-    }
-    if (answers != Py_None && !PyObject_TypeCheck(answers, &AnswersType)) {
-        PyErr_SetString(PyExc_TypeError, "serve: answers must be an Answers or None");
-        goto out;
-    }
-    struct config c = {
-        (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
-        (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag, empty_path, stat_flags,
-    };
-    struct notif *n = request.buf;
-    uint64_t *count = counts.buf;
-    int code = 0, send_errno = 0;
-    char path[PATH_LIMIT];
-    Py_BEGIN_ALLOW_THREADS
-    for (;;) {
-        memset(n, 0, sizeof(*n)); /* RECV wants a zeroed struct */
-        if (ioctl(listener, IOCTL_RECV, n) < 0) {
-            code = errno;
-            break;
-        }
-        struct verdict v;
-        decide(&c, n, path, &v);
-        if (v.kind == PYTHON || v.kind == MEMORY_REFUSED) {
-            code = v.kind;
-            break;
-        }
-        /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
-        struct notif_resp resp = {n->id, 0, 0, 0};
-        if (v.kind == CONTINUE) {
-            resp.flags = FLAG_CONTINUE;
-        } else if (v.kind == ERRNO) {
-            resp.error = -v.err;
-        } else {
-            /* as Python: write into the job only while the call still waits (its tid may be
-             * another process's by now), and EFAULT when the buffer is not writable */
-            if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
-                continue;
-            struct iovec local = {(void *)v.data, v.len};
-            struct iovec remote = {(void *)(uintptr_t)v.buf, v.len};
-            ssize_t wrote = process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0);
-            if (wrote < 0 && (errno == EPERM || errno == ENOSYS)) {
-                code = MEMORY_REFUSED; /* a profile refusing it: Python writes through /proc */
-                break;
-            }
-            if (wrote != (ssize_t)v.len)
-                resp.error = -EFAULT;
-        }
-        if (ioctl(listener, IOCTL_SEND, &resp) < 0 && errno != ENOENT) {
-            send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
-            break;
-        }
-        count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
-    }
-    Py_END_ALLOW_THREADS
-    if (send_errno != 0) {
-        errno = send_errno;
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    result = PyLong_FromLong(code);
-out:
-    PyBuffer_Release(&request);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&prefixes);
-    PyBuffer_Release(&never);
-    PyBuffer_Release(&counts);
-    return result;
-}
 
 /* ---- fds handed over: the mechanics of notify.Supervisor._hand_over and _free_fd -------------- */
 
@@ -601,29 +472,32 @@ PyDoc_STRVAR(first_free_doc,
 "/proc/TID/fd/N): from start to end, then from base to start, then 1024 above end.  -1: none\n"
 "free, or the job is gone.  kcmp comes back False once the kernel refused it.");
 
+/* The search of first_free() (no GIL needed): a free number, or -1. */
+static int search_free(pid_t tid, int ours, int start, int base, int end, int *kcmp)
+{
+    if (end < start)
+        end = start;
+    int ranges[3][2] = {{start, end}, {base, start}, {end, end + 1024}};
+    for (int r = 0; r < 3; r++) {
+        for (int n = ranges[r][0]; n < ranges[r][1]; n++) {
+            int state = fd_used(tid, n, ours, kcmp);
+            if (state != 1)
+                return state == 0 ? n : -1;
+        }
+    }
+    return -1;
+}
+
 static PyObject *first_free(PyObject *self, PyObject *args)
 {
-    int tid, ours, start, base, end, kcmp;
+    int tid, ours, start, base, end, kcmp, found;
     (void)self;
     if (!PyArg_ParseTuple(args, "iiiiip", &tid, &ours, &start, &base, &end, &kcmp))
         return NULL;
-    if (end < start)
-        end = start;
-    int found = -1;
     Py_BEGIN_ALLOW_THREADS
-    int ranges[3][2] = {{start, end}, {base, start}, {end, end + 1024}};
-    for (int r = 0; r < 3 && found == -1; r++) {
-        int state = 1;
-        for (int n = ranges[r][0]; n < ranges[r][1]; n++) {
-            state = fd_used((pid_t)tid, n, ours, &kcmp);
-            if (state != 1) {
-                found = state == 0 ? n : -2;
-                break;
-            }
-        }
-    }
+    found = search_free((pid_t)tid, ours, start, base, end, &kcmp);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("iO", found < 0 ? -1 : found, kcmp ? Py_True : Py_False);
+    return Py_BuildValue("iO", found, kcmp ? Py_True : Py_False);
 }
 
 /* Move tid (waiting in a notified call) to this thread's CPU; saved gets its mask. 1 if done. */
@@ -648,18 +522,16 @@ PyDoc_STRVAR(hand_over_doc,
 "(value, error, flags) as _answer returns them (flags -1: answered with the fd already);\n"
 "unpin_errno: why the thread's own CPU mask could not be put back, or 0.");
 
-static PyObject *hand_over(PyObject *self, PyObject *args)
+/* The hand-over itself (no GIL needed): *value and *error as the call's answer, or 1 returned
+ * when the answer went with the fd already (or the call is gone); *unpin_errno as documented. */
+static int give_fd(int listener, uint64_t notif_id, pid_t tid, int fd, int target, int cloexec,
+                   int want_pin, long long *value, int *error, int *unpin_errno)
 {
-    int listener, tid, fd, target, cloexec, want_pin;
-    unsigned long long notif_id;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "iKiiipp", &listener, &notif_id, &tid, &fd, &target, &cloexec, &want_pin))
-        return NULL;
-    long long value = 0;
-    int error = 0, flags = 0, unpin_errno = 0;
     unsigned char saved[MASK_BYTES] = {0}; /* the kernel fills only its own mask's bytes */
-    Py_BEGIN_ALLOW_THREADS
-    int pinned = want_pin && pin((pid_t)tid, saved);
+    int pinned = want_pin && pin(tid, saved), responded = 0;
+    *value = 0;
+    *error = 0;
+    *unpin_errno = 0;
     for (;;) {
         struct addfd a = {
             notif_id, (pinned ? 0 : ADDFD_FLAG_SEND) | (target >= 0 ? ADDFD_FLAG_SETFD : 0),
@@ -668,26 +540,313 @@ static PyObject *hand_over(PyObject *self, PyObject *args)
         int installed = ioctl(listener, IOCTL_ADDFD, &a);
         if (installed >= 0) {
             if (pinned)
-                value = installed;
+                *value = installed;
             else
-                flags = -1;
+                responded = 1;
             break;
         }
         int err = errno;
         if (err == ENOENT) { /* the call was interrupted meanwhile: nothing to answer */
-            flags = -1;
+            responded = 1;
             break;
         }
         if (target < 0 || (err != EBADF && err != EMFILE && err != EINVAL)) {
-            error = -err; /* EMFILE and the like: the job's call fails with it */
+            *error = -err; /* EMFILE and the like: the job's call fails with it */
             break;
         }
         target = -1; /* a number the job cannot have (its RLIMIT_NOFILE): the lowest free one */
     }
     if (pinned && syscall(SYS_sched_setaffinity, tid, MASK_BYTES, saved) < 0 && errno != ESRCH)
-        unpin_errno = errno;
+        *unpin_errno = errno;
+    return responded;
+}
+
+static PyObject *hand_over(PyObject *self, PyObject *args)
+{
+    int listener, tid, fd, target, cloexec, want_pin;
+    unsigned long long notif_id;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKiiipp", &listener, &notif_id, &tid, &fd, &target, &cloexec, &want_pin))
+        return NULL;
+    long long value;
+    int error, unpin_errno, responded;
+    Py_BEGIN_ALLOW_THREADS
+    responded = give_fd(listener, notif_id, (pid_t)tid, fd, target, cloexec, want_pin, &value, &error,
+                        &unpin_errno);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("Liii", value, error, flags, unpin_errno);
+    return Py_BuildValue("Liii", value, error, responded ? -1 : 0, unpin_errno);
+}
+
+
+/* A remembered open (notify.Supervisor._open_here for a shadow path): open o->path here, hand
+ * the fd over at a free number of its range, as Python would. 1: answered already; else resp. */
+static int open_here(int listener, const struct notif *n, const unsigned char *table,
+                     const struct open_answer *o, Answers *answers, int *kcmp, struct notif_resp *resp)
+{
+    const struct notif_data *d = &n->data;
+    unsigned flags_arg = table[TABLE_STRIDE * d->nr + 1];
+    int flags = (int)(uint32_t)d->args[flags_arg - 1];
+    int blocking = !(flags & (O_NONBLOCK | O_PATH)) && !o->content;
+    int local = (flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY | (blocking ? O_NONBLOCK : 0);
+    int fd = open(o->path, local, 0);
+    if (fd < 0) {
+        resp->error = -errno;
+        return 0;
+    }
+    if (blocking)
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    int target = -1;
+    if (o->base > 0) { /* after the number handed last in this range to this thread, wrapping */
+        struct cursor *cur = &answers->cursors[(n->pid * 31u + (unsigned)o->base) % CURSORS];
+        int start = cur->tid == (int)n->pid && cur->base == o->base ? cur->next : o->base;
+        target = search_free((pid_t)n->pid, listener, start, o->base, o->end, kcmp);
+        if (target >= 0 && target < o->end) {
+            cur->tid = (int)n->pid;
+            cur->base = o->base;
+            cur->next = target + 1 < o->end ? target + 1 : o->base;
+        }
+    }
+    long long value;
+    int error, unpin_errno;
+    int responded = give_fd(listener, n->id, (pid_t)n->pid, fd, target, flags & O_CLOEXEC, 1, &value,
+                            &error, &unpin_errno);
+    close(fd);
+    resp->val = value;
+    resp->error = error;
+    return responded;
+}
+
+/* ---- serve ---------------------------------------------------------------------------------- */
+
+struct config {
+    uint32_t arch;
+    /* per syscall number, TABLE_STRIDE bytes: its path argument + 1; for an open its flags
+     * argument + 1; the arguments (bits) keying a remembered errno; for an fstat-like call its
+     * fd argument + 1, its buffer argument + 1 and its AT_* flags argument + 1; its dirfd
+     * argument + 1 (a path relative to it is keyed by what the dirfd links to) */
+    const unsigned char *table;
+    Answers *answers;
+    const char *prefixes;
+    size_t prefixes_len;
+    const char *never;          /* exact paths an open must not pass (/etc/mtab) */
+    size_t never_len;
+    unsigned long directory_flag; /* opens with this flag go to Python (0: none do) */
+    unsigned long empty_path;     /* AT_EMPTY_PATH: with an empty path, a call is an fstat */
+    unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
+};
+
+enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4 };
+
+struct verdict {
+    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE, OPEN; or MEMORY_REFUSED */
+    int err;          /* ERRNO: the errno */
+    const char *data; /* WRITE: what to write, where; OPEN: a struct open_answer */
+    uint32_t len;
+    uint64_t buf;
+};
+
+/* An fstat of a content fd whose struct stat is remembered: WRITE; else PYTHON. */
+static int fd_stat(const struct config *c, const struct notif *n, const unsigned char *t,
+                   char *target, struct verdict *v)
+{
+    const struct notif_data *d = &n->data;
+    if (t[4] == 0 || t[4] > 6 || t[3] > 6 || c->answers == NULL || c->answers->used == 0)
+        return PYTHON;
+    if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags))
+        return PYTHON;
+    char link[64];
+    snprintf(link, sizeof(link), "/proc/%u/fd/%d", n->pid, (int)(uint32_t)d->args[t[3] - 1]);
+    ssize_t len = readlink(link, target, PATH_LIMIT);
+    if (len <= 0 || len >= PATH_LIMIT)
+        return PYTHON;
+    uint64_t key[6] = {0};
+    struct answer *s = answer_find(c->answers, FD_KEY, key, target, (size_t)len,
+                                   answer_hash(FD_KEY, key, target, (size_t)len));
+    if (s->hash == 0)
+        return PYTHON;
+    v->data = s->data;
+    v->len = s->data_len;
+    v->buf = d->args[t[4] - 1];
+    return WRITE;
+}
+
+/* A remembered answer for this call and key path (drop: an argument bit left out of the key). */
+static int remembered(const struct config *c, const struct notif_data *d, const unsigned char *t,
+                      const char *key_path, size_t len, unsigned drop, struct verdict *v)
+{
+    if (c->answers == NULL || c->answers->used == 0)
+        return PYTHON;
+    uint64_t key[6];
+    key_args(d->args, t[2] & ~drop, key);
+    struct answer *s = answer_find(c->answers, d->nr, key, key_path, len,
+                                   answer_hash(d->nr, key, key_path, len));
+    if (s->hash == 0)
+        return PYTHON;
+    if (s->err != 0) {
+        v->err = s->err;
+        return v->kind = ERRNO;
+    }
+    if (t[1] == 0 || s->data_len < sizeof(struct open_answer))
+        return PYTHON;
+    v->data = s->data;
+    v->len = s->data_len;
+    return v->kind = OPEN;
+}
+
+/* What to do with notification n (path: room for 3 paths); v->kind, also returned. */
+static int decide(const struct config *c, const struct notif *n, char *path, struct verdict *v)
+{
+    const struct notif_data *d = &n->data;
+    v->kind = PYTHON;
+    if (d->arch != c->arch || d->nr < 0 || d->nr >= TABLE_NRS)
+        return PYTHON;
+    const unsigned char *t = &c->table[TABLE_STRIDE * d->nr];
+    unsigned path_arg = t[0], flags_arg = t[1];
+    if (path_arg > 6 || flags_arg > 6)
+        return PYTHON;
+    if (path_arg == 0) /* fstat */
+        return v->kind = t[3] ? fd_stat(c, n, t, path, v) : PYTHON;
+    int is_open = flags_arg != 0;
+    size_t len = 0;
+    int err = read_path((pid_t)n->pid, d->args[path_arg - 1], path, &len);
+    if (err == -EPERM || err == -ENOSYS)
+        return v->kind = MEMORY_REFUSED;
+    if (err != 0)
+        return PYTHON;
+    if (len == 0) { /* newfstatat(fd, "", buf, AT_EMPTY_PATH): an fstat */
+        if (t[3] == 0 || t[5] == 0 || !(d->args[t[5] - 1] & c->empty_path))
+            return PYTHON;
+        return v->kind = fd_stat(c, n, t, path, v);
+    }
+    if (path[0] != '/') { /* relative to a dirfd: keyed by its target, NUL, the path */
+        if (t[6] == 0 || t[6] > 6 || (int32_t)d->args[t[6] - 1] == -100 /* AT_FDCWD */)
+            return PYTHON;
+        if (c->answers == NULL || c->answers->used == 0)
+            return PYTHON;
+        char link[64];
+        snprintf(link, sizeof(link), "/proc/%u/fd/%d", n->pid, (int)(uint32_t)d->args[t[6] - 1]);
+        char *key_path = path + len + 1; /* "target", NUL, the relative path */
+        ssize_t k = readlink(link, key_path, PATH_LIMIT - 1);
+        if (k <= 0 || k >= PATH_LIMIT - 1)
+            return PYTHON;
+        key_path[k] = 0;
+        memcpy(key_path + k + 1, path, len);
+        return remembered(c, d, t, key_path, (size_t)k + 1 + len, 1u << (t[6] - 1), v);
+    }
+    if (memmem(path, len, "cvmfs", 5) != NULL)
+        return remembered(c, d, t, path, len, 0, v);
+    if (is_open && (d->args[flags_arg - 1] & c->directory_flag))
+        return PYTHON; /* a host directory: Python moves its fd into the reserved range */
+    if (!has_prefix(path, len, c->prefixes, c->prefixes_len))
+        return PYTHON;
+    if (is_open && is_one_of(path, len, c->never, c->never_len))
+        return PYTHON;
+    return v->kind = CONTINUE;
+}
+
+PyDoc_STRVAR(serve_doc,
+"serve(listener, request, table, prefixes, never, directory_flag, empty_path, stat_flags, arch,\n"
+"      answers, counts) -> int\n\n"
+"Receive notifications on listener and continue every one the configuration lets through,\n"
+"or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
+"(unsigned 64-bit, one per number of table: continued, then answered with an errno, with a\n"
+"struct stat, with an fd).\n"
+"Returns 0 with the first other notification in request (struct seccomp_notif), -1 the\n"
+"same when the job's memory could not be read from this process, or the errno RECV\n"
+"failed with.  Raises OSError when SEND fails other than with ENOENT (call interrupted).");
+
+static PyObject *serve(PyObject *self, PyObject *args)
+{
+    int listener;
+    unsigned long directory_flag, empty_path, stat_flags, arch;
+    PyObject *answers;
+    Py_buffer request, table, prefixes, never, counts;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkkkOw*", &listener, &request, &table, &prefixes, &never,
+                          &directory_flag, &empty_path, &stat_flags, &arch, &answers, &counts))
+        return NULL;
+    PyObject *result = NULL;
+    if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != TABLE_STRIDE * TABLE_NRS ||
+        counts.len != (Py_ssize_t)(4 * 8 * TABLE_NRS)) {
+        PyErr_SetString(PyExc_ValueError, "serve: buffer sizes do not match");
+        goto out;
+    }
+    if (answers != Py_None && !PyObject_TypeCheck(answers, &AnswersType)) {
+        PyErr_SetString(PyExc_TypeError, "serve: answers must be an Answers or None");
+        goto out;
+    }
+    struct config c = {
+        (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
+        (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag, empty_path, stat_flags,
+    };
+    struct notif *n = request.buf;
+    uint64_t *count = counts.buf;
+    int code = 0, send_errno = 0;
+    char path[3 * PATH_LIMIT];
+    int kcmp = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        memset(n, 0, sizeof(*n)); /* RECV wants a zeroed struct */
+        if (ioctl(listener, IOCTL_RECV, n) < 0) {
+            code = errno;
+            break;
+        }
+        struct verdict v;
+        decide(&c, n, path, &v);
+        if (v.kind == PYTHON || v.kind == MEMORY_REFUSED) {
+            code = v.kind;
+            break;
+        }
+        /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
+        struct notif_resp resp = {n->id, 0, 0, 0};
+        if (v.kind == OPEN) {
+            if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
+                continue; /* gone: its tid may be another process's by now */
+            int responded = open_here(listener, n, c.table, (const struct open_answer *)v.data,
+                                      c.answers, &kcmp, &resp);
+            count[n->data.nr + 3 * TABLE_NRS] += 1;
+            if (responded)
+                continue;
+        } else if (v.kind == CONTINUE) {
+            resp.flags = FLAG_CONTINUE;
+        } else if (v.kind == ERRNO) {
+            resp.error = -v.err;
+        } else {
+            /* as Python: write into the job only while the call still waits (its tid may be
+             * another process's by now), and EFAULT when the buffer is not writable */
+            if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
+                continue;
+            struct iovec local = {(void *)v.data, v.len};
+            struct iovec remote = {(void *)(uintptr_t)v.buf, v.len};
+            ssize_t wrote = process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0);
+            if (wrote < 0 && (errno == EPERM || errno == ENOSYS)) {
+                code = MEMORY_REFUSED; /* a profile refusing it: Python writes through /proc */
+                break;
+            }
+            if (wrote != (ssize_t)v.len)
+                resp.error = -EFAULT;
+        }
+        if (ioctl(listener, IOCTL_SEND, &resp) < 0 && errno != ENOENT) {
+            send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
+            break;
+        }
+        if (v.kind != OPEN)
+            count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (send_errno != 0) {
+        errno = send_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    result = PyLong_FromLong(code);
+out:
+    PyBuffer_Release(&request);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&prefixes);
+    PyBuffer_Release(&never);
+    PyBuffer_Release(&counts);
+    return result;
 }
 
 PyDoc_STRVAR(path_passes_doc,

@@ -45,7 +45,12 @@ value arguments and the path (:meth:`FastPath.remember`): the dynamic loader pro
 ~20 missing paths of a /cvmfs ``LD_LIBRARY_PATH`` in every process (W5: -10%). And it writes the
 ``struct stat`` of /cvmfs content for an ``fstat`` of a content fd, keyed by what the fd links
 to in ``/proc`` (:meth:`FastPath.remember_stat`, primed when the supervisor opens the content):
-glibc's stdio and ``tar`` fstat every file they open (W4: -10%).
+glibc's stdio and ``tar`` fstat every file they open (W4: -10%). It opens again what it was
+told (:meth:`FastPath.remember_open`): an open the translator rewrote to a shadow directory or
+content after a walk of the pinned revision alone, absolute or relative to a shadow directory's
+fd (keyed then by what that fd links to), made with :meth:`Supervisor._open_here`'s steps in C
+(W3's walks after the first: -7%; every process loading the same libraries). Handing an fd
+over is C's too (``hand_over``, ``first_free``) wherever the extension is built.
 Not under ``--debug`` either (every answer is logged). ``CVMFS_CLIENT_PURE_PYTHON=1`` decides
 everything in Python; a job whose memory cannot be read or written with ``process_vm_readv``/
 ``writev`` (container profiles) falls back to it at the first call that needs one.
@@ -78,6 +83,7 @@ from cvmfs_client import lazylog
 from . import arch_x86_64 as arch
 from . import ptrace_api as pt
 from .cpu_pin import SameCpu
+from .seccomp import FdRanges
 from .statx import STATX_SIZE
 from .syscalls import BY_NR, Kind, Spec
 from .tracer import Stats, Tracer, _Ctx, _tgid_of, describe_call
@@ -112,7 +118,7 @@ _NR_KCMP = arch.NR["kcmp"]
 _kcmp = ctypes.CDLL(None, use_errno=True).syscall
 _kcmp.argtypes = [ctypes.c_long] * 6
 _kcmp.restype = ctypes.c_long
-_STRIDE = 6  # bytes per syscall number in the fast path's table
+_STRIDE = 7  # bytes per syscall number in the fast path's table
 _REMEMBERED = frozenset({-errno.ENOENT, -errno.ENOTDIR})  # answers the fast path may give again
 _RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd already
 
@@ -386,10 +392,13 @@ class Supervisor:
         if type(action) is Rewrite:
             tracer.stats.actions["local"] += 1
             if spec.kind is Kind.OPEN:
-                if ctx.fd_target is not None and self._fast is not None:
-                    data = tracer.translator.content_stat(ctx.fd_target)
-                    if data is not None:  # the new fd's fstat, answered in C from the first one
-                        self._fast.prime_stat(ctx.fd_target, data)
+                if self._fast is not None:
+                    if ctx.pure:  # the same open again: in C
+                        self._fast.remember_open(nr, args, ctx.pure, action, tracer.translator.ranges)
+                    if ctx.fd_target is not None:
+                        data = tracer.translator.content_stat(ctx.fd_target)
+                        if data is not None:  # the new fd's fstat, answered in C from the first one
+                            self._fast.prime_stat(ctx.fd_target, data)
                 return self._open_here(notif_id, tid, spec, action, args)
             if spec.kind is Kind.DUP:
                 return self._dup_here(notif_id, tid, action, args)
@@ -784,7 +793,7 @@ class FastPath:
 
     __slots__ = (
         "_table", "_prefixes", "_special", "_directory_flag", "_empty_path", "_stat_flags", "_counts",
-        "_keys", "_opens", "_fd_stats", "answers",
+        "_keys", "_opens", "_dirfds", "_fd_stats", "answers",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule) -> None:
@@ -793,6 +802,7 @@ class FastPath:
         by_name = {spec.name: spec for spec in BY_NR.values()}
         self._keys: dict[int, int] = {}  # syscall number -> mask of the arguments keying an answer
         self._opens: dict[int, int] = {}  # the opens: syscall number -> their flags argument
+        self._dirfds: dict[int, int] = {}  # syscall number -> its dirfd argument
         for name in (*rule.calls, *rule.opens):
             spec = by_name[name]
             nr = arch.NR[name]
@@ -804,6 +814,9 @@ class FastPath:
                 self._opens[nr] = spec.flags
             mask = sum(1 << i for i in rule.answer_keys[name])
             table[_STRIDE * nr + 2] = self._keys[nr] = mask
+            if spec.dirfd is not None:  # a relative path is keyed by what the dirfd links to
+                table[_STRIDE * nr + 6] = spec.dirfd + 1
+                self._dirfds[nr] = spec.dirfd
         self._fd_stats = frozenset(arch.NR[name] for name in rule.fd_stats)
         for nr in self._fd_stats:
             spec = BY_NR[nr]
@@ -816,8 +829,8 @@ class FastPath:
         self._special = b"\0".join(rule.open_special)
         self._directory_flag = rule.directory_flag
         self._empty_path, self._stat_flags = rule.empty_path, rule.stat_flags
-        # per syscall number: let through, answered with an errno, with a struct stat
-        self._counts = bytearray(3 * 8 * size)
+        # per syscall number: let through, answered with an errno, a struct stat, an fd
+        self._counts = bytearray(4 * 8 * size)
         self.answers = _fastnotify.Answers()
 
     def receive(self, listener: int, req: bytearray) -> int:
@@ -829,17 +842,47 @@ class FastPath:
             self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self.answers, self._counts,
         )  # fmt: skip
 
-    def remember(self, nr: int, args: list[int], path: bytes, err: int) -> None:
-        """Give ``-err`` to this call with this path from now on, without Python: the
-        translator marked it as the repository's answer (``Context.pure``). Only from the
-        supervisor thread, between two :meth:`receive` calls."""
+    def remember(self, nr: int, args: list[int], key: bytes, err: int) -> None:
+        """Give ``-err`` to this call with this key (``Context.pure``: an absolute path, or a
+        shadow directory fd's target, NUL, a relative path) from now on, without Python: the
+        translator marked it as the repository's answer. Only from the supervisor thread,
+        between two :meth:`receive` calls."""
+        mask = self._mask(nr, args, key)
+        if mask is not None:
+            self.answers.remember(nr, tuple(args), mask, key, err)
+
+    def remember_open(
+        self, nr: int, args: list[int], key: bytes, action: Rewrite, ranges: FdRanges | None
+    ) -> None:
+        """Open ``action``'s path and hand the fd over, for this call with this key, from now on
+        without Python (:meth:`Supervisor._open_here` in C): the translator walked to a
+        repository entry (``Context.pure``) and rewrote the open to its shadow directory or
+        content, which stay for the job's revision."""
+        mask = self._mask(nr, args, key)
+        path, base = action.path, action.reloc_base
+        if mask is None or nr not in self._opens or args[self._opens[nr]] & os.O_PATH:
+            return
+        if path is None or not path.startswith(b"/") or action.host or action.args or action.path2:
+            return
+        if base and (ranges is None or base not in (ranges.content, ranges.dirs)):
+            return
+        content = ranges is not None and base == ranges.content
+        end = 0 if ranges is None else ranges.dirs if content else ranges.top
+        self.answers.remember_open(nr, tuple(args), mask, key, path, base, end, content)
+
+    def _mask(self, nr: int, args: list[int], key: bytes) -> int | None:
+        """The arguments keying a remembered answer of call ``nr`` (None: none is remembered)."""
         mask = self._keys.get(nr)
         if mask is None:
-            return
+            return None
         flags = self._opens.get(nr)
-        if flags is not None and args[flags] & (os.O_CREAT | os.O_TMPFILE):
-            return  # a creating open also walks its parent
-        self.answers.remember(nr, tuple(args), mask, path, err)
+        if flags is not None and (args[flags] & os.O_CREAT or args[flags] & os.O_TMPFILE == os.O_TMPFILE):
+            return None  # a creating open also walks its parent (O_TMPFILE includes O_DIRECTORY)
+        if b"\0" in key:  # relative: the dirfd's number is not the key, what it links to is
+            if nr not in self._dirfds:
+                return None
+            mask &= ~(1 << self._dirfds[nr])
+        return mask
 
     def remember_stat(self, nr: int, target: str, answer: WriteReturn) -> None:
         """Write ``answer``'s struct stat for an ``fstat`` of any fd linking to ``target`` from
@@ -863,7 +906,7 @@ class FastPath:
                 stats.actions["notified"] += n
                 stats.actions["fast"] += n
                 if index >= size:
-                    stats.actions["return" if index < 2 * size else "emulate"] += n
+                    stats.actions[("return", "emulate", "local")[index // size - 1]] += n
         memoryview(self._counts)[:] = bytes(len(self._counts))  # (serve may still hold it)
 
 

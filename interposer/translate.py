@@ -135,8 +135,9 @@ class Context(Protocol):
 
     tid: int
     tgid: int
-    # Set by Translator.locate: the absolute path whose remembered walk ended in an error, when
-    # that walk was the decision's only one (its errno answer depends on nothing else); b"" when
+    # Set by Translator.locate when the decision's only walk gave the pinned revision's answer
+    # (an entry, or an error): what that walk depended on, the absolute path or, for a path
+    # relative to a shadow directory's fd, what the fd links to in /proc, NUL, the path. b"" when
     # another walk was made. Reset to None by the caller before each decision.
     pure: bytes | None
     # Set by Translator._fd_entry: what the content fd whose entry answered links to in /proc
@@ -221,6 +222,11 @@ class Exec(Record):
 
 
 Action = Rewrite | Return | WriteReturn | Exec | None
+
+
+def _pure(found: Resolved) -> bool:
+    """Whether a walk's result is the pinned revision's alone: an entry, or an error but EIO."""
+    return found.kind == ENTRY or found.kind == ERROR and found.errno != errno.EIO
 
 
 class FastRule(Record):
@@ -339,7 +345,7 @@ class Translator:
                     self._memo[key] = found
             if found.kind == HOST and not found.touched:  # "cvmfs" merely in a host path
                 return self._via_host_link(raw, follow) or found
-            if found.kind == ERROR and first and found.errno != errno.EIO:
+            if first and _pure(found):
                 ctx.pure = raw  # the repository's answer for this revision: the same every time
             return found
         if not raw:
@@ -361,7 +367,10 @@ class Translator:
             if found_r.kind == HOST and not found_r.touched:
                 return self._via_host_link(os.fsencode(full), follow)
             return found_r
-        return self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
+        found = self.ns.resolve(logical.rstrip("/") + "/" + rel, follow)
+        if first and dirfd != AT_FDCWD and _pure(found):  # the same from this shadow directory
+            ctx.pure = os.fsencode(base) + b"\0" + raw
+        return found
 
     def fast_rule(self) -> FastRule | None:
         """What a supervisor that decides without Python (notify.py's fast path) may answer
