@@ -148,11 +148,19 @@ struct cursor {
     int next;
 };
 
+#define PIDFDS 64 /* pidfds of the job's processes, for pidfd_getfd (a copy made by a dup) */
+
+struct pidfd {
+    int pid;
+    int fd; /* 0: none */
+};
+
 typedef struct {
     PyObject_HEAD
     struct answer *slots;
     size_t used;
     struct cursor cursors[CURSORS];
+    struct pidfd pidfds[PIDFDS];
 } Answers;
 
 /* An open answered here (err 0, data): the rewritten path's open, its fd handed over. */
@@ -220,6 +228,9 @@ static PyObject *answers_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static void answers_dealloc(Answers *a)
 {
+    for (int i = 0; i < PIDFDS; i++)
+        if (a->pidfds[i].fd > 0)
+            close(a->pidfds[i].fd);
     if (a->slots != NULL) {
         answers_clear(a);
         free(a->slots);
@@ -633,13 +644,16 @@ struct config {
     unsigned long directory_flag; /* opens with this flag go to Python (0: none do) */
     unsigned long empty_path;     /* AT_EMPTY_PATH: with an empty path, a call is an fstat */
     unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
+    int dup_nr, fcntl_nr;         /* copies of reserved fds stay in their range */
+    int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
 };
 
-enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4 };
+enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5 };
 
 struct verdict {
-    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE, OPEN; or MEMORY_REFUSED */
+    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE, OPEN, DUP; or MEMORY_REFUSED */
     int err;          /* ERRNO: the errno */
+    int fd, minimum, cloexec; /* DUP: the job's fd, the copy's least number, its FD_CLOEXEC */
     const char *data; /* WRITE: what to write, where; OPEN: a struct open_answer */
     uint32_t len;
     uint64_t buf;
@@ -700,6 +714,23 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
     v->kind = PYTHON;
     if (d->arch != c->arch || d->nr < 0 || d->nr >= TABLE_NRS)
         return PYTHON;
+    if ((d->nr == c->dup_nr || d->nr == c->fcntl_nr) && c->top > 0) {
+        /* Translator._dup: a copy of a reserved fd stays in its range */
+        int fd = (int)(uint32_t)d->args[0];
+        if (fd < c->content || fd >= c->top)
+            return PYTHON;
+        int base = fd < c->dirs ? c->content : c->dirs, cmd = F_DUPFD, minimum = base;
+        if (d->nr == c->fcntl_nr) {
+            cmd = (int)(uint32_t)d->args[1];
+            if (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)
+                return PYTHON;
+            minimum = (int)(uint32_t)d->args[2] > base ? (int)(uint32_t)d->args[2] : base;
+        }
+        v->fd = fd;
+        v->minimum = minimum;
+        v->cloexec = cmd == F_DUPFD_CLOEXEC;
+        return v->kind = DUP;
+    }
     const unsigned char *t = &c->table[TABLE_STRIDE * d->nr];
     unsigned path_arg = t[0], flags_arg = t[1];
     if (path_arg > 6 || flags_arg > 6)
@@ -744,9 +775,74 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
     return v->kind = CONTINUE;
 }
 
+#define NO_PIDFD (-100000) /* take_fd: no pidfd for this thread here (Python knows its process) */
+
+/* A copy, in this process, of the job's fd (pidfd_getfd through a pidfd kept per process), or a
+ * negative errno; NO_PIDFD when tid leads no thread group (pidfd_open refuses a thread's id). */
+static int take_fd(Answers *a, pid_t tid, int fd)
+{
+    struct pidfd *p = &a->pidfds[(unsigned)tid % PIDFDS];
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (p->fd <= 0 || p->pid != tid) {
+            if (p->fd > 0)
+                close(p->fd);
+            p->fd = 0;
+            int pidfd = (int)syscall(SYS_pidfd_open, tid, 0);
+            if (pidfd < 0)
+                return NO_PIDFD;
+            p->pid = tid;
+            p->fd = pidfd;
+        }
+        int mine = (int)syscall(SYS_pidfd_getfd, p->fd, fd, 0);
+        if (mine >= 0)
+            return mine;
+        if (errno != ESRCH)
+            return -errno;
+        close(p->fd); /* a process of that pid that is gone: open it again, once */
+        p->fd = 0;
+    }
+    return -ESRCH;
+}
+
+/* Supervisor._dup_here: the copy at a free number at or above the minimum, handed over with the
+ * answer. 1: answered already; -1: Python's (no pidfd for this thread here); else resp. */
+static int dup_here(int listener, const struct notif *n, const struct config *c, const struct verdict *v,
+                    int *kcmp, struct notif_resp *resp)
+{
+    int mine = take_fd(c->answers, (pid_t)n->pid, v->fd);
+    if (mine == NO_PIDFD)
+        return -1;
+    if (mine < 0) {
+        resp->error = mine;
+        return 0;
+    }
+    int end = v->minimum == c->content ? c->dirs : v->minimum == c->dirs ? c->top : 0;
+    int target;
+    if (end == 0) {
+        target = search_free((pid_t)n->pid, listener, v->minimum, v->minimum, v->minimum, kcmp);
+    } else {
+        struct cursor *cur = &c->answers->cursors[(n->pid * 31u + (unsigned)v->minimum) % CURSORS];
+        int start = cur->tid == (int)n->pid && cur->base == v->minimum ? cur->next : v->minimum;
+        target = search_free((pid_t)n->pid, listener, start, v->minimum, end, kcmp);
+        if (target >= 0 && target < end) {
+            cur->tid = (int)n->pid;
+            cur->base = v->minimum;
+            cur->next = target + 1 < end ? target + 1 : v->minimum;
+        }
+    }
+    long long value;
+    int error, unpin_errno;
+    int responded = give_fd(listener, n->id, (pid_t)n->pid, mine, target, v->cloexec, 1, &value, &error,
+                            &unpin_errno);
+    close(mine);
+    resp->val = value;
+    resp->error = error;
+    return responded;
+}
+
 PyDoc_STRVAR(serve_doc,
 "serve(listener, request, table, prefixes, never, directory_flag, empty_path, stat_flags, arch,\n"
-"      answers, counts) -> int\n\n"
+"      (dup_nr, fcntl_nr), (content, dirs, top), answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
 "or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
 "(unsigned 64-bit, one per number of table: continued, then answered with an errno, with a\n"
@@ -757,13 +853,14 @@ PyDoc_STRVAR(serve_doc,
 
 static PyObject *serve(PyObject *self, PyObject *args)
 {
-    int listener;
+    int listener, dup_nr, fcntl_nr, content, dirs, top;
     unsigned long directory_flag, empty_path, stat_flags, arch;
     PyObject *answers;
     Py_buffer request, table, prefixes, never, counts;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkkkOw*", &listener, &request, &table, &prefixes, &never,
-                          &directory_flag, &empty_path, &stat_flags, &arch, &answers, &counts))
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkkk(ii)(iii)Ow*", &listener, &request, &table, &prefixes,
+                          &never, &directory_flag, &empty_path, &stat_flags, &arch, &dup_nr, &fcntl_nr,
+                          &content, &dirs, &top, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
     if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != TABLE_STRIDE * TABLE_NRS ||
@@ -778,6 +875,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
     struct config c = {
         (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
         (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag, empty_path, stat_flags,
+        dup_nr, fcntl_nr, content, dirs, answers == Py_None ? 0 : top,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;
@@ -799,11 +897,16 @@ static PyObject *serve(PyObject *self, PyObject *args)
         }
         /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
         struct notif_resp resp = {n->id, 0, 0, 0};
-        if (v.kind == OPEN) {
+        if (v.kind == OPEN || v.kind == DUP) {
             if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
                 continue; /* gone: its tid may be another process's by now */
-            int responded = open_here(listener, n, c.table, (const struct open_answer *)v.data,
-                                      c.answers, &kcmp, &resp);
+            int responded = v.kind == OPEN ? open_here(listener, n, c.table, (const struct open_answer *)v.data,
+                                                       c.answers, &kcmp, &resp)
+                                           : dup_here(listener, n, &c, &v, &kcmp, &resp);
+            if (responded < 0) {
+                code = PYTHON; /* req holds it: Python's */
+                break;
+            }
             count[n->data.nr + 3 * TABLE_NRS] += 1;
             if (responded)
                 continue;
@@ -830,7 +933,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
             send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
             break;
         }
-        if (v.kind != OPEN)
+        if (v.kind != OPEN && v.kind != DUP)
             count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
     }
     Py_END_ALLOW_THREADS

@@ -49,8 +49,11 @@ glibc's stdio and ``tar`` fstat every file they open (W4: -10%). It opens again 
 told (:meth:`FastPath.remember_open`): an open the translator rewrote to a shadow directory or
 content after a walk of the pinned revision alone, absolute or relative to a shadow directory's
 fd (keyed then by what that fd links to), made with :meth:`Supervisor._open_here`'s steps in C
-(W3's walks after the first: -7%; every process loading the same libraries). Handing an fd
-over is C's too (``hand_over``, ``first_free``) wherever the extension is built.
+(W3's walks after the first: -7%; every process loading the same libraries). A copy of a
+reserved fd (``Translator._dup``: it stays in its range) is made there too, as
+:meth:`Supervisor._dup_here` makes it, with a pidfd kept per process; a thread's copy, whose
+id ``pidfd_open`` refuses, stays Python's (which knows its process). Handing an fd over is C's
+too (``hand_over``, ``first_free``) wherever the extension is built.
 Not under ``--debug`` either (every answer is logged). ``CVMFS_CLIENT_PURE_PYTHON=1`` decides
 everything in Python; a job whose memory cannot be read or written with ``process_vm_readv``/
 ``writev`` (container profiles) falls back to it at the first call that needs one.
@@ -235,7 +238,7 @@ class Supervisor:
         if tracer.names is None and not tracer.debug and not pure:
             rule = tracer.translator.fast_rule()
             if rule is not None and _fastnotify is not None:
-                self._fast = FastPath(rule)
+                self._fast = FastPath(rule, tracer.translator.ranges)
 
     def start(self) -> None:
         self._thread.start()
@@ -793,11 +796,14 @@ class FastPath:
 
     __slots__ = (
         "_table", "_prefixes", "_special", "_directory_flag", "_empty_path", "_stat_flags", "_counts",
-        "_keys", "_opens", "_dirfds", "_fd_stats", "answers",
+        "_keys", "_opens", "_dirfds", "_fd_stats", "_dups", "_ranges", "answers",
     )  # fmt: skip
 
-    def __init__(self, rule: FastRule) -> None:
+    def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
         size = _fastnotify.TABLE_NRS
+        # copies of reserved fds (Translator._dup), made in C as Supervisor._dup_here does
+        self._dups = (arch.NR["dup"], arch.NR["fcntl"])
+        self._ranges = (0, 0, 0) if ranges is None else (ranges.content, ranges.dirs, ranges.top)
         table = bytearray(_STRIDE * size)  # see _fastnotify.c, struct config
         by_name = {spec.name: spec for spec in BY_NR.values()}
         self._keys: dict[int, int] = {}  # syscall number -> mask of the arguments keying an answer
@@ -839,7 +845,8 @@ class FastPath:
         C (``req`` then holds a notification, and this path is of no use to the job)."""
         return _fastnotify.serve(
             listener, req, self._table, self._prefixes, self._special, self._directory_flag,
-            self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self.answers, self._counts,
+            self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._dups, self._ranges, self.answers,
+            self._counts,
         )  # fmt: skip
 
     def remember(self, nr: int, args: list[int], key: bytes, err: int) -> None:

@@ -434,3 +434,52 @@ def test_remembered_opens_are_checked():
     for bad in (b"relative/path", b"", b"/with\0nul"):
         with pytest.raises(ValueError):
             answers.remember_open(257, args, 0b1100, b"/key", bad, 896, 1024, False)
+
+
+COPIES = textwrap.dedent(
+    f"""
+    import fcntl, os, resource, threading
+    M = "{MOUNT}"
+    top = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1024)
+    content, dirs = top - 256, top - 128
+    f = os.open(M + "/etc/example.conf", os.O_RDONLY)
+    d = os.open(M + "/etc", os.O_RDONLY | os.O_DIRECTORY)
+    out = {{}}
+    def copies(who):
+        got = []
+        for _ in range(20):
+            c1 = fcntl.fcntl(f, fcntl.F_DUPFD_CLOEXEC, 3)
+            c2 = fcntl.fcntl(d, fcntl.F_DUPFD, 3)
+            c3 = fcntl.fcntl(d, fcntl.F_DUPFD, top + 5)  # above the range: as asked
+            got.append((content <= c1 < dirs, dirs <= c2 < top, c3 >= top + 5,
+                        bool(fcntl.fcntl(c1, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+                        bool(fcntl.fcntl(c2, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+                        os.pread(c1, 9, 0), sorted(os.listdir(c2)) == sorted(os.listdir(d))))
+            for c in (c1, c2, c3):
+                os.close(c)
+        out[who] = set(got)
+    t = threading.Thread(target=copies, args=("thread",))
+    t.start()
+    copies("main")
+    t.join()
+    print(repr(out))
+    """
+)
+
+
+def test_copies_of_reserved_fds_from_threads_stay_in_their_ranges(job_env, tmp_path):
+    """fcntl(F_DUPFD) of a content and a directory fd, from the main thread (copied in C) and
+    from another thread (whose pidfd C cannot open: Python copies): each copy in its range,
+    with its own FD_CLOEXEC, the same file; above the range when asked for."""
+    script = tmp_path / "copies.py"
+    script.write_text(COPIES)
+    fast_counts = {}
+    for mode in ("0", "1"):
+        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
+        r = cvmfs_run(["python3", str(script)], env, options=["--stats"])
+        assert r.returncode == 0, r.stderr.decode()
+        want = {(True, True, True, True, False, b"# example", True)}
+        assert ast.literal_eval(r.stdout.decode()) == {"thread": want, "main": want}, mode
+        stats = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+        fast_counts[mode] = stats["actions"].get("fast", 0)
+    assert fast_counts["0"] - fast_counts["1"] >= 40  # the main thread's copies (the thread's: Python)
