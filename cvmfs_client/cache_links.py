@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import lazylog
+from .namehash import sha1_hex
 from .records import Record
 
 log = lazylog.get(__name__)
@@ -76,9 +77,7 @@ class Collection(Record):
 
 
 def _key(path: Path) -> str:
-    import hashlib  # start-up time: a warm interposer job holds a unit without registering
-
-    return hashlib.sha1(os.fsencode(path)).hexdigest()[:16]
+    return sha1_hex(os.fsencode(path))[:16]
 
 
 def _link_name(directory: Path, target: Path) -> None:

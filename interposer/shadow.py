@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvmfs_client.namehash import md5_hex
+
 if TYPE_CHECKING:  # the catalog module pulls in SQLAlchemy: import it only when mounting
     from cvmfs_client.catalog import DirEntry
 
@@ -117,9 +119,7 @@ class ShadowTree:
         _set_meta(self.meta, root_entry)
 
     def _marker(self, inner: str) -> str:
-        import hashlib  # start-up time: OpenSSL loads only once a repository is used
-
-        return f"{self._markers}/{hashlib.md5(inner.encode('utf-8', 'surrogateescape')).hexdigest()}"
+        return f"{self._markers}/{md5_hex(inner.encode('utf-8', 'surrogateescape'))}"
 
     def is_populated(self, inner: str) -> bool:
         """Whether ``m/<inner>`` is complete (this job or an earlier one populated it)."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cvmfs_client import lazylog
 from cvmfs_client.errors import CvmfsError, FetchError, LookupFailure
+from cvmfs_client.namehash import sha1_hex
 
 if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first repository mounts
     from cvmfs_client.catalog import DirEntry
@@ -409,13 +410,11 @@ def short_link(uid: int, target: bytes, room: int) -> str:
     one user whose digests share those characters, one chance in 2**32 with 8, would take the
     link from each other's running jobs.)
     """
-    import hashlib  # start-up time: OpenSSL loads only when a job needs it
-
     link_dir = f"/tmp/.c{uid}"
     fits = min(8, room - len(link_dir) - 1)
     if fits < 1:
         raise ValueError(f"no symlink for {target!r} fits in {room} bytes")
-    return f"{link_dir}/{hashlib.sha1(target).hexdigest()[:fits]}"
+    return f"{link_dir}/{sha1_hex(target)[:fits]}"
 
 
 class Namespace:
@@ -470,8 +469,6 @@ class Namespace:
         Copies live in ``p/``, keyed by program (name and identity) and interpreter, and
         ``/proc/PID/exe`` of the job shows ``logical``.
         """
-        import hashlib  # start-up time: OpenSSL loads only when a job needs it
-
         short = short_link(os.getuid(), target, interp.size - 1)
         link_dir = os.path.dirname(short)
         with contextlib.suppress(FileExistsError):
@@ -493,7 +490,7 @@ class Namespace:
         # under the same name, where a /cvmfs content path names one content for good.
         st_p = os.stat(program)
         ident = f"{st_p.st_dev}:{st_p.st_ino}:{st_p.st_size}:{st_p.st_mtime_ns}".encode()
-        key = hashlib.sha1(program + b"\0" + short.encode() + b"\0" + ident).hexdigest()[:24]
+        key = sha1_hex(program + b"\0" + short.encode() + b"\0" + ident)[:24]
         patched = self.base / "p" / key
         if not patched.exists():
             data = bytearray(Path(os.fsdecode(program)).read_bytes())
@@ -575,10 +572,8 @@ class Namespace:
         return m
 
     def _state_file(self, name: str) -> Path:
-        import hashlib  # start-up time: OpenSSL loads only when a job needs it
-
         pins = "|".join(self._params.get(k, "") for k in ("CVMFS_ROOT_HASH", "CVMFS_REPOSITORY_TAG"))
-        key = hashlib.sha1(pins.encode()).hexdigest()[:12]
+        key = sha1_hex(pins.encode())[:12]
         return self.base / "r" / name / f"{key}.mounted"
 
     def _mount(self, name: str) -> Mount:
