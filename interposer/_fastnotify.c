@@ -589,6 +589,37 @@ static PyObject *hand_over(PyObject *self, PyObject *args)
 }
 
 
+/* Supervisor._free_fd for a reserved range [base, end): after the number handed last in it to
+ * this thread (per process in Python: only where the search starts differs), wrapping, then
+ * above the range.  -1: none, or the job is gone. */
+static int free_in_range(Answers *a, pid_t tid, int listener, int base, int end, int *kcmp)
+{
+    struct cursor *cur = &a->cursors[((unsigned)tid * 31u + (unsigned)base) % CURSORS];
+    int start = cur->tid == (int)tid && cur->base == base ? cur->next : base;
+    int found = search_free(tid, listener, start, base, end, kcmp);
+    if (found >= 0 && found < end) {
+        cur->tid = (int)tid;
+        cur->base = base;
+        cur->next = found + 1 < end ? found + 1 : base;
+    }
+    return found;
+}
+
+/* Hand our fd over as the answer to n (at target, or the lowest free number when -1), then
+ * close it. 1: answered already; else the answer is in resp. */
+static int hand_back(int listener, const struct notif *n, int fd, int target, int cloexec,
+                     struct notif_resp *resp)
+{
+    long long value;
+    int error, unpin_errno;
+    int responded = give_fd(listener, n->id, (pid_t)n->pid, fd, target, cloexec, 1, &value, &error,
+                            &unpin_errno);
+    close(fd);
+    resp->val = value;
+    resp->error = error;
+    return responded;
+}
+
 /* A remembered open (notify.Supervisor._open_here for a shadow path): open o->path here, hand
  * the fd over at a free number of its range, as Python would. 1: answered already; else resp. */
 static int open_here(int listener, const struct notif *n, const unsigned char *table,
@@ -606,25 +637,8 @@ static int open_here(int listener, const struct notif *n, const unsigned char *t
     }
     if (blocking)
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    int target = -1;
-    if (o->base > 0) { /* after the number handed last in this range to this thread, wrapping */
-        struct cursor *cur = &answers->cursors[(n->pid * 31u + (unsigned)o->base) % CURSORS];
-        int start = cur->tid == (int)n->pid && cur->base == o->base ? cur->next : o->base;
-        target = search_free((pid_t)n->pid, listener, start, o->base, o->end, kcmp);
-        if (target >= 0 && target < o->end) {
-            cur->tid = (int)n->pid;
-            cur->base = o->base;
-            cur->next = target + 1 < o->end ? target + 1 : o->base;
-        }
-    }
-    long long value;
-    int error, unpin_errno;
-    int responded = give_fd(listener, n->id, (pid_t)n->pid, fd, target, flags & O_CLOEXEC, 1, &value,
-                            &error, &unpin_errno);
-    close(fd);
-    resp->val = value;
-    resp->error = error;
-    return responded;
+    int target = o->base > 0 ? free_in_range(answers, (pid_t)n->pid, listener, o->base, o->end, kcmp) : -1;
+    return hand_back(listener, n, fd, target, flags & O_CLOEXEC, resp);
 }
 
 /* ---- serve ---------------------------------------------------------------------------------- */
@@ -817,27 +831,9 @@ static int dup_here(int listener, const struct notif *n, const struct config *c,
         return 0;
     }
     int end = v->minimum == c->content ? c->dirs : v->minimum == c->dirs ? c->top : 0;
-    int target;
-    if (end == 0) {
-        target = search_free((pid_t)n->pid, listener, v->minimum, v->minimum, v->minimum, kcmp);
-    } else {
-        struct cursor *cur = &c->answers->cursors[(n->pid * 31u + (unsigned)v->minimum) % CURSORS];
-        int start = cur->tid == (int)n->pid && cur->base == v->minimum ? cur->next : v->minimum;
-        target = search_free((pid_t)n->pid, listener, start, v->minimum, end, kcmp);
-        if (target >= 0 && target < end) {
-            cur->tid = (int)n->pid;
-            cur->base = v->minimum;
-            cur->next = target + 1 < end ? target + 1 : v->minimum;
-        }
-    }
-    long long value;
-    int error, unpin_errno;
-    int responded = give_fd(listener, n->id, (pid_t)n->pid, mine, target, v->cloexec, 1, &value, &error,
-                            &unpin_errno);
-    close(mine);
-    resp->val = value;
-    resp->error = error;
-    return responded;
+    int target = end ? free_in_range(c->answers, (pid_t)n->pid, listener, v->minimum, end, kcmp)
+                     : search_free((pid_t)n->pid, listener, v->minimum, v->minimum, v->minimum, kcmp);
+    return hand_back(listener, n, mine, target, v->cloexec, resp);
 }
 
 PyDoc_STRVAR(serve_doc,
