@@ -133,7 +133,8 @@ struct answer {
     uint64_t hash; /* 0: empty */
     uint64_t args[6]; /* the key's value arguments, the others zero */
     int32_t nr;
-    int32_t err;      /* an errno answer, or 0 with data */
+    int32_t kind;     /* ANSWER_* */
+    int32_t err;      /* ANSWER_ERRNO: the errno */
     uint32_t len;
     uint32_t data_len;
     char *path;       /* path and data, in one allocation */
@@ -153,6 +154,15 @@ struct cursor {
 struct pidfd {
     int pid;
     int fd; /* 0: none */
+};
+
+/* What a remembered answer is: an errno; an open (data: struct open_answer); bytes to write
+ * into the call's buffer (data); the same call made here on another path (data: struct restat) */
+enum { ANSWER_ERRNO = 0, ANSWER_OPEN = 1, ANSWER_WRITE = 2, ANSWER_RESTAT = 3 };
+
+struct restat {
+    uint32_t out_size; /* what the call writes into its buffer */
+    char path[];       /* NUL-terminated */
 };
 
 typedef struct {
@@ -239,6 +249,25 @@ static void answers_dealloc(Answers *a)
 }
 
 /* Parse (nr, args tuple of 6, mask, path) shared by remember() and get(). */
+/* The key's value arguments of call nr from a tuple of its 6 arguments (mask: which count), with
+ * the sizes checked: 0, or -1 with ValueError set. */
+static int key_of(PyObject *values, unsigned mask, int nr, Py_ssize_t key_len, uint64_t *key)
+{
+    uint64_t raw[6] = {0};
+    if (PyTuple_GET_SIZE(values) != 6 || nr < 0 || nr >= TABLE_NRS || key_len == 0 ||
+        key_len >= 2 * PATH_LIMIT) {
+        PyErr_SetString(PyExc_ValueError, "Answers: a syscall number, its 6 arguments and a key");
+        return -1;
+    }
+    for (int i = 0; i < 6; i++) {
+        raw[i] = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
+        if (PyErr_Occurred())
+            return -1;
+    }
+    key_args(raw, mask, key);
+    return 0;
+}
+
 static int answer_key(PyObject *args, int *nr, uint64_t *key, Py_buffer *path, int *err)
 {
     PyObject *values;
@@ -247,26 +276,16 @@ static int answer_key(PyObject *args, int *nr, uint64_t *key, Py_buffer *path, i
                          : PyArg_ParseTuple(args, "iO!Iy*", nr, &PyTuple_Type, &values, &mask, path);
     if (!ok)
         return -1;
-    uint64_t raw[6] = {0};
-    if (PyTuple_GET_SIZE(values) != 6 || *nr < 0 || *nr >= TABLE_NRS || path->len >= 2 * PATH_LIMIT) {
-        PyErr_SetString(PyExc_ValueError, "Answers: a syscall number, 6 arguments and a path");
+    if (key_of(values, mask, *nr, path->len, key) < 0) {
         PyBuffer_Release(path);
         return -1;
     }
-    for (int i = 0; i < 6; i++) {
-        raw[i] = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
-        if (PyErr_Occurred()) {
-            PyBuffer_Release(path);
-            return -1;
-        }
-    }
-    key_args(raw, mask, key);
     return 0;
 }
 
 /* Store (or replace) an answer: an errno, or data. 0, or -1 with MemoryError set. */
 static int answer_store(Answers *a, int nr, const uint64_t *key, const char *path, size_t len,
-                        int err, const char *data, size_t data_len)
+                        int kind, int err, const char *data, size_t data_len)
 {
     if (2 * (a->used + 1) > ANSWER_SLOTS)
         answers_clear(a);
@@ -288,6 +307,7 @@ static int answer_store(Answers *a, int nr, const uint64_t *key, const char *pat
     memcpy(s->args, key, sizeof(s->args));
     s->len = (uint32_t)len;
     s->path = copy;
+    s->kind = kind;
     s->err = err;
     s->data = copy + len;
     s->data_len = (uint32_t)data_len;
@@ -306,56 +326,88 @@ static PyObject *answers_remember(Answers *a, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "Answers.remember: an errno (positive) and a path");
         return NULL;
     }
-    int failed = answer_store(a, nr, key, path.buf, (size_t)path.len, err, NULL, 0);
+    int failed = answer_store(a, nr, key, path.buf, (size_t)path.len, ANSWER_ERRNO, err, NULL, 0);
     PyBuffer_Release(&path);
     if (failed)
         return NULL;
     Py_RETURN_NONE;
 }
 
-static PyObject *answers_remember_open(Answers *a, PyObject *args)
+/* remember_open, remember_write, remember_restat: (nr, args, mask, key, blob, extras...) stored
+ * as kind; blob is a path for an open or a restat, the bytes to write for a write. */
+static PyObject *remember_blob(Answers *a, PyObject *args, int kind)
 {
     PyObject *values;
-    unsigned mask;
-    int nr, base, end, content;
-    Py_buffer key_path, path;
-    if (!PyArg_ParseTuple(args, "iO!Iy*y*iip", &nr, &PyTuple_Type, &values, &mask, &key_path, &path,
-                          &base, &end, &content))
+    unsigned mask, out_size = 0;
+    int nr, base = 0, end = 0, content = 0, ok;
+    Py_buffer key_path, blob;
+    if (kind == ANSWER_OPEN)
+        ok = PyArg_ParseTuple(args, "iO!Iy*y*iip", &nr, &PyTuple_Type, &values, &mask, &key_path, &blob,
+                              &base, &end, &content);
+    else if (kind == ANSWER_RESTAT)
+        ok = PyArg_ParseTuple(args, "iO!Iy*y*I", &nr, &PyTuple_Type, &values, &mask, &key_path, &blob,
+                              &out_size);
+    else
+        ok = PyArg_ParseTuple(args, "iO!Iy*y*", &nr, &PyTuple_Type, &values, &mask, &key_path, &blob);
+    if (!ok)
         return NULL;
     PyObject *result = NULL;
-    uint64_t raw[6] = {0}, key[6];
-    if (PyTuple_GET_SIZE(values) != 6 || nr < 0 || nr >= TABLE_NRS || key_path.len == 0 ||
-        key_path.len >= 2 * PATH_LIMIT || path.len == 0 || path.len >= PATH_LIMIT ||
-        memchr(path.buf, 0, (size_t)path.len) != NULL || ((char *)path.buf)[0] != '/') {
-        PyErr_SetString(PyExc_ValueError, "Answers.remember_open: a call, 6 arguments, a key, an absolute path");
+    uint64_t key[6];
+    const char *b = blob.buf;
+    size_t n = (size_t)blob.len;
+    int bad = n == 0 || (kind == ANSWER_WRITE ? n > STAT_SIZE_MAX
+                                              : n >= PATH_LIMIT || memchr(b, 0, n) != NULL || b[0] != '/');
+    if (bad || (kind == ANSWER_RESTAT && (out_size == 0 || out_size > STAT_SIZE_MAX))) {
+        PyErr_SetString(PyExc_ValueError, "Answers: what to answer is not a stat's bytes or an absolute path");
         goto out;
     }
-    for (int i = 0; i < 6; i++) {
-        raw[i] = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
-        if (PyErr_Occurred())
-            goto out;
-    }
-    key_args(raw, mask, key);
-    size_t size = sizeof(struct open_answer) + (size_t)path.len + 1;
-    struct open_answer *o = calloc(1, size);
-    if (o == NULL) {
+    if (key_of(values, mask, nr, key_path.len, key) < 0)
+        goto out;
+    size_t size = kind == ANSWER_WRITE ? n
+                  : kind == ANSWER_OPEN ? sizeof(struct open_answer) + n + 1
+                                        : sizeof(struct restat) + n + 1;
+    char *data = kind == ANSWER_WRITE ? NULL : calloc(1, size);
+    if (kind != ANSWER_WRITE && data == NULL) {
         PyErr_NoMemory();
         goto out;
     }
-    o->base = base;
-    o->end = end;
-    o->content = content;
-    memcpy(o->path, path.buf, (size_t)path.len);
-    int failed = answer_store(a, nr, key, key_path.buf, (size_t)key_path.len, 0, (const char *)o, size);
-    free(o);
+    if (kind == ANSWER_OPEN) {
+        struct open_answer *o = (struct open_answer *)data;
+        o->base = base;
+        o->end = end;
+        o->content = content;
+        memcpy(o->path, b, n);
+    } else if (kind == ANSWER_RESTAT) {
+        struct restat *r = (struct restat *)data;
+        r->out_size = out_size;
+        memcpy(r->path, b, n);
+    }
+    int failed = answer_store(a, nr, key, key_path.buf, (size_t)key_path.len, kind, 0,
+                              data != NULL ? data : b, size);
+    free(data);
     if (!failed) {
         result = Py_None;
         Py_INCREF(result);
     }
 out:
     PyBuffer_Release(&key_path);
-    PyBuffer_Release(&path);
+    PyBuffer_Release(&blob);
     return result;
+}
+
+static PyObject *answers_remember_open(Answers *a, PyObject *args)
+{
+    return remember_blob(a, args, ANSWER_OPEN);
+}
+
+static PyObject *answers_remember_write(Answers *a, PyObject *args)
+{
+    return remember_blob(a, args, ANSWER_WRITE);
+}
+
+static PyObject *answers_remember_restat(Answers *a, PyObject *args)
+{
+    return remember_blob(a, args, ANSWER_RESTAT);
 }
 
 static PyObject *answers_remember_stat(Answers *a, PyObject *args)
@@ -367,7 +419,7 @@ static PyObject *answers_remember_stat(Answers *a, PyObject *args)
     PyObject *result = NULL;
     if (target.len == 0 || target.len >= PATH_LIMIT || data.len == 0 || data.len > STAT_SIZE_MAX) {
         PyErr_SetString(PyExc_ValueError, "Answers.remember_stat: a target and a struct stat");
-    } else if (answer_store(a, FD_KEY, key, target.buf, (size_t)target.len, 0, data.buf,
+    } else if (answer_store(a, FD_KEY, key, target.buf, (size_t)target.len, ANSWER_WRITE, 0, data.buf,
                             (size_t)data.len) == 0) {
         result = Py_None;
         Py_INCREF(result);
@@ -401,7 +453,7 @@ static PyObject *answers_get(Answers *a, PyObject *args)
     uint64_t h = answer_hash(nr, key, path.buf, (size_t)path.len);
     struct answer *s = answer_find(a, nr, key, path.buf, (size_t)path.len, h);
     PyBuffer_Release(&path);
-    return PyLong_FromLong(s->hash ? s->err : 0); /* (an errno entry: nr < FD_KEY) */
+    return PyLong_FromLong(s->hash && s->kind == ANSWER_ERRNO ? s->err : 0);
 }
 
 static PyObject *answers_len(Answers *a, PyObject *unused)
@@ -420,6 +472,12 @@ static PyMethodDef answers_methods[] = {
      "now on and hand the fd over (at a free number from base below end; base 0: the lowest).\n"
      "key: the absolute path, or a shadow directory fd's target, NUL, the relative path (the\n"
      "dirfd then not in mask).  Only from the thread that runs serve()."},
+    {"remember_write", (PyCFunction)answers_remember_write, METH_VARARGS,
+     "remember_write(nr, args, mask, key, data): write data into the call's buffer and answer 0\n"
+     "for this call with this key from now on (a struct stat).  Only from serve()'s thread."},
+    {"remember_restat", (PyCFunction)answers_remember_restat, METH_VARARGS,
+     "remember_restat(nr, args, mask, key, path, out_size): make the call here on path instead\n"
+     "(a shadow directory's stat) and copy its out_size bytes of answer over, from now on."},
     {"remember_stat", (PyCFunction)answers_remember_stat, METH_VARARGS,
      "remember_stat(target, data): write data (a struct stat) for an fstat of an fd that links to\n"
      "target in /proc, and answer 0.  Only from the thread that runs serve()."},
@@ -662,10 +720,10 @@ struct config {
     int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
 };
 
-enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5 };
+enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5, RESTAT = 6 };
 
 struct verdict {
-    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE, OPEN, DUP; or MEMORY_REFUSED */
+    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE, OPEN, DUP, RESTAT; or MEMORY_REFUSED */
     int err;          /* ERRNO: the errno */
     int fd, minimum, cloexec; /* DUP: the job's fd, the copy's least number, its FD_CLOEXEC */
     const char *data; /* WRITE: what to write, where; OPEN: a struct open_answer */
@@ -710,15 +768,50 @@ static int remembered(const struct config *c, const struct notif_data *d, const 
                                    answer_hash(d->nr, key, key_path, len));
     if (s->hash == 0)
         return PYTHON;
-    if (s->err != 0) {
-        v->err = s->err;
-        return v->kind = ERRNO;
-    }
-    if (t[1] == 0 || s->data_len < sizeof(struct open_answer))
-        return PYTHON;
     v->data = s->data;
     v->len = s->data_len;
-    return v->kind = OPEN;
+    switch (s->kind) {
+    case ANSWER_ERRNO:
+        v->err = s->err;
+        return v->kind = ERRNO;
+    case ANSWER_OPEN:
+        return v->kind = t[1] != 0 && s->data_len >= sizeof(struct open_answer) ? OPEN : PYTHON;
+    case ANSWER_WRITE:
+    case ANSWER_RESTAT:
+        if (t[4] == 0 || t[4] > 6)
+            return PYTHON;
+        v->buf = d->args[t[4] - 1];
+        return v->kind = s->kind == ANSWER_WRITE ? WRITE : RESTAT;
+    }
+    return PYTHON;
+}
+
+/* Supervisor._run_here for a remembered stat: the call made here on the shadow path, its
+ * answer copied into the job's buffer. 0, or MEMORY_REFUSED (the copy is Python's). */
+static int restat_here(const struct notif *n, const unsigned char *t, const struct verdict *v,
+                       struct notif_resp *resp)
+{
+    const struct restat *r = (const struct restat *)v->data;
+    char out[STAT_SIZE_MAX];
+    uint64_t a[6];
+    memcpy(a, n->data.args, sizeof(a));
+    a[t[0] - 1] = (uint64_t)(uintptr_t)r->path;
+    a[t[4] - 1] = (uint64_t)(uintptr_t)out;
+    long res = syscall(n->data.nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    if (res < 0) {
+        resp->error = -errno;
+        return 0;
+    }
+    struct iovec local = {out, r->out_size};
+    struct iovec remote = {(void *)(uintptr_t)v->buf, r->out_size};
+    ssize_t wrote = process_vm_writev((pid_t)n->pid, &local, 1, &remote, 1, 0);
+    if (wrote < 0 && (errno == EPERM || errno == ENOSYS))
+        return MEMORY_REFUSED;
+    if (wrote != (ssize_t)r->out_size)
+        resp->error = -EFAULT;
+    else
+        resp->val = res;
+    return 0;
 }
 
 /* What to do with notification n (path: room for 3 paths); v->kind, also returned. */
@@ -906,6 +999,14 @@ static PyObject *serve(PyObject *self, PyObject *args)
             count[n->data.nr + 3 * TABLE_NRS] += 1;
             if (responded)
                 continue;
+        } else if (v.kind == RESTAT) {
+            if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
+                continue;
+            if (restat_here(n, &c.table[TABLE_STRIDE * n->data.nr], &v, &resp) == MEMORY_REFUSED) {
+                code = MEMORY_REFUSED;
+                break;
+            }
+            count[n->data.nr + 3 * TABLE_NRS] += 1;
         } else if (v.kind == CONTINUE) {
             resp.flags = FLAG_CONTINUE;
         } else if (v.kind == ERRNO) {
@@ -929,7 +1030,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
             send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
             break;
         }
-        if (v.kind != OPEN && v.kind != DUP)
+        if (v.kind != OPEN && v.kind != DUP && v.kind != RESTAT)
             count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
     }
     Py_END_ALLOW_THREADS

@@ -45,7 +45,11 @@ value arguments and the path (:meth:`FastPath.remember`): the dynamic loader pro
 ~20 missing paths of a /cvmfs ``LD_LIBRARY_PATH`` in every process (W5: -10%). And it writes the
 ``struct stat`` of /cvmfs content for an ``fstat`` of a content fd, keyed by what the fd links
 to in ``/proc`` (:meth:`FastPath.remember_stat`, primed when the supervisor opens the content):
-glibc's stdio and ``tar`` fstat every file they open (W4: -10%). It opens again what it was
+glibc's stdio and ``tar`` fstat every file they open (W4: -10%). A ``stat`` made again after a
+walk of the pinned revision alone is answered there too: a file's or symlink's placeholder
+``struct stat`` written (:meth:`FastPath.remember_write`), a directory's asked of the kernel on
+its shadow path each time (:meth:`FastPath.remember_restat`; importlib stats its directories
+before every import: W2 -4%). It opens again what it was
 told (:meth:`FastPath.remember_open`): an open the translator rewrote to a shadow directory or
 content after a walk of the pinned revision alone, absolute or relative to a shadow directory's
 fd (keyed then by what that fd links to), made with :meth:`Supervisor._open_here`'s steps in C
@@ -389,8 +393,11 @@ class Supervisor:
             tracer.stats.actions["emulate"] += 1
             if action.data and not self._mem.write(tid, action.addr, action.data):
                 return 0, -errno.EFAULT, 0
-            if ctx.fd_target is not None and self._fast is not None:
-                self._fast.remember_stat(nr, ctx.fd_target, action)
+            if self._fast is not None:
+                if ctx.fd_target is not None:
+                    self._fast.remember_stat(nr, ctx.fd_target, action)
+                elif ctx.pure:  # a file's or symlink's stat, the same every time
+                    self._fast.remember_write(nr, args, ctx.pure, action)
             return _result(action.value)
         if type(action) is Rewrite:
             tracer.stats.actions["local"] += 1
@@ -407,6 +414,8 @@ class Supervisor:
                 return self._dup_here(notif_id, tid, action, args)
             if spec.kind is Kind.MODIFY or spec.kind is Kind.MODIFY2:
                 return self._change_here(tid, spec, action, args)
+            if ctx.pure and self._fast is not None:  # a directory's stat: made in C next time
+                self._fast.remember_restat(nr, args, ctx.pure, action)
             return self._run_here(tid, action, args)
         log.error("%s: the supervisor cannot carry out %r", spec.name, action)
         return 0, -errno.EIO, 0
@@ -796,7 +805,7 @@ class FastPath:
 
     __slots__ = (
         "_table", "_prefixes", "_special", "_directory_flag", "_empty_path", "_stat_flags", "_counts",
-        "_keys", "_opens", "_dirfds", "_fd_stats", "_dups", "_ranges", "answers",
+        "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_dups", "_ranges", "answers",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
@@ -823,6 +832,11 @@ class FastPath:
             if spec.dirfd is not None:  # a relative path is keyed by what the dirfd links to
                 table[_STRIDE * nr + 6] = spec.dirfd + 1
                 self._dirfds[nr] = spec.dirfd
+        # stat, lstat, newfstatat: the buffer a remembered answer is written into
+        self._bufs = {arch.NR[name]: by_name[name].buf for name in rule.stat_calls}
+        for nr, buf in self._bufs.items():
+            assert buf is not None
+            table[_STRIDE * nr + 4] = buf + 1
         self._fd_stats = frozenset(arch.NR[name] for name in rule.fd_stats)
         for nr in self._fd_stats:
             spec = BY_NR[nr]
@@ -857,6 +871,29 @@ class FastPath:
         mask = self._mask(nr, args, key)
         if mask is not None:
             self.answers.remember(nr, tuple(args), mask, key, err)
+
+    def remember_write(self, nr: int, args: list[int], key: bytes, answer: WriteReturn) -> None:
+        """Write ``answer``'s struct stat into this call's buffer from now on, without Python:
+        a file's or symlink's placeholder stat after a walk of the pinned revision alone."""
+        buf = self._bufs.get(nr)
+        mask = self._mask(nr, args, key)
+        if buf is None or mask is None or answer.value != 0 or answer.addr != args[buf]:
+            return
+        if len(answer.data) == arch.STAT_SIZE:
+            self.answers.remember_write(nr, tuple(args), mask, key, answer.data)
+
+    def remember_restat(self, nr: int, args: list[int], key: bytes, action: Rewrite) -> None:
+        """Make this stat on ``action``'s path in C from now on (:meth:`Supervisor._run_here`):
+        a shadow directory's, whose answer the kernel gives fresh each time (its ctime moves
+        as it is populated), after a walk of the pinned revision alone."""
+        buf = self._bufs.get(nr)
+        mask = self._mask(nr, args, key)
+        path = action.path
+        if buf is None or mask is None or action.nr != nr or action.args or action.host or action.path2:
+            return
+        if path is None or not path.startswith(b"/") or action.path_arg != BY_NR[nr].path:
+            return
+        self.answers.remember_restat(nr, tuple(args), mask, key, path, arch.STAT_SIZE)
 
     def remember_open(
         self, nr: int, args: list[int], key: bytes, action: Rewrite, ranges: FdRanges | None

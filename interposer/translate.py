@@ -101,6 +101,8 @@ _ANSWER_KEYS = {
 }  # fmt: skip
 # fstat-like calls answered from an fd's entry alone: fstat(fd), newfstatat(fd, "", AT_EMPTY_PATH)
 _FD_STATS = ("fstat", "newfstatat")
+# calls whose answer from a walk of the pinned revision alone is a struct stat in their buffer
+_STAT_CALLS = ("stat", "lstat", "newfstatat")
 _OPEN_SPECIAL = (b"/etc/mtab",)  # opens answered by the translator although under a system root
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
@@ -242,7 +244,7 @@ class FastRule(Record):
 
     __slots__ = (
         "calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys", "fd_stats",
-        "empty_path", "stat_flags",
+        "empty_path", "stat_flags", "stat_calls",
     )  # fmt: skip
 
     def __init__(
@@ -256,6 +258,7 @@ class FastRule(Record):
         fd_stats: tuple[str, ...],
         empty_path: int,
         stat_flags: int,
+        stat_calls: tuple[str, ...],
     ) -> None:
         self.calls = calls
         self.opens = opens
@@ -266,6 +269,7 @@ class FastRule(Record):
         self.fd_stats = fd_stats
         self.empty_path = empty_path
         self.stat_flags = stat_flags
+        self.stat_calls = stat_calls
 
 
 class Translator:
@@ -389,6 +393,7 @@ class Translator:
             fd_stats=_FD_STATS,
             empty_path=AT_EMPTY_PATH,
             stat_flags=_STAT_FLAGS,
+            stat_calls=_STAT_CALLS,
         )
 
     def _plain_host(self, raw: bytes) -> bool:

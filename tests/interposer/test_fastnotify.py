@@ -274,17 +274,24 @@ REMEMBERED = textwrap.dedent(
 )
 
 
+def _both_ways(job_env, argv):  # type: ignore[no-untyped-def]
+    """``argv`` under ``cvmfs-client run --stats``, decided in Python ("1") and with the fast
+    path ("0"): per mode, its output and its counters."""
+    runs = {}
+    for mode in ("1", "0"):
+        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
+        r = cvmfs_run(argv, env, options=["--stats"])
+        assert r.returncode == 0, (mode, r.stderr.decode())
+        runs[mode] = (r.stdout, ast.literal_eval(r.stderr.decode().rpartition("stops ")[2]))
+    return runs
+
+
 def test_tar_of_content_is_the_same_without_it(job_env):
     """tar stats each file, opens it, fstats it twice: modes, sizes and times in the archive."""
     script = f"t=$(mktemp) && cd {MOUNT} && tar --sort=name -cf $t cases etc lib && sha256sum < $t"
     script += " && tar -tvf $t; rm -f $t"
-    got = {}
-    for mode in ("1", "0"):
-        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
-        r = cvmfs_run(["/bin/sh", "-c", script], env, options=["--stats"])
-        assert r.returncode == 0, r.stderr.decode()
-        got[mode] = r.stdout
-    assert got["0"] == got["1"]
+    runs = _both_ways(job_env, ["/bin/sh", "-c", script])
+    assert runs["0"][0] == runs["1"][0]
 
 
 def test_remembered_answers_are_the_pythons(job_env, tmp_path):
@@ -399,13 +406,9 @@ def test_opens_made_again_in_c_are_pythons(job_env, tmp_path):
     fstat, as in Python; the repeats are handed over by the C loop."""
     script = tmp_path / "reopen.py"
     script.write_text(REOPENED)
-    got, stats = {}, {}
-    for mode in ("1", "0"):
-        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
-        r = cvmfs_run(["python3", str(script)], env, options=["--stats"])
-        assert r.returncode == 0, r.stderr.decode()
-        got[mode] = ast.literal_eval(r.stdout.decode())
-        stats[mode] = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+    runs = _both_ways(job_env, ["python3", str(script)])
+    got = {mode: ast.literal_eval(out.decode()) for mode, (out, _) in runs.items()}
+    stats = {mode: counters for mode, (_, counters) in runs.items()}
     assert got["0"] == got["1"]
     rows = got["0"]
     assert {row[1] for row in rows if row[0] in ("file", "relative file")} == {"content"}
@@ -473,13 +476,47 @@ def test_copies_of_reserved_fds_from_threads_stay_in_their_ranges(job_env, tmp_p
     with its own FD_CLOEXEC, the same file; above the range when asked for."""
     script = tmp_path / "copies.py"
     script.write_text(COPIES)
-    fast_counts = {}
-    for mode in ("0", "1"):
-        env = dict(job_env, **{notify.PURE_PYTHON_ENV: mode})
-        r = cvmfs_run(["python3", str(script)], env, options=["--stats"])
-        assert r.returncode == 0, r.stderr.decode()
-        want = {(True, True, True, True, False, b"# example", True)}
-        assert ast.literal_eval(r.stdout.decode()) == {"thread": want, "main": want}, mode
-        stats = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
-        fast_counts[mode] = stats["actions"].get("fast", 0)
+    runs = _both_ways(job_env, ["python3", str(script)])
+    want = {(True, True, True, True, False, b"# example", True)}
+    for mode, (out, _) in runs.items():
+        assert ast.literal_eval(out.decode()) == {"thread": want, "main": want}, mode
+    fast_counts = {mode: counters["actions"].get("fast", 0) for mode, (_, counters) in runs.items()}
     assert fast_counts["0"] - fast_counts["1"] >= 40  # the main thread's copies (the thread's: Python)
+
+
+RESTATED = textwrap.dedent(
+    f"""
+    import os
+    M = "{MOUNT}"
+    def meta(f, *a, **k):
+        try:
+            st = f(*a, **k)
+        except OSError as e:
+            return e.strerror
+        return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_nlink, st.st_blocks)
+    out = []
+    d = os.open(M + "/etc", os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3):  # the first of each is Python's, the others the C loop's
+        out.append([
+            meta(os.stat, M + "/etc"), meta(os.stat, M + "/etc/"), meta(os.lstat, M + "/cases"),
+            meta(os.stat, M + "/etc/example.conf"), meta(os.lstat, M + "/cases/rel-link"),
+            meta(os.stat, M + "/cases/rel-link"), meta(os.stat, "example.conf", dir_fd=d),
+            meta(os.stat, "profile.d", dir_fd=d), meta(os.stat, M + "/etc/example.conf/x"),
+        ])
+    print(repr(out))
+    """
+)
+
+
+def test_stats_made_again_in_c_are_pythons(job_env, tmp_path):
+    """Files, symlinks (followed or not) and directories stat'ed again, absolute and relative
+    to a directory fd: the same answers with and without the fast path, every round."""
+    script = tmp_path / "restat.py"
+    script.write_text(RESTATED)
+    runs = _both_ways(job_env, ["python3", str(script)])
+    got = {mode: ast.literal_eval(out.decode()) for mode, (out, _) in runs.items()}
+    fast_counts = {mode: counters["actions"].get("fast", 0) for mode, (_, counters) in runs.items()}
+    assert got["0"] == got["1"]
+    assert got["0"][0] == got["0"][1] == got["0"][2]
+    assert got["0"][0][-1] == "Not a directory"
+    assert fast_counts["0"] - fast_counts["1"] >= 2 * 8  # the later rounds' stats, in C
