@@ -8,12 +8,14 @@ in, same names out, whichever is used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 _Factory = Callable[[bytes], Any]
 
 
+@functools.cache  # looked up once: markers are named on the tracer's path of directory opens
 def _builtin(module: str, name: str) -> _Factory:
     try:
         return getattr(__import__(module), name)  # CPython's _sha1/_md5 (no OpenSSL)

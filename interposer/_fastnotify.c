@@ -1101,6 +1101,7 @@ PyMODINIT_FUNC PyInit__fastnotify(void)
         return NULL;
     }
     if (PyModule_AddIntConstant(m, "TABLE_NRS", TABLE_NRS) < 0 ||
+        PyModule_AddIntConstant(m, "TABLE_STRIDE", TABLE_STRIDE) < 0 ||
         PyModule_AddIntConstant(m, "MEMORY_REFUSED", MEMORY_REFUSED) < 0) {
         Py_DECREF(m);
         return NULL;

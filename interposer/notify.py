@@ -125,7 +125,6 @@ _NR_KCMP = arch.NR["kcmp"]
 _kcmp = ctypes.CDLL(None, use_errno=True).syscall
 _kcmp.argtypes = [ctypes.c_long] * 6
 _kcmp.restype = ctypes.c_long
-_STRIDE = 7  # bytes per syscall number in the fast path's table
 _REMEMBERED = frozenset({-errno.ENOENT, -errno.ENOTDIR})  # answers the fast path may give again
 _RESPONDED = (0, 0, -1)  # _answer's result when the answer went with an fd already
 
@@ -813,7 +812,8 @@ class FastPath:
         # copies of reserved fds (Translator._dup), made in C as Supervisor._dup_here does
         self._dups = (arch.NR["dup"], arch.NR["fcntl"])
         self._ranges = (0, 0, 0) if ranges is None else (ranges.content, ranges.dirs, ranges.top)
-        table = bytearray(_STRIDE * size)  # see _fastnotify.c, struct config
+        stride = _fastnotify.TABLE_STRIDE  # bytes per syscall number: see _fastnotify.c, struct config
+        table = bytearray(stride * size)
         by_name = {spec.name: spec for spec in BY_NR.values()}
         self._keys: dict[int, int] = {}  # syscall number -> mask of the arguments keying an answer
         self._opens: dict[int, int] = {}  # the opens: syscall number -> their flags argument
@@ -822,28 +822,28 @@ class FastPath:
             spec = by_name[name]
             nr = arch.NR[name]
             assert spec.path is not None and nr < size
-            table[_STRIDE * nr] = spec.path + 1
+            table[stride * nr] = spec.path + 1
             if name in rule.opens:
                 assert spec.flags is not None
-                table[_STRIDE * nr + 1] = spec.flags + 1
+                table[stride * nr + 1] = spec.flags + 1
                 self._opens[nr] = spec.flags
             mask = sum(1 << i for i in rule.answer_keys[name])
-            table[_STRIDE * nr + 2] = self._keys[nr] = mask
+            table[stride * nr + 2] = self._keys[nr] = mask
             if spec.dirfd is not None:  # a relative path is keyed by what the dirfd links to
-                table[_STRIDE * nr + 6] = spec.dirfd + 1
+                table[stride * nr + 6] = spec.dirfd + 1
                 self._dirfds[nr] = spec.dirfd
         # stat, lstat, newfstatat: the buffer a remembered answer is written into
         self._bufs = {arch.NR[name]: by_name[name].buf for name in rule.stat_calls}
         for nr, buf in self._bufs.items():
             assert buf is not None
-            table[_STRIDE * nr + 4] = buf + 1
+            table[stride * nr + 4] = buf + 1
         self._fd_stats = frozenset(arch.NR[name] for name in rule.fd_stats)
         for nr in self._fd_stats:
             spec = BY_NR[nr]
             fd, buf = spec.fd if spec.fd is not None else spec.dirfd, spec.buf
             assert fd is not None and buf is not None and nr < size
             flags = 0 if spec.flags is None else spec.flags + 1
-            table[_STRIDE * nr + 3 : _STRIDE * nr + 6] = bytes((fd + 1, buf + 1, flags))
+            table[stride * nr + 3 : stride * nr + 6] = bytes((fd + 1, buf + 1, flags))
         self._table = bytes(table)
         self._prefixes = b"\0".join(rule.prefixes)
         self._special = b"\0".join(rule.open_special)
