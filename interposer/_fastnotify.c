@@ -17,6 +17,11 @@
  * job starts), and the struct stat of /cvmfs content keyed by what an fd of it links to in
  * /proc (glibc's fstat of every file a job opens, twice per file for tar).
  *
+ * And it answers the first use of a /cvmfs entry where the shadow tree of the job's revision
+ * holds the answer already (first_walk): a placeholder's stat, linked content or a populated
+ * directory opened and handed over, ENOENT in a populated directory; and it lets through host
+ * paths outside the system roots after the translator's own symlink check (host_link_none).
+ *
  * The kernel reads a continued call's path again after us (seccomp_unotify(2)), exactly as
  * it does after Python's check: no answer here depends on the job's memory staying put.
  */
@@ -124,6 +129,215 @@ static int is_one_of(const char *s, size_t n, const char *list, size_t list_len)
     return 0;
 }
 
+#define MAX_LINKS 40 /* as the kernel, vfs.host_link_into_cvmfs and translate.MAX_SYMLINKS */
+
+/* Whether vfs.host_link_into_cvmfs(path) is None: walked on the host as the kernel walks it
+ * (".." after symlinks, MAX_LINKS links at most), path never enters /cvmfs, or cannot be walked. */
+static int walk_stays_out(const char *path, size_t len)
+{
+    char done[PATH_LIMIT], here[PATH_LIMIT], target[PATH_LIMIT], rest[2 * PATH_LIMIT], next[2 * PATH_LIMIT];
+    size_t done_len = 0, rest_len = len, pos = 0;
+    int links = 0;
+    if (len >= sizeof(rest))
+        return 0;
+    memcpy(rest, path, len);
+    for (;;) {
+        while (pos < rest_len && rest[pos] == '/')
+            pos++;
+        if (pos == rest_len)
+            return 1;
+        const char *c = rest + pos, *slash = memchr(c, '/', rest_len - pos);
+        size_t k = slash != NULL ? (size_t)(slash - c) : rest_len - pos;
+        pos += k;
+        if (k == 1 && c[0] == '.')
+            continue;
+        if (k == 2 && c[0] == '.' && c[1] == '.') {
+            const char *up = memrchr(done, '/', done_len);
+            done_len = up != NULL ? (size_t)(up - done) : 0;
+            continue;
+        }
+        if (done_len + 1 + k >= PATH_LIMIT)
+            return 1; /* ENAMETOOLONG: cannot be walked */
+        memcpy(here, done, done_len);
+        here[done_len] = '/';
+        memcpy(here + done_len + 1, c, k);
+        size_t here_len = done_len + 1 + k;
+        here[here_len] = 0;
+        if (here_len == 6 && memcmp(here, "/cvmfs", 6) == 0)
+            return 0;
+        ssize_t got = readlink(here, target, sizeof(target) - 1);
+        if (got < 0) {
+            if (errno != EINVAL)
+                return 1; /* missing, or not to be walked: the kernel's */
+            memcpy(done, here, here_len);
+            done_len = here_len;
+            continue;
+        }
+        if (++links > MAX_LINKS)
+            return 1;
+        if (got > 0 && target[0] == '/')
+            done_len = 0;
+        if ((size_t)got + 1 + (rest_len - pos) >= sizeof(next))
+            return 1;
+        memcpy(next, target, (size_t)got); /* the link's components come next */
+        next[got] = '/';
+        memcpy(next + got + 1, rest + pos, rest_len - pos);
+        rest_len = (size_t)got + 1 + (rest_len - pos);
+        memcpy(rest, next, rest_len);
+        pos = 0;
+    }
+}
+
+/* Whether Translator._host_link_target(path) is None (the kernel finds what the job means),
+ * by its steps: one readlink for most paths (there and not a link, or a link elsewhere), the
+ * walk of walk_stays_out() for the others. */
+static int host_link_none(const char *path, size_t len)
+{
+    char cur[PATH_LIMIT], target[PATH_LIMIT], next[PATH_LIMIT];
+    if (len == 0 || len >= PATH_LIMIT)
+        return 0;
+    memcpy(cur, path, len);
+    cur[len] = 0;
+    for (int depth = 0;; depth++) {
+        size_t n = len;
+        while (n > 0 && cur[n - 1] == '/')
+            n--;
+        const char *last = n > 0 ? memrchr(cur, '/', n) : NULL;
+        last = last != NULL ? last + 1 : cur;
+        size_t k = (size_t)(cur + n - last);
+        if (k == 0 || (last[0] == '.' && (k == 1 || (k == 2 && last[1] == '.'))))
+            return walk_stays_out(cur, len);
+        char saved = cur[n];
+        cur[n] = 0; /* "sw/" makes the kernel follow sw itself: ask about sw */
+        ssize_t got = readlink(cur, target, sizeof(target) - 1);
+        int err = errno;
+        cur[n] = saved;
+        if (got < 0)
+            return err != ENOENT && err != ENOTDIR ? 1 : walk_stays_out(cur, len);
+        target[got] = 0;
+        if (got > 0 && target[0] == '/')
+            return !(got >= 6 && memcmp(target, "/cvmfs", 6) == 0) || walk_stays_out(cur, len);
+        int dotdot = 0;
+        for (const char *p = target; p < target + got;) {
+            const char *e = memchr(p, '/', (size_t)(target + got - p));
+            size_t m = e != NULL ? (size_t)(e - p) : (size_t)(target + got - p);
+            dotdot |= m == 2 && p[0] == '.' && p[1] == '.';
+            p += m + 1;
+        }
+        if (dotdot || depth >= MAX_LINKS)
+            return walk_stays_out(cur, len);
+        /* libfoo.so -> libfoo.so.1: the same directory, which the kernel resolved */
+        size_t parent = (size_t)(last - cur) > 1 ? (size_t)(last - cur) - 1 : 1; /* dirname, or "/" */
+        size_t tail = len - n; /* the trailing slashes */
+        if (parent + 1 + (size_t)got + tail >= PATH_LIMIT)
+            return 0;
+        memcpy(next, cur, parent);
+        next[parent] = '/';
+        memcpy(next + parent + 1, target, (size_t)got);
+        memcpy(next + parent + 1 + got, cur + n, tail);
+        len = parent + 1 + (size_t)got + tail;
+        memcpy(cur, next, len);
+        cur[len] = 0;
+    }
+}
+
+/* Translator._plain_host (with the open exceptions of Translator._open) for an absolute path
+ * without "cvmfs": under a system root but a magic one; elsewhere (magic given) reaching no
+ * /cvmfs through a host symlink (host_link_none). */
+static int host_passes(const char *s, size_t n, const char *prefixes, size_t prefixes_len, const char *never,
+                       size_t never_len, const char *magic, size_t magic_len, int is_open)
+{
+    if (is_open && is_one_of(s, n, never, never_len))
+        return 0;
+    if (has_prefix(s, n, prefixes, prefixes_len))
+        return 1;
+    if (magic == NULL || has_prefix(s, n, magic, magic_len))
+        return 0;
+    return host_link_none(s, n);
+}
+
+/* ---- MD5, for the names of shadow.ShadowTree's markers (done/<md5 of a directory's path>) --- */
+
+static const uint32_t MD5_K[64] = {
+    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
+};
+static const unsigned char MD5_S[16] = {7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21};
+
+static void md5_block(uint32_t h[4], const unsigned char *block)
+{
+    uint32_t w[16];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)block[4 * i] | (uint32_t)block[4 * i + 1] << 8 | (uint32_t)block[4 * i + 2] << 16 |
+               (uint32_t)block[4 * i + 3] << 24;
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
+    for (int i = 0; i < 64; i++) {
+        uint32_t f;
+        int g;
+        switch (i / 16) {
+        case 0: f = (b & c) | (~b & d); g = i; break;
+        case 1: f = (d & b) | (~d & c); g = (5 * i + 1) % 16; break;
+        case 2: f = b ^ c ^ d; g = (3 * i + 5) % 16; break;
+        default: f = c ^ (b | ~d); g = (7 * i) % 16; break;
+        }
+        uint32_t sum = a + f + MD5_K[i] + w[g];
+        unsigned r = MD5_S[(i / 16) * 4 + i % 4];
+        a = d;
+        d = c;
+        c = b;
+        b = b + (sum << r | sum >> (32 - r));
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+}
+
+/* The MD5 of data as 32 lowercase hex digits and a NUL, as hashlib's hexdigest(). */
+static void md5_hex(const char *data, size_t n, char out[33])
+{
+    uint32_t h[4] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476};
+    unsigned char tail[128] = {0};
+    size_t whole = n - n % 64;
+    for (size_t i = 0; i < whole; i += 64)
+        md5_block(h, (const unsigned char *)data + i);
+    size_t rest = n - whole, tail_len = rest < 56 ? 64 : 128;
+    memcpy(tail, data + whole, rest);
+    tail[rest] = 0x80;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int i = 0; i < 8; i++)
+        tail[tail_len - 8 + i] = (unsigned char)(bits >> (8 * i));
+    for (size_t i = 0; i < tail_len; i += 64)
+        md5_block(h, tail + i);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        unsigned char byte = (unsigned char)(h[i / 4] >> (8 * (i % 4)));
+        out[2 * i] = hex[byte >> 4];
+        out[2 * i + 1] = hex[byte & 15];
+    }
+    out[32] = 0;
+}
+
+PyDoc_STRVAR(md5_hex_doc, "md5_hex(data) -> str\n\nThe MD5 serve() names a shadow tree's markers with, for tests.");
+
+static PyObject *py_md5_hex(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    char out[33];
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    md5_hex(data.buf, (size_t)data.len, out);
+    PyBuffer_Release(&data);
+    return PyUnicode_FromString(out);
+}
+
 /* ---- Answers: errnos keyed by (syscall, value arguments, path); struct stats keyed by the
  * /proc link target of a content fd (nr FD_KEY) ------------------------------------------- */
 
@@ -165,12 +379,25 @@ struct restat {
     char path[];       /* NUL-terminated */
 };
 
+#define TREES 64 /* the shadow trees of the repositories a job mounted: see first_walk() */
+
+struct tree {
+    const char *logical; /* "/cvmfs/<fqrn>": the job's name for its root */
+    const char *meta;    /* its m/ directory (placeholders), real path */
+    const char *data;    /* its d/ directory (content) */
+    const char *done;    /* its markers of populated directories */
+    size_t logical_len, meta_len, data_len, done_len;
+    char *strings;       /* the four, in one allocation */
+};
+
 typedef struct {
     PyObject_HEAD
     struct answer *slots;
     size_t used;
     struct cursor cursors[CURSORS];
     struct pidfd pidfds[PIDFDS];
+    struct tree trees[TREES];
+    int ntrees;
 } Answers;
 
 /* An open answered here (err 0, data): the rewritten path's open, its fd handed over. */
@@ -245,6 +472,8 @@ static void answers_dealloc(Answers *a)
         answers_clear(a);
         free(a->slots);
     }
+    for (int i = 0; i < a->ntrees; i++)
+        free(a->trees[i].strings);
     Py_TYPE(a)->tp_free((PyObject *)a);
 }
 
@@ -283,19 +512,17 @@ static int answer_key(PyObject *args, int *nr, uint64_t *key, Py_buffer *path, i
     return 0;
 }
 
-/* Store (or replace) an answer: an errno, or data. 0, or -1 with MemoryError set. */
-static int answer_store(Answers *a, int nr, const uint64_t *key, const char *path, size_t len,
-                        int kind, int err, const char *data, size_t data_len)
+/* Store (or replace) an answer: an errno, or data. 0, or -1 (out of memory); no GIL needed. */
+static int answer_put(Answers *a, int nr, const uint64_t *key, const char *path, size_t len,
+                      int kind, int err, const char *data, size_t data_len)
 {
     if (2 * (a->used + 1) > ANSWER_SLOTS)
         answers_clear(a);
     uint64_t h = answer_hash(nr, key, path, len);
     struct answer *s = answer_find(a, nr, key, path, len, h);
     char *copy = malloc(len + data_len);
-    if (copy == NULL) {
-        PyErr_NoMemory();
+    if (copy == NULL)
         return -1;
-    }
     memcpy(copy, path, len);
     if (data_len > 0)
         memcpy(copy + len, data, data_len);
@@ -312,6 +539,16 @@ static int answer_store(Answers *a, int nr, const uint64_t *key, const char *pat
     s->data = copy + len;
     s->data_len = (uint32_t)data_len;
     return 0;
+}
+
+/* answer_put, from Python: -1 with MemoryError set. */
+static int answer_store(Answers *a, int nr, const uint64_t *key, const char *path, size_t len,
+                        int kind, int err, const char *data, size_t data_len)
+{
+    if (answer_put(a, nr, key, path, len, kind, err, data, data_len) == 0)
+        return 0;
+    PyErr_NoMemory();
+    return -1;
 }
 
 static PyObject *answers_remember(Answers *a, PyObject *args)
@@ -456,6 +693,57 @@ static PyObject *answers_get(Answers *a, PyObject *args)
     return PyLong_FromLong(s->hash && s->kind == ANSWER_ERRNO ? s->err : 0);
 }
 
+static PyObject *answers_add_tree(Answers *a, PyObject *args)
+{
+    Py_buffer b[4];
+    unsigned stat_size;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*I", &b[0], &b[1], &b[2], &b[3], &stat_size))
+        return NULL;
+    PyObject *result = NULL;
+    size_t total = 0;
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        const char *p = b[i].buf;
+        bad |= b[i].len == 0 || b[i].len >= PATH_LIMIT / 2 || p[0] != '/' || p[b[i].len - 1] == '/' ||
+               memchr(p, 0, (size_t)b[i].len) != NULL;
+        total += (size_t)b[i].len + 1;
+    }
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "Answers.add_tree: four absolute paths without a trailing /");
+        goto out;
+    }
+    /* the rule writes the kernel's struct stat: only where it is the one Python packs */
+    if (stat_size != sizeof(struct stat) || a->ntrees == TREES) {
+        result = Py_False;
+        Py_INCREF(result);
+        goto out;
+    }
+    char *strings = malloc(total);
+    if (strings == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    struct tree *t = &a->trees[a->ntrees];
+    const char **fields[4] = {&t->logical, &t->meta, &t->data, &t->done};
+    size_t *lens[4] = {&t->logical_len, &t->meta_len, &t->data_len, &t->done_len};
+    char *at = strings;
+    for (int i = 0; i < 4; i++) {
+        memcpy(at, b[i].buf, (size_t)b[i].len);
+        at[b[i].len] = 0;
+        *fields[i] = at;
+        *lens[i] = (size_t)b[i].len;
+        at += b[i].len + 1;
+    }
+    t->strings = strings;
+    a->ntrees++;
+    result = Py_True;
+    Py_INCREF(result);
+out:
+    for (int i = 0; i < 4; i++)
+        PyBuffer_Release(&b[i]);
+    return result;
+}
+
 static PyObject *answers_len(Answers *a, PyObject *unused)
 {
     (void)unused;
@@ -483,6 +771,12 @@ static PyMethodDef answers_methods[] = {
      "target in /proc, and answer 0.  Only from the thread that runs serve()."},
     {"get_stat", (PyCFunction)answers_get_stat, METH_VARARGS,
      "get_stat(target) -> the struct stat remembered for it, or None."},
+    {"add_tree", (PyCFunction)answers_add_tree, METH_VARARGS,
+     "add_tree(logical, meta, data, done, stat_size) -> bool: a repository the job mounted (its\n"
+     "name under /cvmfs; its shadow tree's m/, d/ and marker directories, real paths), whose\n"
+     "populated entries serve() may then answer on their first use too (see first_walk in\n"
+     "_fastnotify.c).  False: not taken (stat_size is not this build's struct stat, or too\n"
+     "many trees).  Only from the thread that runs serve()."},
     {"size", (PyCFunction)answers_len, METH_NOARGS, "size() -> how many answers are remembered."},
     {NULL, NULL, 0, NULL},
 };
@@ -678,6 +972,29 @@ static int hand_back(int listener, const struct notif *n, int fd, int target, in
     return responded;
 }
 
+/* Open path here as the job asked (flags): a shadow directory, or content (never made
+ * blocking), as notify.Supervisor._open_here does.  The fd, or a negative errno. */
+static int open_local(const char *path, int flags, int content)
+{
+    int blocking = !(flags & (O_NONBLOCK | O_PATH)) && !content;
+    int local = (flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY | (blocking ? O_NONBLOCK : 0);
+    int fd = open(path, local, 0);
+    if (fd < 0)
+        return -errno;
+    if (blocking)
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+/* Hand fd over at a free number of [base, end) (base 0: the lowest free one), then close it.
+ * 1: answered already; else resp. */
+static int place_fd(int listener, const struct notif *n, int fd, int base, int end, int cloexec,
+                    Answers *answers, int *kcmp, struct notif_resp *resp)
+{
+    int target = base > 0 ? free_in_range(answers, (pid_t)n->pid, listener, base, end, kcmp) : -1;
+    return hand_back(listener, n, fd, target, cloexec, resp);
+}
+
 /* A remembered open (notify.Supervisor._open_here for a shadow path): open o->path here, hand
  * the fd over at a free number of its range, as Python would. 1: answered already; else resp. */
 static int open_here(int listener, const struct notif *n, const unsigned char *table,
@@ -686,17 +1003,12 @@ static int open_here(int listener, const struct notif *n, const unsigned char *t
     const struct notif_data *d = &n->data;
     unsigned flags_arg = table[TABLE_STRIDE * d->nr + 1];
     int flags = (int)(uint32_t)d->args[flags_arg - 1];
-    int blocking = !(flags & (O_NONBLOCK | O_PATH)) && !o->content;
-    int local = (flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY | (blocking ? O_NONBLOCK : 0);
-    int fd = open(o->path, local, 0);
+    int fd = open_local(o->path, flags, o->content);
     if (fd < 0) {
-        resp->error = -errno;
+        resp->error = fd;
         return 0;
     }
-    if (blocking)
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    int target = o->base > 0 ? free_in_range(answers, (pid_t)n->pid, listener, o->base, o->end, kcmp) : -1;
-    return hand_back(listener, n, fd, target, flags & O_CLOEXEC, resp);
+    return place_fd(listener, n, fd, o->base, o->end, flags & O_CLOEXEC, answers, kcmp, resp);
 }
 
 /* ---- serve ---------------------------------------------------------------------------------- */
@@ -713,22 +1025,43 @@ struct config {
     size_t prefixes_len;
     const char *never;          /* exact paths an open must not pass (/etc/mtab) */
     size_t never_len;
+    const char *magic;          /* roots of magic links (/proc/, /dev/); NULL: other host paths
+                                 * are Python's, else host_link_none() decides */
+    size_t magic_len;
+    const char *shadow;         /* where the shadow trees are (Namespace.base_prefix): a dirfd
+                                 * elsewhere is a host directory */
+    size_t shadow_len;
     unsigned long directory_flag; /* opens with this flag go to Python (0: none do) */
     unsigned long empty_path;     /* AT_EMPTY_PATH: with an empty path, a call is an fstat */
     unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
     int dup_nr, fcntl_nr;         /* copies of reserved fds stay in their range */
     int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
+    struct walk *walk;            /* first_walk()'s room */
 };
 
-enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5, RESTAT = 6 };
+enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5, RESTAT = 6, OPENED = 7 };
 
 struct verdict {
-    int kind;         /* PYTHON, CONTINUE, ERRNO, WRITE, OPEN, DUP, RESTAT; or MEMORY_REFUSED */
+    int kind;         /* PYTHON, CONTINUE, ... OPENED; or MEMORY_REFUSED */
     int err;          /* ERRNO: the errno */
-    int fd, minimum, cloexec; /* DUP: the job's fd, the copy's least number, its FD_CLOEXEC */
-    const char *data; /* WRITE: what to write, where; OPEN: a struct open_answer */
+    int fd, minimum, cloexec; /* DUP: the job's fd, the copy's least number, its FD_CLOEXEC;
+                               * OPENED: our fd, the range's first number (0: none) */
+    int end;          /* OPENED: the range's end */
+    const char *data; /* WRITE: what to write, where; OPEN: a struct open_answer; RESTAT: a
+                       * struct restat; OPENED with a prime_key: the content's struct stat */
     uint32_t len;
     uint64_t buf;
+    const char *prime_key; /* OPENED content: its d/ path, what an fstat of the fd finds */
+    size_t prime_key_len;
+};
+
+/* first_walk()'s room, on serve()'s stack: the answers it gives point into it */
+struct walk {
+    char inner[PATH_LIMIT];            /* the entry's path under m/ (and d/), from "/" */
+    char mpath[PATH_LIMIT];            /* its placeholder */
+    char dpath[PATH_LIMIT];            /* its content, or its directory's marker */
+    _Alignas(8) char restat[sizeof(struct restat) + PATH_LIMIT];
+    struct stat st;                    /* the placeholder's */
 };
 
 /* An fstat of a content fd whose struct stat is remembered: WRITE; else PYTHON. */
@@ -814,6 +1147,225 @@ static int restat_here(const struct notif *n, const unsigned char *t, const stru
     return 0;
 }
 
+#ifndef RESOLVE_NO_SYMLINKS
+#define RESOLVE_NO_SYMLINKS 0x04
+#endif
+
+/* lstat of path with no symlink followed on the way (openat2's RESOLVE_NO_SYMLINKS): 0, or -1
+ * with errno (ELOOP for a symlink before the last component). */
+static int lstat_no_links(const char *path, struct stat *st)
+{
+#ifdef SYS_openat2
+    uint64_t how[3] = {O_PATH | O_NOFOLLOW | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS};
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, how, sizeof(how));
+    if (fd < 0)
+        return -1;
+    int failed = fstat(fd, st);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return failed;
+#else
+    (void)path;
+    (void)st;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Whether the entry inner (missing from m/) is missing from the revision: its nearest
+ * ancestor in m/ is a populated directory (its marker exists), reached without a symlink.
+ * Otherwise (an ancestor not populated yet, a symlink or a file on the way) the walk's. */
+static int missing(const struct tree *tr, const char *inner, size_t inner_len, struct walk *w)
+{
+    struct stat st;
+    size_t n = inner_len;
+    for (int depth = 0; depth < 64; depth++) {
+        const char *slash = memrchr(inner, '/', n);
+        if (slash == NULL)
+            return 0;
+        n = (size_t)(slash - inner); /* the parent: inner[0:n], "" for the repository root */
+        memcpy(w->dpath, tr->meta, tr->meta_len);
+        memcpy(w->dpath + tr->meta_len, inner, n);
+        w->dpath[tr->meta_len + n] = 0;
+        if (lstat_no_links(w->dpath, &st) < 0) {
+            if (errno == ENOENT)
+                continue;
+            return 0;
+        }
+        if (!S_ISDIR(st.st_mode))
+            return 0;
+        char hex[33];
+        md5_hex(inner, n, hex);
+        memcpy(w->dpath, tr->done, tr->done_len);
+        w->dpath[tr->done_len] = '/';
+        memcpy(w->dpath + tr->done_len + 1, hex, 33);
+        return faccessat(AT_FDCWD, w->dpath, F_OK, 0) == 0;
+    }
+    return 0;
+}
+
+/* The first use of an entry of a mounted repository, whose shadow tree has it already (an
+ * earlier job, or this one, populated its directory and linked its content): answered as the
+ * translator would after its walk of the pinned revision, without the walk.  inner: the entry's
+ * path under the tree's m/, from "/"; one_name: it is one name in a directory the job holds
+ * an fd of (no symlink on the way there).  Only what the tree alone decides:
+ *   - a stat (stat, lstat, newfstatat) of anything but a symlink: the placeholder's struct
+ *     stat (Translator._stat_answer), or for a directory the stat made on it here (the
+ *     kernel's each time: populating a directory moves its ctime);
+ *   - a read-only open of a regular file whose content is linked under d/: that opened and
+ *     handed over in the content range, its fstat answer primed (Translator._open);
+ *   - a read-only open of a populated directory (its marker exists): m/ opened and handed
+ *     over in the directory range.
+ *   - either, of an entry missing from its populated directory: ENOENT.
+ * A symlink anywhere on the way (the walk expands them), ".", "..", a missing placeholder in
+ * a directory not yet populated, content not yet fetched, or any other call: Python's. */
+static int first_walk(const struct config *c, const struct notif *n, const unsigned char *t,
+                      const struct tree *tr, const char *inner, size_t inner_len, int one_name,
+                      struct verdict *v)
+{
+    const struct notif_data *d = &n->data;
+    struct walk *w = c->walk;
+    int is_open = t[1] != 0;
+    if (w == NULL || (!is_open && (t[4] == 0 || t[4] > 6)) || inner_len == 0 || inner[0] != '/')
+        return PYTHON;
+    if (tr->meta_len + inner_len >= PATH_LIMIT || tr->data_len + inner_len >= PATH_LIMIT ||
+        tr->done_len + 34 >= PATH_LIMIT)
+        return PYTHON;
+    for (const char *p = inner, *stop = inner + inner_len; p < stop;) { /* p: at a '/' */
+        const char *name = p + 1, *end = memchr(name, '/', (size_t)(stop - name));
+        if (end == NULL)
+            end = stop;
+        size_t k = (size_t)(end - name);
+        if (k == 0 || (name[0] == '.' && (k == 1 || (k == 2 && name[1] == '.'))))
+            return PYTHON;
+        p = end;
+    }
+    int flags = 0;
+    if (is_open) {
+        flags = (int)(uint32_t)d->args[t[1] - 1];
+        if ((flags & O_ACCMODE) != O_RDONLY || flags & (O_CREAT | O_TRUNC | O_PATH) ||
+            (flags & O_TMPFILE) == O_TMPFILE)
+            return PYTHON;
+    } else if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags)) {
+        return PYTHON;
+    }
+    memcpy(w->mpath, tr->meta, tr->meta_len);
+    memcpy(w->mpath + tr->meta_len, inner, inner_len);
+    w->mpath[tr->meta_len + inner_len] = 0;
+    int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
+    if (found < 0) {
+        if (errno != ENOENT || !missing(tr, inner, inner_len, w))
+            return PYTHON; /* ELOOP: a symlink on the way (the walk's) */
+        v->err = ENOENT;
+        return v->kind = ERRNO;
+    }
+    mode_t type = w->st.st_mode & S_IFMT;
+    if (type == S_IFLNK)
+        return PYTHON;
+    if (!is_open) {
+        v->buf = d->args[t[4] - 1];
+        if (type == S_IFDIR) {
+            struct restat *r = (struct restat *)w->restat;
+            r->out_size = sizeof(struct stat);
+            memcpy(r->path, w->mpath, tr->meta_len + inner_len + 1);
+            v->data = w->restat;
+            return v->kind = RESTAT;
+        }
+        v->data = (const char *)&w->st;
+        v->len = sizeof(struct stat);
+        return v->kind = WRITE;
+    }
+    int fd;
+    v->prime_key = NULL;
+    v->prime_key_len = 0;
+    if (type == S_IFREG) {
+        if (flags & O_DIRECTORY)
+            return PYTHON;
+        memcpy(w->dpath, tr->data, tr->data_len);
+        memcpy(w->dpath + tr->data_len, inner, inner_len);
+        w->dpath[tr->data_len + inner_len] = 0;
+        fd = open_local(w->dpath, flags, 1);
+        if (fd < 0)
+            return PYTHON; /* not linked yet: Python fetches it */
+        v->minimum = c->top > 0 ? c->content : 0;
+        v->end = c->top > 0 ? c->dirs : 0;
+        v->prime_key = w->dpath;
+        v->prime_key_len = tr->data_len + inner_len;
+        v->data = (const char *)&w->st;
+        v->len = sizeof(struct stat);
+    } else if (type == S_IFDIR) {
+        char hex[33];
+        md5_hex(inner, inner_len, hex);
+        memcpy(w->dpath, tr->done, tr->done_len);
+        w->dpath[tr->done_len] = '/';
+        memcpy(w->dpath + tr->done_len + 1, hex, 33);
+        if (faccessat(AT_FDCWD, w->dpath, F_OK, 0) != 0)
+            return PYTHON; /* not populated yet */
+        fd = open_local(w->mpath, flags, 0);
+        if (fd < 0)
+            return PYTHON;
+        v->minimum = c->top > 0 ? c->dirs : 0;
+        v->end = c->top;
+    } else {
+        return PYTHON; /* a fifo's or device's placeholder: the translator's */
+    }
+    v->fd = fd;
+    v->cloexec = flags & O_CLOEXEC;
+    return v->kind = OPENED;
+}
+
+/* The tree whose m/ holds target (a shadow directory fd's /proc link), with the entry's path
+ * under m/ (target's rest, "/", rel) in c->walk->inner: first_walk() for it. */
+static int relative_walk(const struct config *c, const struct notif *n, const unsigned char *t,
+                         const char *target, size_t target_len, const char *rel, size_t rel_len,
+                         struct verdict *v)
+{
+    const Answers *a = c->answers;
+    if (c->walk == NULL)
+        return PYTHON;
+    for (int i = 0; i < a->ntrees; i++) {
+        const struct tree *tr = &a->trees[i];
+        if (target_len < tr->meta_len || memcmp(target, tr->meta, tr->meta_len) != 0 ||
+            (target_len > tr->meta_len && target[tr->meta_len] != '/'))
+            continue;
+        size_t rest = target_len - tr->meta_len;
+        if (rest + 1 + rel_len >= PATH_LIMIT)
+            return PYTHON;
+        char *inner = c->walk->inner;
+        memcpy(inner, target + tr->meta_len, rest);
+        inner[rest] = '/';
+        memcpy(inner + rest + 1, rel, rel_len);
+        return first_walk(c, n, t, tr, inner, rest + 1 + rel_len, memchr(rel, '/', rel_len) == NULL, v);
+    }
+    return PYTHON;
+}
+
+/* A path relative to a host directory (target: the dirfd's or the cwd's link, outside the
+ * shadow trees): Translator.locate lets the kernel have it when the whole path names no
+ * "cvmfs" and lies under a system root (magic ones too), or has no symlink into /cvmfs at its
+ * end; a directory's open goes to Python, which moves its fd into the reserved range. */
+static int host_relative(const struct config *c, const char *target, size_t target_len, const char *rel,
+                         size_t rel_len, int directory_open, struct verdict *v)
+{
+    char *full = c->walk->inner;
+    if (target_len == 1) /* "/": Translator.locate strips a trailing slash */
+        target_len = 0;
+    if (directory_open || target_len + 1 + rel_len >= PATH_LIMIT)
+        return PYTHON;
+    memcpy(full, target, target_len);
+    full[target_len] = '/';
+    memcpy(full + target_len + 1, rel, rel_len);
+    size_t n = target_len + 1 + rel_len;
+    full[n] = 0;
+    if (memmem(full, n, "cvmfs", 5) != NULL || c->magic == NULL)
+        return PYTHON;
+    if (has_prefix(full, n, c->prefixes, c->prefixes_len) || has_prefix(full, n, c->magic, c->magic_len) ||
+        host_link_none(full, n))
+        return v->kind = CONTINUE;
+    return PYTHON;
+}
+
 /* What to do with notification n (path: room for 3 paths); v->kind, also returned. */
 static int decide(const struct config *c, const struct notif *n, char *path, struct verdict *v)
 {
@@ -856,28 +1408,45 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
             return PYTHON;
         return v->kind = fd_stat(c, n, t, path, v);
     }
-    if (path[0] != '/') { /* relative to a dirfd: keyed by its target, NUL, the path */
-        if (t[6] == 0 || t[6] > 6 || (int32_t)d->args[t[6] - 1] == -100 /* AT_FDCWD */)
+    if (path[0] != '/') { /* relative to a dirfd or the cwd: what that links to decides */
+        if (t[6] == 0 || t[6] > 6 || c->answers == NULL || c->walk == NULL)
             return PYTHON;
-        if (c->answers == NULL || c->answers->used == 0)
-            return PYTHON;
+        int dirfd = (int32_t)d->args[t[6] - 1];
         char link[64];
-        snprintf(link, sizeof(link), "/proc/%u/fd/%d", n->pid, (int)(uint32_t)d->args[t[6] - 1]);
+        if (dirfd == -100 /* AT_FDCWD */)
+            snprintf(link, sizeof(link), "/proc/%u/cwd", n->pid);
+        else
+            snprintf(link, sizeof(link), "/proc/%u/fd/%d", n->pid, dirfd);
         char *key_path = path + len + 1; /* "target", NUL, the relative path */
         ssize_t k = readlink(link, key_path, PATH_LIMIT - 1);
-        if (k <= 0 || k >= PATH_LIMIT - 1)
-            return PYTHON;
+        if (k <= 0 || k >= PATH_LIMIT - 1 || key_path[0] != '/')
+            return PYTHON; /* gone, not a directory, or anonymous: the translator's */
         key_path[k] = 0;
+        if (c->shadow_len == 0 || (size_t)k < c->shadow_len || memcmp(key_path, c->shadow, c->shadow_len) != 0)
+            return host_relative(c, key_path, (size_t)k, path, len, is_open && d->args[flags_arg - 1] & c->directory_flag, v);
+        if (dirfd == -100) /* remembered answers are keyed by a dirfd's target alone */
+            return relative_walk(c, n, t, key_path, (size_t)k, path, len, v);
         memcpy(key_path + k + 1, path, len);
-        return remembered(c, d, t, key_path, (size_t)k + 1 + len, 1u << (t[6] - 1), v);
+        if (remembered(c, d, t, key_path, (size_t)k + 1 + len, 1u << (t[6] - 1), v) != PYTHON)
+            return v->kind;
+        return relative_walk(c, n, t, key_path, (size_t)k, path, len, v);
     }
-    if (memmem(path, len, "cvmfs", 5) != NULL)
-        return remembered(c, d, t, path, len, 0, v);
+    if (memmem(path, len, "cvmfs", 5) != NULL) {
+        if (remembered(c, d, t, path, len, 0, v) != PYTHON || c->answers == NULL)
+            return v->kind;
+        const Answers *a = c->answers;
+        for (int i = 0; i < a->ntrees; i++) {
+            const struct tree *tr = &a->trees[i];
+            if (len > tr->logical_len + 1 && memcmp(path, tr->logical, tr->logical_len) == 0 &&
+                path[tr->logical_len] == '/')
+                return first_walk(c, n, t, tr, path + tr->logical_len, len - tr->logical_len, 0, v);
+        }
+        return v->kind = PYTHON;
+    }
     if (is_open && (d->args[flags_arg - 1] & c->directory_flag))
         return PYTHON; /* a host directory: Python moves its fd into the reserved range */
-    if (!has_prefix(path, len, c->prefixes, c->prefixes_len))
-        return PYTHON;
-    if (is_open && is_one_of(path, len, c->never, c->never_len))
+    if (!host_passes(path, len, c->prefixes, c->prefixes_len, c->never, c->never_len, c->magic, c->magic_len,
+                     is_open))
         return PYTHON;
     return v->kind = CONTINUE;
 }
@@ -930,8 +1499,8 @@ static int dup_here(int listener, const struct notif *n, const struct config *c,
 }
 
 PyDoc_STRVAR(serve_doc,
-"serve(listener, request, table, prefixes, never, directory_flag, empty_path, stat_flags, arch,\n"
-"      (dup_nr, fcntl_nr), (content, dirs, top), answers, counts) -> int\n\n"
+"serve(listener, request, table, prefixes, never, magic, shadow, directory_flag, empty_path,\n"
+"      stat_flags, arch, (dup_nr, fcntl_nr), (content, dirs, top), answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
 "or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
 "(unsigned 64-bit, one per number of table: continued, then answered with an errno, with a\n"
@@ -945,11 +1514,11 @@ static PyObject *serve(PyObject *self, PyObject *args)
     int listener, dup_nr, fcntl_nr, content, dirs, top;
     unsigned long directory_flag, empty_path, stat_flags, arch;
     PyObject *answers;
-    Py_buffer request, table, prefixes, never, counts;
+    Py_buffer request, table, prefixes, never, magic, shadow, counts;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*kkkk(ii)(iii)Ow*", &listener, &request, &table, &prefixes,
-                          &never, &directory_flag, &empty_path, &stat_flags, &arch, &dup_nr, &fcntl_nr,
-                          &content, &dirs, &top, &answers, &counts))
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(ii)(iii)Ow*", &listener, &request, &table, &prefixes,
+                          &never, &magic, &shadow, &directory_flag, &empty_path, &stat_flags, &arch, &dup_nr,
+                          &fcntl_nr, &content, &dirs, &top, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
     if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != TABLE_STRIDE * TABLE_NRS ||
@@ -961,10 +1530,12 @@ static PyObject *serve(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "serve: answers must be an Answers or None");
         goto out;
     }
+    struct walk *walk = answers == Py_None ? NULL : malloc(sizeof(struct walk));
     struct config c = {
         (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
-        (size_t)prefixes.len, never.buf, (size_t)never.len, directory_flag, empty_path, stat_flags,
-        dup_nr, fcntl_nr, content, dirs, answers == Py_None ? 0 : top,
+        (size_t)prefixes.len, never.buf, (size_t)never.len, magic.len > 0 ? magic.buf : NULL,
+        (size_t)magic.len, shadow.buf, (size_t)shadow.len, directory_flag, empty_path, stat_flags, dup_nr, fcntl_nr, content, dirs,
+        answers == Py_None ? 0 : top, walk,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;
@@ -986,7 +1557,21 @@ static PyObject *serve(PyObject *self, PyObject *args)
         }
         /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
         struct notif_resp resp = {n->id, 0, 0, 0};
-        if (v.kind == OPEN || v.kind == DUP) {
+        if (v.kind == OPENED) { /* first_walk's: an fd of ours to hand over */
+            if (v.prime_key != NULL) { /* its fstat, as Python primes it (the table may be full) */
+                uint64_t key[6] = {0};
+                answer_put(c.answers, FD_KEY, key, v.prime_key, v.prime_key_len, ANSWER_WRITE, 0, v.data,
+                           v.len);
+            }
+            if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0) {
+                close(v.fd);
+                continue;
+            }
+            int responded = place_fd(listener, n, v.fd, v.minimum, v.end, v.cloexec, c.answers, &kcmp, &resp);
+            count[n->data.nr + 3 * TABLE_NRS] += 1;
+            if (responded)
+                continue;
+        } else if (v.kind == OPEN || v.kind == DUP) {
             if (ioctl(listener, IOCTL_ID_VALID, &n->id) < 0)
                 continue; /* gone: its tid may be another process's by now */
             int responded = v.kind == OPEN ? open_here(listener, n, c.table, (const struct open_answer *)v.data,
@@ -1030,10 +1615,11 @@ static PyObject *serve(PyObject *self, PyObject *args)
             send_errno = errno; /* ENOENT: interrupted by a signal meanwhile, it restarts */
             break;
         }
-        if (v.kind != OPEN && v.kind != DUP && v.kind != RESTAT)
+        if (v.kind != OPEN && v.kind != DUP && v.kind != RESTAT && v.kind != OPENED)
             count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
     }
     Py_END_ALLOW_THREADS
+    free(walk);
     if (send_errno != 0) {
         errno = send_errno;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1045,37 +1631,42 @@ out:
     PyBuffer_Release(&table);
     PyBuffer_Release(&prefixes);
     PyBuffer_Release(&never);
+    PyBuffer_Release(&magic);
+    PyBuffer_Release(&shadow);
     PyBuffer_Release(&counts);
     return result;
 }
 
 PyDoc_STRVAR(path_passes_doc,
-"path_passes(path, prefixes, never, is_open) -> bool\n\n"
-"The path rule of serve() on its own, for tests: whether serve() would continue a call\n"
-"with this path argument.");
+"path_passes(path, prefixes, never, is_open, magic=b'') -> bool\n\n"
+"The host path rule of serve() on its own, for tests: whether serve() would continue a call\n"
+"with this path argument (with magic: looking at host symlinks outside the system roots).");
 
 static PyObject *path_passes(PyObject *self, PyObject *args)
 {
-    Py_buffer path, prefixes, never;
+    Py_buffer path, prefixes, never, magic = {0};
     int is_open;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*y*p", &path, &prefixes, &never, &is_open))
+    if (!PyArg_ParseTuple(args, "y*y*y*p|y*", &path, &prefixes, &never, &is_open, &magic))
         return NULL;
     const char *s = path.buf;
     size_t n = (size_t)path.len;
     int ok = n > 0 && n < PATH_LIMIT && memchr(s, 0, n) == NULL && s[0] == '/' &&
              memmem(s, n, "cvmfs", 5) == NULL &&
-             has_prefix(s, n, prefixes.buf, (size_t)prefixes.len) &&
-             !(is_open && is_one_of(s, n, never.buf, (size_t)never.len));
+             host_passes(s, n, prefixes.buf, (size_t)prefixes.len, never.buf, (size_t)never.len,
+                         magic.len > 0 ? magic.buf : NULL, (size_t)magic.len, is_open);
     PyBuffer_Release(&path);
     PyBuffer_Release(&prefixes);
     PyBuffer_Release(&never);
+    if (magic.obj != NULL)
+        PyBuffer_Release(&magic);
     return PyBool_FromLong(ok);
 }
 
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS, serve_doc},
     {"path_passes", path_passes, METH_VARARGS, path_passes_doc},
+    {"md5_hex", py_md5_hex, METH_VARARGS, md5_hex_doc},
     {"first_free", first_free, METH_VARARGS, first_free_doc},
     {"hand_over", hand_over, METH_VARARGS, hand_over_doc},
     {NULL, NULL, 0, NULL},

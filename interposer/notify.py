@@ -58,6 +58,15 @@ reserved fd (``Translator._dup``: it stays in its range) is made there too, as
 :meth:`Supervisor._dup_here` makes it, with a pidfd kept per process; a thread's copy, whose
 id ``pidfd_open`` refuses, stays Python's (which knows its process). Handing an fd over is C's
 too (``hand_over``, ``first_free``) wherever the extension is built.
+First uses too, where the shadow tree holds the answer already (an earlier job, or this one,
+populated the directory and linked the content; :meth:`FastPath.add_trees` tells C where the
+trees of the repositories the job mounted are): a ``stat`` of a placeholder, the read-only
+open of linked content or of a populated directory, ENOENT for a name missing from a
+populated directory, reached without a symlink or ``..`` on the way; anything else there is
+the translator's walk. Host paths outside the system trees, and paths relative to a host
+directory or cwd, are let through after the translator's own symlink check
+(:meth:`.Translator._host_link_target`, its steps in C). W4's 1220 first opens, W2's ~350
+first stats and opens, W5's shell stats of its cwd were Python's at 50-220 us each.
 Not under ``--debug`` either (every answer is logged). ``CVMFS_CLIENT_PURE_PYTHON=1`` decides
 everything in Python; a job whose memory cannot be read or written with ``process_vm_readv``/
 ``writev`` (container profiles) falls back to it at the first call that needs one.
@@ -83,7 +92,8 @@ import signal
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from cvmfs_client import lazylog
 
@@ -95,6 +105,9 @@ from .statx import STATX_SIZE
 from .syscalls import BY_NR, Kind, Spec
 from .tracer import Stats, Tracer, _Ctx, _tgid_of, describe_call
 from .translate import FastRule, Return, Rewrite, WriteReturn
+
+if TYPE_CHECKING:
+    from .vfs import Mount
 
 try:
     from . import _fastnotify
@@ -242,6 +255,8 @@ class Supervisor:
             rule = tracer.translator.fast_rule()
             if rule is not None and _fastnotify is not None:
                 self._fast = FastPath(rule, tracer.translator.ranges)
+        ns = tracer.translator.ns
+        self._mounts: Mapping[str, Mount | None] = ns.mounts if ns is not None else {}
 
     def start(self) -> None:
         self._thread.start()
@@ -377,6 +392,9 @@ class Supervisor:
             action = tracer.translator.decide(ctx, nr, spec, args_t)
         except pt.TraceeGone:
             return 0, -errno.ESRCH, 0
+        fast = self._fast
+        if fast is not None and len(self._mounts) != fast.mounts_seen:
+            fast.add_trees(self._mounts)  # a repository mounted (here, or by the tracer thread)
         if tracer.debug and action is not None:
             log.debug("[%d] %s%s -> %s (notified)", tid, spec.name, describe_call(ctx, spec, args), action)
         if action is None:
@@ -803,8 +821,9 @@ class FastPath:
     ``--debug`` (which logs every answer). :data:`PURE_PYTHON_ENV` turns it off."""
 
     __slots__ = (
-        "_table", "_prefixes", "_special", "_directory_flag", "_empty_path", "_stat_flags", "_counts",
-        "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_dups", "_ranges", "answers",
+        "_table", "_prefixes", "_special", "_magic", "_shadow", "_directory_flag", "_empty_path",
+        "_stat_flags", "_counts", "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_dups", "_ranges",
+        "answers", "_trees", "mounts_seen",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
@@ -847,20 +866,37 @@ class FastPath:
         self._table = bytes(table)
         self._prefixes = b"\0".join(rule.prefixes)
         self._special = b"\0".join(rule.open_special)
+        self._magic = b"\0".join(rule.magic_roots)
+        self._shadow = rule.shadow_prefix
         self._directory_flag = rule.directory_flag
         self._empty_path, self._stat_flags = rule.empty_path, rule.stat_flags
         # per syscall number: let through, answered with an errno, a struct stat, an fd
         self._counts = bytearray(4 * 8 * size)
         self.answers = _fastnotify.Answers()
+        self._trees: set[str] = set()  # the repositories whose shadow trees C knows
+        self.mounts_seen = 0  # how many names the namespace had tried to mount when last told
+
+    def add_trees(self, mounts: Mapping[str, Mount | None]) -> None:
+        """Tell C of the shadow trees of the repositories the job mounted: it then answers the
+        first stat or open of an entry these trees hold already, without the translator's walk
+        (``first_walk`` in ``_fastnotify.c``). Only from the supervisor thread."""
+        self.mounts_seen = len(mounts)
+        for name, mount in mounts.items():
+            if mount is None or name in self._trees:
+                continue
+            shadow = mount.shadow
+            paths = (f"/cvmfs/{name}", shadow.meta, shadow.data, shadow.markers)
+            self.answers.add_tree(*(os.fsencode(p) for p in paths), arch.STAT_SIZE)
+            self._trees.add(name)
 
     def receive(self, listener: int, req: bytearray) -> int:
         """Wait for a notification Python must decide and put it in ``req``: 0, or the errno
         ``RECV`` failed with, or a negative number when the job's memory cannot be read from
         C (``req`` then holds a notification, and this path is of no use to the job)."""
         return _fastnotify.serve(
-            listener, req, self._table, self._prefixes, self._special, self._directory_flag,
-            self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._dups, self._ranges, self.answers,
-            self._counts,
+            listener, req, self._table, self._prefixes, self._special, self._magic, self._shadow,
+            self._directory_flag, self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._dups,
+            self._ranges, self.answers, self._counts,
         )  # fmt: skip
 
     def remember(self, nr: int, args: list[int], key: bytes, err: int) -> None:

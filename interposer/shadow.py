@@ -69,7 +69,7 @@ class ShadowTree:
         self.meta = str(root / "m")
         self.data = str(root / "d")
         self._tmp = root / "tmp"
-        self._markers = str(root / "done")  # one empty file per fully populated directory
+        self.markers = str(root / "done")  # one file per fully populated directory (_marker)
         self._exec_dir = tree / COPIES_DIR
         self._listing = listing
         self._readlink = readlink
@@ -83,7 +83,7 @@ class ShadowTree:
         self._tmp_fd: int | None = None
         self._root_entry: DirEntry | None = None
         self._root_entry_loader: Callable[[], DirEntry] | None = None
-        for d in (root, self._tmp, self._exec_dir, Path(self.data), Path(self._markers)):
+        for d in (root, self._tmp, self._exec_dir, Path(self.data), Path(self.markers)):
             d.mkdir(parents=True, exist_ok=True)
 
     def close(self, retire: bool = False) -> None:
@@ -119,7 +119,7 @@ class ShadowTree:
         _set_meta(self.meta, root_entry)
 
     def _marker(self, inner: str) -> str:
-        return f"{self._markers}/{md5_hex(inner.encode('utf-8', 'surrogateescape'))}"
+        return f"{self.markers}/{md5_hex(inner.encode('utf-8', 'surrogateescape'))}"
 
     def is_populated(self, inner: str) -> bool:
         """Whether ``m/<inner>`` is complete (this job or an earlier one populated it)."""

@@ -236,15 +236,18 @@ class FastRule(Record):
 
     A call among ``calls`` (path-only) or ``opens`` (their flags argument decides too: an open
     with ``directory_flag`` goes to the translator, as one of ``open_special``) is left alone when
-    its path is absolute, contains no "cvmfs" and starts with one of ``prefixes``.
-    ``answer_keys``: per call, the arguments besides its path that an errno answer marked
-    :attr:`Context.pure` depends on. ``fd_stats``: the calls that are an ``fstat`` when made
-    on an fd (``newfstatat`` with an empty path and ``AT_EMPTY_PATH``, other ``stat_flags``
-    allowed), whose written answer depends on nothing but :attr:`Context.fd_target`."""
+    its path is absolute, contains no "cvmfs" and starts with one of ``prefixes``; or starts with
+    none of them nor of ``magic_roots`` and reaches no /cvmfs through a host symlink (the steps of
+    :meth:`Translator._host_link_target`); the same for a path relative to a directory outside
+    ``shadow_prefix`` (where the shadow trees are), joined to it. ``answer_keys``: per call, the
+    arguments besides its path that an errno answer marked :attr:`Context.pure` depends on.
+    ``fd_stats``: the calls that are an ``fstat`` when made on an fd (``newfstatat`` with an
+    empty path and ``AT_EMPTY_PATH``, other ``stat_flags`` allowed), whose written answer
+    depends on nothing but :attr:`Context.fd_target`."""
 
     __slots__ = (
         "calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys", "fd_stats",
-        "empty_path", "stat_flags", "stat_calls",
+        "empty_path", "stat_flags", "stat_calls", "magic_roots", "shadow_prefix",
     )  # fmt: skip
 
     def __init__(
@@ -259,6 +262,8 @@ class FastRule(Record):
         empty_path: int,
         stat_flags: int,
         stat_calls: tuple[str, ...],
+        magic_roots: tuple[bytes, ...],
+        shadow_prefix: bytes,
     ) -> None:
         self.calls = calls
         self.opens = opens
@@ -270,6 +275,8 @@ class FastRule(Record):
         self.empty_path = empty_path
         self.stat_flags = stat_flags
         self.stat_calls = stat_calls
+        self.magic_roots = magic_roots
+        self.shadow_prefix = shadow_prefix
 
 
 class Translator:
@@ -394,6 +401,8 @@ class Translator:
             empty_path=AT_EMPTY_PATH,
             stat_flags=_STAT_FLAGS,
             stat_calls=_STAT_CALLS,
+            magic_roots=_MAGIC_ROOTS,
+            shadow_prefix=os.fsencode(self.ns.base_prefix) if self.ns is not None else b"",
         )
 
     def _plain_host(self, raw: bytes) -> bool:

@@ -92,15 +92,23 @@ def _serve_child(body, path, decide):  # type: ignore[no-untyped-def]
 
 
 def test_serve_continues_host_paths_and_hands_the_rest_to_python(tmp_path):
-    """A child under the notify filter: its stat and access of system paths are let through
-    in C, counted, and run; its other stats and its /etc/mtab open come to Python."""
+    """A child under the notify filter: its stat and access of system paths, and of host paths
+    that lead into no /cvmfs, are let through in C, counted, and run; a stat through a host
+    symlink into /cvmfs, one naming "cvmfs" and its /etc/mtab open come to Python."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "plain")
+    (tmp_path / "sw").symlink_to("/cvmfs/sw.example.org")
 
     def body() -> None:
         os.stat("/etc/hostname")
         os.access("/usr/bin", os.X_OK)
+        os.stat(tmp_path / "plain")
+        os.stat(tmp_path / "elsewhere")
+        with contextlib.suppress(OSError):
+            os.stat(tmp_path / "missing")  # walked: no link on the way
         for f in (
             lambda: os.stat("/etc/../cvmfs"),  # "cvmfs" under a system root
-            lambda: os.stat(str(tmp_path)),
+            lambda: os.stat(tmp_path / "sw" / "lib"),
             lambda: os.close(os.open("/etc/mtab", os.O_RDONLY)),
         ):
             with contextlib.suppress(OSError):
@@ -109,8 +117,8 @@ def test_serve_continues_host_paths_and_hands_the_rest_to_python(tmp_path):
     answers = iter((errno.ENOENT, 0, errno.EACCES))
     seen, stats = _serve_child(body, notify.FastPath(RULE), lambda nr, args: next(answers))
     assert [nr for nr, _ in seen] == [arch.NR["newfstatat"], arch.NR["newfstatat"], arch.NR["openat"]]
-    assert stats.stops == {"newfstatat": 1, "access": 1}
-    assert stats.actions == {"notified": 2, "fast": 2}
+    assert stats.stops == {"newfstatat": 4, "access": 1}
+    assert stats.actions == {"notified": 5, "fast": 5}
 
 
 def test_a_job_gets_the_same_answers_with_and_without_it(job_env, tmp_path):
@@ -520,3 +528,123 @@ def test_stats_made_again_in_c_are_pythons(job_env, tmp_path):
     assert got["0"][0] == got["0"][1] == got["0"][2]
     assert got["0"][0][-1] == "Not a directory"
     assert fast_counts["0"] - fast_counts["1"] >= 2 * 8  # the later rounds' stats, in C
+
+
+FIRST_USED = textwrap.dedent(
+    f"""
+    import os, stat, sys
+    M = "{MOUNT}"
+    def meta(st):  # a directory's size moves as the shadow tree is populated
+        if stat.S_ISDIR(st.st_mode):
+            return (st.st_mode, st.st_ino, st.st_mtime_ns, st.st_nlink)
+        return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_nlink, st.st_blocks)
+    def call(f, *a, **k):
+        try:
+            got = f(*a, **k)
+        except OSError as e:
+            return e.strerror
+        return meta(got) if isinstance(got, os.stat_result) else got
+    def opened(path, flags=os.O_RDONLY, dir_fd=None):
+        fd = os.open(path, flags, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            return meta(st), os.read(fd, 64) if stat.S_ISREG(st.st_mode) else sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+    out = []
+    def survey(path, dir_fd=None):
+        out.append((path, dir_fd is not None, call(os.stat, path, dir_fd=dir_fd),
+                    call(os.stat, path, dir_fd=dir_fd, follow_symlinks=False),
+                    call(opened, path, dir_fd=dir_fd),
+                    call(opened, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK, dir_fd=dir_fd)))
+    for name in ("/cases/twin-a.dat", "/cases/Grüße aus Köln – 日本語 ✓.txt", "/cases/empty.txt",
+                 "/cases/frozen-0444.txt", "/cases/runme-0755.sh", "/etc/profile.d", "/cases/emptydir",
+                 "/deep", "/cases/rel-link", "/cases/dir-link/x", "/cases/nope", "/cases/nope/deeper",
+                 "/nope/deeper/still", "/cases/twin-b.dat/x", "/cases/./empty.txt",
+                 "/cases/../etc/example.conf", "/cases/", "/src/include/common.h", "/lib", "/src/main.c"):
+        survey(M + name)
+    d = os.open(M + "/cases", os.O_RDONLY | os.O_DIRECTORY)
+    for rel in ("twin-b.dat", "obsolete.txt", "emptydir", "nope", "dir-link", "abs-link",
+                "../etc/example.conf", "emptydir/../secret-0600.key", "emptydir/nope"):
+        survey(rel, d)
+    os.chdir(M + "/src")
+    for rel in ("Makefile", "include/common.h", "include", "nope", "include/nope"):
+        survey(rel)
+    os.chdir(sys.argv[1])  # a host directory: sw leads into /cvmfs
+    for rel in ("sw/etc/example.conf", "sw", "real/f", "real", "missing", ".", "real/../sw/cases"):
+        survey(rel)
+    print(repr(out))
+    """
+)
+
+
+def test_first_uses_in_c_are_pythons(job_env, tmp_path):
+    """Entries stat'ed and opened for the first time in a job, absolute, relative to a
+    directory fd, to a cwd in /cvmfs and to a host cwd, by a job whose shadow tree holds only
+    some of them: the same answers decided in C and in Python, before and after the tree has
+    them all (C answers those it holds, and leaves the rest to Python)."""
+    env = dict(job_env, CVMFS_CACHE_BASE=str(tmp_path / "cache"))
+    host = tmp_path / "host"
+    (host / "real").mkdir(parents=True)
+    (host / "real" / "f").write_text("f\n")
+    (host / "sw").symlink_to(MOUNT)
+    script = tmp_path / "first.py"
+    script.write_text(FIRST_USED)
+    ls = cvmfs_run(["ls", "-la", f"{MOUNT}/cases", f"{MOUNT}/etc"], env)  # some directories only
+    assert ls.returncode == 0, ls.stderr.decode()
+    runs = []
+    for mode in ("0", "1", "0"):  # C with the content not yet fetched, Python, C with it all
+        r = cvmfs_run(["python3", str(script), str(host)], dict(env, **{notify.PURE_PYTHON_ENV: mode}),
+                      options=["--stats"])  # fmt: skip
+        assert r.returncode == 0, (mode, r.stderr.decode())
+        counters = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+        python = counters["actions"]["notified"] - counters["actions"].get("fast", 0)
+        runs.append((ast.literal_eval(r.stdout.decode()), python))
+    assert runs[0][0] == runs[1][0] == runs[2][0]
+    rows = {(path, relative): rest for path, relative, *rest in runs[0][0]}
+    assert rows[(f"{MOUNT}/cases/nope", False)][0] == "No such file or directory"
+    assert rows[("emptydir/nope", True)][0] == "No such file or directory"
+    assert rows[(f"{MOUNT}/cases/twin-b.dat/x", False)][0] == "Not a directory"
+    assert rows[("sw/etc/example.conf", False)][2][1].startswith(b"# example")
+    # notifications decided in Python: all of them, then only those the tree cannot answer
+    # (symlinks, "..", content not fetched yet, what the job does besides): a third or less
+    assert runs[0][1] < runs[1][1] / 2 and runs[2][1] < runs[1][1] / 3
+
+
+HOST_PIECES = ["real", "f", "abs", "elsewhere", "rel", "up", "loop", "chain", "cvmfsx", "..", ".", "",
+               "missing", "etc"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def host_links(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A host directory with every kind of symlink the host rule must tell apart."""
+    top = tmp_path_factory.mktemp("links")
+    (top / "real").mkdir()
+    (top / "real" / "f").write_text("f")
+    (top / "abs").symlink_to("/cvmfs/sw.example.org/etc")
+    (top / "elsewhere").symlink_to(top / "real")
+    (top / "rel").symlink_to("real")
+    (top / "up").symlink_to(f"../{top.name}/abs")
+    (top / "loop").symlink_to("loop")
+    (top / "chain").symlink_to("abs")
+    (top / "cvmfsx").symlink_to("/cvmfsx/y")
+    (top / "real" / "back").symlink_to("../chain")
+    return top
+
+
+@given(st.lists(st.sampled_from([*HOST_PIECES, "back"]), max_size=5), st.booleans(), st.booleans())
+def test_the_host_link_rule_is_the_translators(host_links, pieces, trailing, is_open):
+    """Host paths outside the system roots: let through in C exactly when the translator's
+    first check (Translator._plain_host) lets them through, symlinks into /cvmfs or not."""
+    raw = os.fsencode(str(host_links) + "/" + "/".join(pieces) + ("/" if trailing else ""))
+    magic = b"\0".join(RULE.magic_roots)
+    want = Translator(ns=None, ranges=None)._plain_host(raw) and not (is_open and raw in RULE.open_special)  # type: ignore[arg-type]
+    assert fast.path_passes(raw, PREFIXES, SPECIAL, is_open, magic) == want, raw
+
+
+def test_the_marker_names_are_md5():
+    import hashlib
+
+    for data in (b"", b"/", b"/cases", "/Grüße".encode(), os.urandom(55), os.urandom(56), os.urandom(64),
+                 os.urandom(119), os.urandom(1000)):  # fmt: skip
+        assert fast.md5_hex(data) == hashlib.md5(data).hexdigest()
