@@ -1053,6 +1053,11 @@ struct verdict {
     uint64_t buf;
     const char *prime_key; /* OPENED content: its d/ path, what an fstat of the fd finds */
     size_t prime_key_len;
+    const char *opened;    /* OPENED: the path opened (content, or a shadow directory) */
+    const char *key;       /* first_walk's answers: kept under this key (NULL: not kept) */
+    size_t key_len;
+    unsigned drop;         /* the argument left out of the key (a dirfd: its target is in it) */
+    int walked;            /* answered by first_walk */
 };
 
 /* first_walk()'s room, on serve()'s stack: the answers it gives point into it */
@@ -1220,7 +1225,7 @@ static int missing(const struct tree *tr, const char *inner, size_t inner_len, s
  *   - either, of an entry missing from its populated directory: ENOENT.
  * A symlink anywhere on the way (the walk expands them), ".", "..", a missing placeholder in
  * a directory not yet populated, content not yet fetched, or any other call: Python's. */
-static int first_walk(const struct config *c, const struct notif *n, const unsigned char *t,
+static int walk_entry(const struct config *c, const struct notif *n, const unsigned char *t,
                       const struct tree *tr, const char *inner, size_t inner_len, int one_name,
                       struct verdict *v)
 {
@@ -1292,6 +1297,7 @@ static int first_walk(const struct config *c, const struct notif *n, const unsig
         v->end = c->top > 0 ? c->dirs : 0;
         v->prime_key = w->dpath;
         v->prime_key_len = tr->data_len + inner_len;
+        v->opened = w->dpath;
         v->data = (const char *)&w->st;
         v->len = sizeof(struct stat);
     } else if (type == S_IFDIR) {
@@ -1305,6 +1311,7 @@ static int first_walk(const struct config *c, const struct notif *n, const unsig
         fd = open_local(w->mpath, flags, 0);
         if (fd < 0)
             return PYTHON;
+        v->opened = w->mpath;
         v->minimum = c->top > 0 ? c->dirs : 0;
         v->end = c->top;
     } else {
@@ -1313,6 +1320,15 @@ static int first_walk(const struct config *c, const struct notif *n, const unsig
     v->fd = fd;
     v->cloexec = flags & O_CLOEXEC;
     return v->kind = OPENED;
+}
+
+static int first_walk(const struct config *c, const struct notif *n, const unsigned char *t,
+                      const struct tree *tr, const char *inner, size_t inner_len, int one_name,
+                      struct verdict *v)
+{
+    int kind = walk_entry(c, n, t, tr, inner, inner_len, one_name, v);
+    v->walked = kind != PYTHON;
+    return kind;
 }
 
 /* The tree whose m/ holds target (a shadow directory fd's /proc link), with the entry's path
@@ -1371,6 +1387,8 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
 {
     const struct notif_data *d = &n->data;
     v->kind = PYTHON;
+    v->walked = 0;
+    v->key = NULL;
     if (d->arch != c->arch || d->nr < 0 || d->nr >= TABLE_NRS)
         return PYTHON;
     if ((d->nr == c->dup_nr || d->nr == c->fcntl_nr) && c->top > 0) {
@@ -1422,13 +1440,17 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
         if (k <= 0 || k >= PATH_LIMIT - 1 || key_path[0] != '/')
             return PYTHON; /* gone, not a directory, or anonymous: the translator's */
         key_path[k] = 0;
-        if (c->shadow_len == 0 || (size_t)k < c->shadow_len || memcmp(key_path, c->shadow, c->shadow_len) != 0)
+        if (c->shadow_len > 0 && ((size_t)k < c->shadow_len || memcmp(key_path, c->shadow, c->shadow_len) != 0))
             return host_relative(c, key_path, (size_t)k, path, len, is_open && d->args[flags_arg - 1] & c->directory_flag, v);
+        v->key = NULL;
         if (dirfd == -100) /* remembered answers are keyed by a dirfd's target alone */
             return relative_walk(c, n, t, key_path, (size_t)k, path, len, v);
         memcpy(key_path + k + 1, path, len);
         if (remembered(c, d, t, key_path, (size_t)k + 1 + len, 1u << (t[6] - 1), v) != PYTHON)
             return v->kind;
+        v->key = key_path; /* what first_walk answers is kept, as Python keeps its answers */
+        v->key_len = (size_t)k + 1 + len;
+        v->drop = 1u << (t[6] - 1);
         return relative_walk(c, n, t, key_path, (size_t)k, path, len, v);
     }
     if (memmem(path, len, "cvmfs", 5) != NULL) {
@@ -1438,8 +1460,12 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
         for (int i = 0; i < a->ntrees; i++) {
             const struct tree *tr = &a->trees[i];
             if (len > tr->logical_len + 1 && memcmp(path, tr->logical, tr->logical_len) == 0 &&
-                path[tr->logical_len] == '/')
+                path[tr->logical_len] == '/') {
+                v->key = path;
+                v->key_len = len;
+                v->drop = 0;
                 return first_walk(c, n, t, tr, path + tr->logical_len, len - tr->logical_len, 0, v);
+            }
         }
         return v->kind = PYTHON;
     }
@@ -1496,6 +1522,35 @@ static int dup_here(int listener, const struct notif *n, const struct config *c,
     int target = end ? free_in_range(c->answers, (pid_t)n->pid, listener, v->minimum, end, kcmp)
                      : search_free((pid_t)n->pid, listener, v->minimum, v->minimum, v->minimum, kcmp);
     return hand_back(listener, n, mine, target, v->cloexec, resp);
+}
+
+/* Keep what first_walk answered under the call's key, as Python keeps its own answers
+ * (FastPath.remember*): the same call again is then one lookup, not another walk of the tree
+ * (the dynamic loader probes the same missing paths in every process). */
+static void keep(Answers *a, const struct notif_data *d, const unsigned char *t, const struct verdict *v)
+{
+    uint64_t key[6];
+    if (v->key == NULL)
+        return;
+    key_args(d->args, t[2] & ~v->drop, key);
+    if (v->kind == ERRNO) {
+        answer_put(a, d->nr, key, v->key, v->key_len, ANSWER_ERRNO, v->err, NULL, 0);
+    } else if (v->kind == WRITE) {
+        answer_put(a, d->nr, key, v->key, v->key_len, ANSWER_WRITE, 0, v->data, v->len);
+    } else if (v->kind == RESTAT) {
+        const struct restat *r = (const struct restat *)v->data;
+        answer_put(a, d->nr, key, v->key, v->key_len, ANSWER_RESTAT, 0, v->data,
+                   sizeof(struct restat) + strlen(r->path) + 1);
+    } else if (v->kind == OPENED) {
+        _Alignas(8) char buf[sizeof(struct open_answer) + PATH_LIMIT];
+        struct open_answer *o = (struct open_answer *)buf;
+        size_t n = strlen(v->opened);
+        o->base = v->minimum;
+        o->end = v->end;
+        o->content = v->prime_key != NULL;
+        memcpy(o->path, v->opened, n + 1);
+        answer_put(a, d->nr, key, v->key, v->key_len, ANSWER_OPEN, 0, buf, sizeof(struct open_answer) + n + 1);
+    }
 }
 
 PyDoc_STRVAR(serve_doc,
@@ -1557,6 +1612,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
         }
         /* an errno answer changes nothing in the job: no ID_VALID check (a stale one is refused) */
         struct notif_resp resp = {n->id, 0, 0, 0};
+        if (v.walked)
+            keep(c.answers, &n->data, &c.table[TABLE_STRIDE * n->data.nr], &v);
         if (v.kind == OPENED) { /* first_walk's: an fd of ours to hand over */
             if (v.prime_key != NULL) { /* its fstat, as Python primes it (the table may be full) */
                 uint64_t key[6] = {0};

@@ -206,6 +206,47 @@ def test_serve_gives_a_remembered_answer_again_without_python():
     assert stats.actions == {"notified": 2, "fast": 2, "return": 2}
 
 
+def test_serve_walks_a_shadow_tree_and_keeps_its_answers(tmp_path):
+    """A shadow tree told to C (``add_tree``): the child's first stat of a placeholder, open of
+    linked content and stats of a name missing from the populated root are answered there and
+    kept, as Python keeps its answers (the loader probes the same paths in every process);
+    what the tree cannot answer (content not linked, a symlink on the way) comes to Python."""
+    repo = "/cvmfs/t.example.org"
+    meta, data, done = (tmp_path / name for name in ("m", "d", "done"))
+    for directory in (meta, data, done):
+        directory.mkdir()
+    (meta / "f").write_bytes(bytes(5))  # the placeholder: the entry's size and times
+    os.utime(meta / "f", ns=(10**18, 10**18))
+    (data / "f").write_bytes(b"hello")  # its content, linked
+    (meta / "g").write_bytes(b"")  # no content linked yet
+    (meta / "link").symlink_to("f")
+    (done / fast.md5_hex(b"")).write_bytes(b"")  # the root is populated
+    path = notify.FastPath(RULE)
+    assert path.answers.add_tree(repo.encode(), bytes(meta), bytes(data), bytes(done), arch.STAT_SIZE)
+    assert not path.answers.add_tree(repo.encode(), bytes(meta), bytes(data), bytes(done), 7)
+
+    def body() -> None:
+        ok = [(st.st_size, st.st_mtime_ns) for st in (os.stat(f"{repo}/f"), os.stat(f"{repo}/f"))]
+        ok.append(os.lstat(meta / "f").st_ino == os.stat(f"{repo}/f").st_ino)
+        for _ in range(2):
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(f"{repo}/missing")
+                ok.append("missing found")
+        fd = os.open(f"{repo}/f", os.O_RDONLY)
+        ok.append(os.read(fd, 10))
+        os.close(fd)
+        for other in (f"{repo}/g", f"{repo}/link/x"):
+            with contextlib.suppress(OSError):
+                os.close(os.open(other, os.O_RDONLY))
+        os._exit(0 if ok == [(5, 10**18)] * 2 + [True, b"hello"] else 1)
+
+    seen, stats = _serve_child(body, path, lambda nr, args: errno.EACCES)
+    assert [nr for nr, _ in seen] == [arch.NR["openat"], arch.NR["openat"]]  # g, link/x
+    assert stats.stops == {"newfstatat": 6, "openat": 1}  # with a host lstat
+    # kept: the placeholder's stat, the ENOENT, the open; and the content fd's fstat
+    assert path.answers.size() >= 4
+
+
 def test_stat_answers_are_keyed_by_the_fds_target():
     answers = fast.Answers()
     data = arch.pack_stat(os.stat("/etc/passwd"))
