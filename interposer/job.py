@@ -25,7 +25,6 @@ import errno
 import os
 import resource
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -245,7 +244,8 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         # what a container's seccomp profile may refuse the supervisor: then those calls stop
         changes = notify.kernel_supports(needed=notify.CHANGES_NEED)
         creates = opens and changes and notify.can_own_umask()
-        dups = opens and notify.can_take_fds()
+        takes = notify.can_take_fds()
+        dups = opens and takes
         notify_program = seccomp.build_filter(
             ranges,
             tracer_pid,
@@ -255,7 +255,7 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
             notify_dups=dups,
             notify_changes=changes,
         )
-        channel = notify.make_channel()
+        channel = notify.make_channel(takes)
     inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGQUIT, *FORWARDED, *JOB_CONTROL)}
     if options.env_list is not None:
         from .namelist import env_bytes, write_atomic
@@ -265,16 +265,15 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         except OSError as exc:
             raise RunError(f"cannot write the environment list {options.env_list}: {exc.strerror}") from None
     try:
-        child_end = channel[1] if channel is not None else None
         env = dict(options.env)
-        pid = _spawn(list(argv), env, program, inherited, options.cwd, notify_program, child_end)
+        pid = _spawn(list(argv), env, program, inherited, options.cwd, notify_program, channel)
     except BaseException:
         if channel is not None:
-            channel[0].close()
+            channel.close()
         raise
     finally:
         if channel is not None:
-            channel[1].close()
+            channel.parent_side()
 
     forward_to = pid
 
@@ -305,7 +304,7 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
         debug=options.debug,
         names=names,
     )
-    supervisor = notify.Supervisor(tracer, channel[0], tracer.lock) if channel is not None else None
+    supervisor = notify.Supervisor(tracer, channel, tracer.lock) if channel is not None else None
     if supervisor is not None:
         supervisor.start()
     try:
@@ -423,7 +422,7 @@ def _spawn(
     inherited: dict,
     cwd: Path | None = None,
     notify_program: bytes | None = None,
-    channel: socket.socket | None = None,
+    channel: notify.Channel | None = None,
 ) -> int:
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -454,11 +453,13 @@ def _child(
     ready_w: int,
     cwd: Path | None = None,
     notify_program: bytes | None = None,
-    channel: socket.socket | None = None,
+    channel: notify.Channel | None = None,
 ) -> NoReturn:
     code = 127
     try:
         os.close(ready_w)
+        if channel is not None:
+            channel.child_side()
         if cwd is not None:
             os.chdir(cwd)
         for s, handler in inherited.items():
@@ -477,7 +478,7 @@ def _child(
             except OSError:  # EBUSY: a listener above us (a nested run); EINVAL: too old a kernel
                 listener = None
                 seccomp.install(program)  # everything through ptrace stops: slower, as correct
-            notify.send_listener(channel, listener)
+            channel.send_listener(listener)
         try:
             os.execvpe(argv[0], argv, env)
         except OSError as exc:

@@ -10,7 +10,6 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -536,21 +535,22 @@ def test_kernel_version_gate():
 def _filtered_child(body, **options: bool):  # type: ignore[no-untyped-def]
     """A child with the notify filter (``options``: build_filter's notify_*) and its listener;
     the parent gets the listener fd."""
-    parent, child = notify.make_channel()
+    channel = notify.make_channel()
     pid = os.fork()
     if pid == 0:
-        parent.close()
         try:
+            channel.child_side()
             ranges = seccomp.FdRanges.for_limit(1024)
             fd = seccomp.install(seccomp.build_filter(ranges, notify=True, **options), listener=True)
-            notify.send_listener(child, fd)
+            channel.send_listener(fd)
             body()
         finally:
             os._exit(0)
-    child.close()
-    _, fds, _, _ = socket.recv_fds(parent, 1, 1)
-    parent.close()
-    return pid, fds[0]
+    channel.parent_side()
+    listener = channel.receive_listener(pid)
+    channel.close()
+    assert listener is not None
+    return pid, listener
 
 
 def _recv(listener: int) -> tuple[int, int, int, list[int]]:
@@ -708,3 +708,38 @@ def test_a_job_holding_more_files_than_the_range_reads_each_right(job_env):
     r = cvmfs_run(["python3", "-c", code], job_env)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.split() == [b"True", b"200", str(50 + 200 - 67).encode()]
+
+
+@pytest.mark.parametrize("take_fds", [True, False])
+def test_the_listener_reaches_the_supervisor_either_way(take_fds):
+    """Pipes and pidfd_getfd where this process may take fds (no socket module at start-up),
+    a Unix socket where not: the supervisor's copy of the listener serves the child's calls; a
+    child that installed none says so."""
+    for installs in (True, False):
+        channel = notify.make_channel(take_fds)
+        assert isinstance(channel, notify.PipeChannel if take_fds else notify.SocketChannel)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                channel.child_side()
+                fd = None
+                if installs:
+                    ranges = seccomp.FdRanges.for_limit(1024)
+                    fd = seccomp.install(seccomp.build_filter(ranges, notify=True), listener=True)
+                channel.send_listener(fd)
+                os.stat("/etc/hostname")
+            finally:
+                os._exit(0)
+        channel.parent_side()
+        listener = channel.receive_listener(pid)
+        channel.close()
+        if installs:
+            assert listener is not None
+            notif_id, tid, nr, _ = _recv(listener)
+            assert (tid, nr) == (pid, arch.NR["newfstatat"])
+            _send(listener, notif_id, 0, 0, notify.FLAG_CONTINUE)
+            os.close(listener)
+        else:
+            assert listener is None
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

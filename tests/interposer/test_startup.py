@@ -40,9 +40,11 @@ FETCH_STACK = frozenset(
 # Needed by the mount state file and the shadow trees' markers, not before.
 FOR_CVMFS_ONLY = frozenset({"hashlib", "json"})
 # Standard modules that cost milliseconds and that run does without (in a plain venv: logging
-# ~7 ms, dataclasses ~9 ms with inspect, shutil ~2 ms with bz2 and lzma); cvmfs_client/lazylog.py,
-# interposer/records.py.
-SLOW_STDLIB = frozenset({"logging", "traceback", "dataclasses", "inspect", "shutil", "lzma"})
+# ~7 ms, dataclasses ~9 ms with inspect, shutil ~2 ms with bz2 and lzma, socket ~3 ms with
+# selectors); cvmfs_client/lazylog.py, interposer/records.py, notify.PipeChannel.
+SLOW_STDLIB = frozenset(
+    {"logging", "traceback", "dataclasses", "inspect", "shutil", "lzma", "socket", "selectors"}
+)
 
 
 def _modules(args: Sequence[str], env: dict[str, str]) -> set[str]:
