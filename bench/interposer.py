@@ -24,6 +24,13 @@ Workloads (each one job, start-up of the tracer included):
 timed in the same run as the plain interposer, runs interleaved, printed as the ratio
 policy/plain (target: 1.10; the path walk of ``interposer/policy.py`` is what they add).
 
+``--python PY``: run ``cvmfs-client`` with that Python instead of this one (the checkout, from
+the current directory, is still what ``-m cvmfs_client`` imports; the dependencies come from
+PY's environment). A job pays for its interpreter's start, ``site`` and every ``.pth`` file in
+its site-packages included: a venv made for cvmfs-client (``python -m venv v && v/bin/pip
+install .``) starts without those of a shared interpreter (here pyenv's: a sandbox's CA
+injection importing certifi, the editable install's finder: ~40 ms of every job).
+
 ``--pin CPU``: every command (native, cvmfs-run, proot, strace) runs on that one CPU. A traced
 job then hands over to its tracer on the same CPU; unpinned, with an idle CPU around, the
 scheduler puts them on different CPUs and every stop pays two cross-CPU wake-ups, which on a VM
@@ -128,12 +135,14 @@ def best_time(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float,
     return min(t for t, _ in runs), runs[-1][1]
 
 
-def interposer_cmd(script: str, options: list[str] | None = None) -> list[str]:
-    run = [sys.executable, "-m", "cvmfs_client", "run", "--stats", *(options or [])]
+def interposer_cmd(script: str, options: list[str] | None = None, python: str = sys.executable) -> list[str]:
+    run = [python, "-m", "cvmfs_client", "run", "--stats", *(options or [])]
     return [*run, "--", "/bin/sh", "-c", script]
 
 
-def policy_overhead(keys: list[str], env: dict[str, str], repeat: int) -> dict[str, dict[str, float]]:
+def policy_overhead(
+    keys: list[str], env: dict[str, str], repeat: int, python: str = sys.executable
+) -> dict[str, dict[str, float]]:
     """Seconds per workload: the plain interposer and each policy, best of ``repeat`` rounds.
 
     A round runs every variant once, in turn, so that the neighbours' load falls on all alike.
@@ -149,11 +158,11 @@ def policy_overhead(keys: list[str], env: dict[str, str], repeat: int) -> dict[s
         label, template = WORKLOADS[key]
         script = template.format(root=MOUNT)
         for options in variants.values():
-            timed(interposer_cmd(script, options), env)  # warm the cache and the shadow tree
+            timed(interposer_cmd(script, options, python), env)  # warm the cache and the shadow tree
         best = {name: float("inf") for name in variants}
         for _ in range(repeat):
             for name, options in variants.items():
-                best[name] = min(best[name], timed(interposer_cmd(script, options), env)[0])
+                best[name] = min(best[name], timed(interposer_cmd(script, options, python), env)[0])
         results[key] = best
         plain = best["plain"]
         cells = [f"{plain:10.3f}s"] + [f"{best[v] / plain:11.3f}" for v in POLICIES]
@@ -230,7 +239,7 @@ FSTAT_LOOP = FSTAT_LOOP.replace("os.stat(p)", "os.fstat(fd)")
 OPEN_LOOP = STAT_LOOP.replace("os.stat(p)", "os.close(os.open(p, os.O_RDONLY))")
 
 
-def per_call_costs(env: dict[str, str]) -> dict[str, float]:
+def per_call_costs(env: dict[str, str], python: str = sys.executable) -> dict[str, float]:
     """Microseconds per call: native, a trapped host path, a translated /cvmfs path (stat, and
     fstat and open + close of a file)."""
     code = STAT_LOOP
@@ -241,15 +250,15 @@ def per_call_costs(env: dict[str, str]) -> dict[str, float]:
     out["native stat"] = float(r.stdout)
     cases = (("trapped stat, host path", "/etc/passwd"), ("trapped stat, /cvmfs path", f"{MOUNT}/README.txt"))
     for label, path in cases:
-        out[label] = min(_stat_loop_under_run(env, code, path) for _ in range(3))
+        out[label] = min(_stat_loop_under_run(env, code, path, python) for _ in range(3))
     loops = (("trapped fstat, /cvmfs content fd", FSTAT_LOOP), ("trapped open, /cvmfs", OPEN_LOOP))
     for label, loop in loops:
-        out[label] = min(_stat_loop_under_run(env, loop, f"{MOUNT}/README.txt") for _ in range(3))
+        out[label] = min(_stat_loop_under_run(env, loop, f"{MOUNT}/README.txt", python) for _ in range(3))
     return out
 
 
-def _stat_loop_under_run(env: dict[str, str], code: str, path: str) -> float:
-    argv = [sys.executable, "-m", "cvmfs_client", "run", "--", sys.executable, "-c", code, path]
+def _stat_loop_under_run(env: dict[str, str], code: str, path: str, python: str = sys.executable) -> float:
+    argv = [python, "-m", "cvmfs_client", "run", "--", sys.executable, "-c", code, path]
     return float(subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout)
 
 
@@ -263,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--policies", action="store_true", help="policy overhead on W2, W3 (see above)")
     ap.add_argument("--pin", type=int, default=None, metavar="CPU", help="run everything on one CPU")
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the Python that runs cvmfs-client (default: this one); e.g. a venv's, whose start "
+        "has no site .pth files of this interpreter (see above)",
+    )
     args = ap.parse_args(argv)
     if args.pin is not None:
         os.sched_setaffinity(0, {args.pin})  # inherited by every command started from here
@@ -270,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     src, env = prepare(args.workdir)
     keys = args.only.split(",") if args.only else ["W2", "W3"] if args.policies else list(WORKLOADS)
     if args.policies:
-        found = policy_overhead(keys, env, args.repeat)
+        found = policy_overhead(keys, env, args.repeat, args.python)
         if args.json:
             args.json.write_text(json.dumps({"policies": found}, indent=2))
         return 0
@@ -283,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         label, template = WORKLOADS[key]
         local = template.format(root=src)
         mounted = template.format(root=MOUNT)
-        timed(interposer_cmd(mounted), env)  # warm the cache and the shadow tree
+        timed(interposer_cmd(mounted, python=args.python), env)  # warm the cache and the shadow tree
         t_native, _ = best_time(["/bin/sh", "-c", local], env, args.repeat)
-        t_run, stderr = best_time(interposer_cmd(mounted), env, args.repeat)
-        t_ptrace, _ = best_time(interposer_cmd(mounted, ["--ptrace-only"]), env, args.repeat)
+        t_run, stderr = best_time(interposer_cmd(mounted, python=args.python), env, args.repeat)
+        t_ptrace, _ = best_time(interposer_cmd(mounted, ["--ptrace-only"], args.python), env, args.repeat)
         stops, notified, events = parse_stops(stderr)
         t_floor = floor_time(t_native, stops, notified, events, c)
         t_proot = None
@@ -318,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         floor_s = f"{t_floor / t_native:6.2f}" if t_floor is not None else f"{'-':>6}"
         print(f"{key:4} {label:16} {t_native:8.3f} {t_run:10.3f} {ratio:6.2f} {target:>6} {proot_s} "
               f"{t_ptrace / t_native:7.2f} {stops:7d} {per_stop:8.1f} {floor_s}", flush=True)  # fmt: skip
-    costs = {**per_call_costs(env), **c}
+    costs = {**per_call_costs(env, args.python), **c}
     print()
     for k, v in costs.items():
         print(f"{k:36} {v:7.1f} us")
