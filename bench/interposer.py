@@ -1,6 +1,7 @@
 """Benchmark of ``cvmfs-client run``: five workloads against native and ``proot -b``.
 
     python bench/interposer.py [--workdir DIR] [--repeat N] [--only W1,W3] [--policies] [--pin CPU]
+                               [--python PY]
 
 The software tree of the interposer tests (``tests/interposer/trees.py``: example tree, static
 busybox, Debian's CPython 3.11 with its standard library) is published once into ``--workdir``
