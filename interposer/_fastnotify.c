@@ -380,6 +380,7 @@ struct restat {
 };
 
 #define TREES 64 /* the shadow trees of the repositories a job mounted: see first_walk() */
+#define WALK_SIZE (8 * PATH_LIMIT) /* >= sizeof(struct walk), checked where it is defined */
 
 struct tree {
     const char *logical; /* "/cvmfs/<fqrn>": the job's name for its root */
@@ -390,6 +391,8 @@ struct tree {
     char *strings;       /* the four, in one allocation */
 };
 
+struct walk;
+
 typedef struct {
     PyObject_HEAD
     struct answer *slots;
@@ -398,6 +401,7 @@ typedef struct {
     struct pidfd pidfds[PIDFDS];
     struct tree trees[TREES];
     int ntrees;
+    struct walk *walk; /* serve()'s room for the paths of first_walk() and host_relative() */
 } Answers;
 
 /* An open answered here (err 0, data): the rewritten path's open, its fd handed over. */
@@ -456,7 +460,8 @@ static PyObject *answers_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (a == NULL)
         return NULL;
     a->slots = calloc(ANSWER_SLOTS, sizeof(struct answer));
-    if (a->slots == NULL) {
+    a->walk = malloc(WALK_SIZE);
+    if (a->slots == NULL || a->walk == NULL) {
         Py_DECREF(a);
         return PyErr_NoMemory();
     }
@@ -474,6 +479,7 @@ static void answers_dealloc(Answers *a)
     }
     for (int i = 0; i < a->ntrees; i++)
         free(a->trees[i].strings);
+    free(a->walk);
     Py_TYPE(a)->tp_free((PyObject *)a);
 }
 
@@ -1036,7 +1042,7 @@ struct config {
     unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
     int dup_nr, fcntl_nr;         /* copies of reserved fds stay in their range */
     int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
-    struct walk *walk;            /* first_walk()'s room */
+    struct walk *walk;            /* first_walk()'s room (the Answers'), or NULL */
 };
 
 enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5, RESTAT = 6, OPENED = 7 };
@@ -1060,7 +1066,7 @@ struct verdict {
     int walked;            /* answered by first_walk */
 };
 
-/* first_walk()'s room, on serve()'s stack: the answers it gives point into it */
+/* first_walk()'s room, kept by Answers: the answers it gives point into it */
 struct walk {
     char inner[PATH_LIMIT];            /* the entry's path under m/ (and d/), from "/" */
     char mpath[PATH_LIMIT];            /* its placeholder */
@@ -1068,6 +1074,7 @@ struct walk {
     _Alignas(8) char restat[sizeof(struct restat) + PATH_LIMIT];
     struct stat st;                    /* the placeholder's */
 };
+_Static_assert(sizeof(struct walk) <= WALK_SIZE, "WALK_SIZE too small");
 
 /* An fstat of a content fd whose struct stat is remembered: WRITE; else PYTHON. */
 static int fd_stat(const struct config *c, const struct notif *n, const unsigned char *t,
@@ -1585,12 +1592,11 @@ static PyObject *serve(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "serve: answers must be an Answers or None");
         goto out;
     }
-    struct walk *walk = answers == Py_None ? NULL : malloc(sizeof(struct walk));
     struct config c = {
         (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
         (size_t)prefixes.len, never.buf, (size_t)never.len, magic.len > 0 ? magic.buf : NULL,
         (size_t)magic.len, shadow.buf, (size_t)shadow.len, directory_flag, empty_path, stat_flags, dup_nr, fcntl_nr, content, dirs,
-        answers == Py_None ? 0 : top, walk,
+        answers == Py_None ? 0 : top, answers == Py_None ? NULL : ((Answers *)answers)->walk,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;
@@ -1676,7 +1682,6 @@ static PyObject *serve(PyObject *self, PyObject *args)
             count[n->data.nr + (v.kind - 1) * TABLE_NRS] += 1;
     }
     Py_END_ALLOW_THREADS
-    free(walk);
     if (send_errno != 0) {
         errno = send_errno;
         PyErr_SetFromErrno(PyExc_OSError);

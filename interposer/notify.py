@@ -815,9 +815,10 @@ class FastPath:
     """The supervisor's fast path: :mod:`._fastnotify` (C) receives the notifications and lets
     through, without Python, the host-path calls :meth:`.Translator.fast_rule` describes
     (``stat("/etc/localtime")`` in every ``localtime()``, the dynamic loader's probes), ~6 us
-    less each; it hands every other notification to Python. Used only when that rule is the
-    translator's whole decision: no policy, no name list (which records every path), no
-    ``--debug`` (which logs every answer). :data:`PURE_PYTHON_ENV` turns it off."""
+    less each; gives the answers it was told to remember (``remember*``) and those the shadow
+    trees hold (:meth:`add_trees`); it hands every other notification to Python. Used only
+    when that rule is the translator's whole decision: no policy, no name list (which records
+    every path), no ``--debug`` (which logs every answer). :data:`PURE_PYTHON_ENV` turns it off."""
 
     __slots__ = (
         "_table", "_prefixes", "_special", "_magic", "_shadow", "_directory_flag", "_empty_path",
