@@ -71,6 +71,7 @@ struct notif_resp {
 #define TABLE_STRIDE 7   /* see struct config */
 #define FD_KEY TABLE_NRS /* the "syscall number" of a struct stat answer keyed by an fd's target */
 #define STAT_SIZE_MAX 256
+#define STATX_BYTES 256  /* sizeof(struct statx), statx.STATX_SIZE */
 #define PATH_LIMIT 4096  /* PATH_MAX: longer paths go to Python, which answers ENAMETOOLONG */
 #define PAGE 4096UL
 
@@ -1042,6 +1043,9 @@ struct config {
     unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
     int dup_nr, fcntl_nr;         /* copies of reserved fds stay in their range */
     int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
+    int statx_nr;                 /* statx (-1: none): its flags and mask arguments, what they */
+    unsigned statx_flags_arg, statx_mask_arg; /* may hold for an answer from the tree, and the */
+    unsigned long statx_flags, statx_mask;    /* mask the answer is made with (statx.ASKED) */
     struct walk *walk;            /* first_walk()'s room (the Answers'), or NULL */
 };
 
@@ -1073,6 +1077,7 @@ struct walk {
     char dpath[PATH_LIMIT];            /* its content, or its directory's marker */
     _Alignas(8) char restat[sizeof(struct restat) + PATH_LIMIT];
     struct stat st;                    /* the placeholder's */
+    _Alignas(8) char stx[STAT_SIZE_MAX]; /* its struct statx, for a statx */
 };
 _Static_assert(sizeof(struct walk) <= WALK_SIZE, "WALK_SIZE too small");
 
@@ -1222,9 +1227,9 @@ static int missing(const struct tree *tr, const char *inner, size_t inner_len, s
  * translator would after its walk of the pinned revision, without the walk.  inner: the entry's
  * path under the tree's m/, from "/"; one_name: it is one name in a directory the job holds
  * an fd of (no symlink on the way there).  Only what the tree alone decides:
- *   - a stat (stat, lstat, newfstatat) of anything but a symlink: the placeholder's struct
- *     stat (Translator._stat_answer), or for a directory the stat made on it here (the
- *     kernel's each time: populating a directory moves its ctime);
+ *   - a stat (stat, lstat, newfstatat, statx) of anything but a symlink: the placeholder's
+ *     struct stat or statx (Translator._stat_answer), or for a directory the call made on it
+ *     here (the kernel's each time: populating a directory moves its ctime);
  *   - a read-only open of a regular file whose content is linked under d/: that opened and
  *     handed over in the content range, its fstat answer primed (Translator._open);
  *   - a read-only open of a populated directory (its marker exists): m/ opened and handed
@@ -1253,11 +1258,14 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
             return PYTHON;
         p = end;
     }
-    int flags = 0;
+    int flags = 0, is_statx = d->nr == c->statx_nr;
     if (is_open) {
         flags = (int)(uint32_t)d->args[t[1] - 1];
         if ((flags & O_ACCMODE) != O_RDONLY || flags & (O_CREAT | O_TRUNC | O_PATH) ||
             (flags & O_TMPFILE) == O_TMPFILE)
+            return PYTHON;
+    } else if (is_statx) { /* Translator._stat_answer: flags and a mask it answers alone */
+        if (d->args[c->statx_flags_arg] & ~c->statx_flags || d->args[c->statx_mask_arg] & ~c->statx_mask)
             return PYTHON;
     } else if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags)) {
         return PYTHON;
@@ -1279,10 +1287,17 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
         v->buf = d->args[t[4] - 1];
         if (type == S_IFDIR) {
             struct restat *r = (struct restat *)w->restat;
-            r->out_size = sizeof(struct stat);
+            r->out_size = is_statx ? STATX_BYTES : sizeof(struct stat);
             memcpy(r->path, w->mpath, tr->meta_len + inner_len + 1);
             v->data = w->restat;
             return v->kind = RESTAT;
+        }
+        if (is_statx) { /* statx.shadow_statx: the placeholder's, with the mask Python asks */
+            if (syscall(SYS_statx, AT_FDCWD, w->mpath, AT_SYMLINK_NOFOLLOW, (unsigned)c->statx_mask, w->stx) != 0)
+                return PYTHON;
+            v->data = w->stx;
+            v->len = STATX_BYTES;
+            return v->kind = WRITE;
         }
         v->data = (const char *)&w->st;
         v->len = sizeof(struct stat);
@@ -1562,7 +1577,8 @@ static void keep(Answers *a, const struct notif_data *d, const unsigned char *t,
 
 PyDoc_STRVAR(serve_doc,
 "serve(listener, request, table, prefixes, never, magic, shadow, directory_flag, empty_path,\n"
-"      stat_flags, arch, (dup_nr, fcntl_nr), (content, dirs, top), answers, counts) -> int\n\n"
+"      stat_flags, arch, (dup_nr, fcntl_nr), (content, dirs, top),\n"
+"      (statx_nr, statx_flags_arg, statx_mask_arg, statx_flags, statx_mask), answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
 "or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
 "(unsigned 64-bit, one per number of table: continued, then answered with an errno, with a\n"
@@ -1573,19 +1589,25 @@ PyDoc_STRVAR(serve_doc,
 
 static PyObject *serve(PyObject *self, PyObject *args)
 {
-    int listener, dup_nr, fcntl_nr, content, dirs, top;
-    unsigned long directory_flag, empty_path, stat_flags, arch;
+    int listener, dup_nr, fcntl_nr, content, dirs, top, statx_nr;
+    unsigned statx_flags_arg, statx_mask_arg;
+    unsigned long directory_flag, empty_path, stat_flags, arch, statx_flags, statx_mask;
     PyObject *answers;
     Py_buffer request, table, prefixes, never, magic, shadow, counts;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(ii)(iii)Ow*", &listener, &request, &table, &prefixes,
-                          &never, &magic, &shadow, &directory_flag, &empty_path, &stat_flags, &arch, &dup_nr,
-                          &fcntl_nr, &content, &dirs, &top, &answers, &counts))
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(ii)(iii)(iIIkk)Ow*", &listener, &request, &table,
+                          &prefixes, &never, &magic, &shadow, &directory_flag, &empty_path, &stat_flags, &arch,
+                          &dup_nr, &fcntl_nr, &content, &dirs, &top, &statx_nr, &statx_flags_arg,
+                          &statx_mask_arg, &statx_flags, &statx_mask, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
     if (request.len < (Py_ssize_t)sizeof(struct notif) || table.len != TABLE_STRIDE * TABLE_NRS ||
         counts.len != (Py_ssize_t)(4 * 8 * TABLE_NRS)) {
         PyErr_SetString(PyExc_ValueError, "serve: buffer sizes do not match");
+        goto out;
+    }
+    if (statx_flags_arg > 5 || statx_mask_arg > 5) {
+        PyErr_SetString(PyExc_ValueError, "serve: statx's arguments are among its 6");
         goto out;
     }
     if (answers != Py_None && !PyObject_TypeCheck(answers, &AnswersType)) {
@@ -1596,7 +1618,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
         (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
         (size_t)prefixes.len, never.buf, (size_t)never.len, magic.len > 0 ? magic.buf : NULL,
         (size_t)magic.len, shadow.buf, (size_t)shadow.len, directory_flag, empty_path, stat_flags, dup_nr, fcntl_nr, content, dirs,
-        answers == Py_None ? 0 : top, answers == Py_None ? NULL : ((Answers *)answers)->walk,
+        answers == Py_None ? 0 : top, statx_nr, statx_flags_arg, statx_mask_arg, statx_flags, statx_mask,
+        answers == Py_None ? NULL : ((Answers *)answers)->walk,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;

@@ -823,7 +823,7 @@ class FastPath:
     __slots__ = (
         "_table", "_prefixes", "_special", "_magic", "_shadow", "_directory_flag", "_empty_path",
         "_stat_flags", "_counts", "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_dups", "_ranges",
-        "answers", "_trees", "mounts_seen",
+        "answers", "_trees", "mounts_seen", "_sizes", "_statx",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
@@ -851,8 +851,16 @@ class FastPath:
             if spec.dirfd is not None:  # a relative path is keyed by what the dirfd links to
                 table[stride * nr + 6] = spec.dirfd + 1
                 self._dirfds[nr] = spec.dirfd
-        # stat, lstat, newfstatat: the buffer a remembered answer is written into
+        # stat, lstat, newfstatat, statx: the buffer a remembered answer is written into, its size
         self._bufs = {arch.NR[name]: by_name[name].buf for name in rule.stat_calls}
+        self._sizes = dict.fromkeys(self._bufs, arch.STAT_SIZE)
+        name, mask_arg, statx_flags, statx_mask = rule.statx
+        statx_nr = arch.NR[name]
+        self._bufs[statx_nr] = by_name[name].xbuf
+        self._sizes[statx_nr] = STATX_SIZE
+        flags_arg = by_name[name].flags
+        assert flags_arg is not None
+        self._statx = (statx_nr, flags_arg, mask_arg, statx_flags, statx_mask)
         for nr, buf in self._bufs.items():
             assert buf is not None
             table[stride * nr + 4] = buf + 1
@@ -896,7 +904,7 @@ class FastPath:
         return _fastnotify.serve(
             listener, req, self._table, self._prefixes, self._special, self._magic, self._shadow,
             self._directory_flag, self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._dups,
-            self._ranges, self.answers, self._counts,
+            self._ranges, self._statx, self.answers, self._counts,
         )  # fmt: skip
 
     def remember(self, nr: int, args: list[int], key: bytes, err: int) -> None:
@@ -909,13 +917,13 @@ class FastPath:
             self.answers.remember(nr, tuple(args), mask, key, err)
 
     def remember_write(self, nr: int, args: list[int], key: bytes, answer: WriteReturn) -> None:
-        """Write ``answer``'s struct stat into this call's buffer from now on, without Python:
-        a file's or symlink's placeholder stat after a walk of the pinned revision alone."""
+        """Write ``answer``'s struct stat (or statx) into this call's buffer from now on, without
+        Python: a file's or symlink's placeholder stat after a walk of the pinned revision alone."""
         buf = self._bufs.get(nr)
         mask = self._mask(nr, args, key)
         if buf is None or mask is None or answer.value != 0 or answer.addr != args[buf]:
             return
-        if len(answer.data) == arch.STAT_SIZE:
+        if len(answer.data) == self._sizes[nr]:
             self.answers.remember_write(nr, tuple(args), mask, key, answer.data)
 
     def remember_restat(self, nr: int, args: list[int], key: bytes, action: Rewrite) -> None:
@@ -929,7 +937,7 @@ class FastPath:
             return
         if path is None or not path.startswith(b"/") or action.path_arg != BY_NR[nr].path:
             return
-        self.answers.remember_restat(nr, tuple(args), mask, key, path, arch.STAT_SIZE)
+        self.answers.remember_restat(nr, tuple(args), mask, key, path, self._sizes[nr])
 
     def remember_open(
         self, nr: int, args: list[int], key: bytes, action: Rewrite, ranges: FdRanges | None

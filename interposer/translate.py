@@ -106,6 +106,7 @@ _STAT_CALLS = ("stat", "lstat", "newfstatat")
 _OPEN_SPECIAL = (b"/etc/mtab",)  # opens answered by the translator although under a system root
 _STAT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | AT_NO_AUTOMOUNT  # what newfstatat accepts
 _STATX_FLAGS = _STAT_FLAGS | statx.AT_STATX_SYNC_TYPE
+_STATX_MASK_ARG = 3  # statx(dirfd, path, flags, mask, buf)
 _XATTR_GETS = frozenset({"getxattr", "lgetxattr"})  # (path, name, value, size)
 _XATTR_LISTS = frozenset({"listxattr", "llistxattr"})  # (path, list, size)
 XATTR_NAME_MAX = 255
@@ -243,11 +244,12 @@ class FastRule(Record):
     arguments besides its path that an errno answer marked :attr:`Context.pure` depends on.
     ``fd_stats``: the calls that are an ``fstat`` when made on an fd (``newfstatat`` with an
     empty path and ``AT_EMPTY_PATH``, other ``stat_flags`` allowed), whose written answer
-    depends on nothing but :attr:`Context.fd_target`."""
+    depends on nothing but :attr:`Context.fd_target`. ``statx``: that call, its mask argument,
+    and the flags and mask :meth:`Translator._stat_answer` answers from a placeholder."""
 
     __slots__ = (
         "calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys", "fd_stats",
-        "empty_path", "stat_flags", "stat_calls", "magic_roots", "shadow_prefix",
+        "empty_path", "stat_flags", "stat_calls", "magic_roots", "shadow_prefix", "statx",
     )  # fmt: skip
 
     def __init__(
@@ -264,6 +266,7 @@ class FastRule(Record):
         stat_calls: tuple[str, ...],
         magic_roots: tuple[bytes, ...],
         shadow_prefix: bytes,
+        statx: tuple[str, int, int, int],
     ) -> None:
         self.calls = calls
         self.opens = opens
@@ -277,6 +280,7 @@ class FastRule(Record):
         self.stat_calls = stat_calls
         self.magic_roots = magic_roots
         self.shadow_prefix = shadow_prefix
+        self.statx = statx
 
 
 class Translator:
@@ -403,6 +407,7 @@ class Translator:
             stat_calls=_STAT_CALLS,
             magic_roots=_MAGIC_ROOTS,
             shadow_prefix=os.fsencode(self.ns.base_prefix) if self.ns is not None else b"",
+            statx=("statx", _STATX_MASK_ARG, _STATX_FLAGS, statx.ASKED),
         )
 
     def _plain_host(self, raw: bytes) -> bool:
@@ -589,7 +594,7 @@ class Translator:
         job that drops root's could not reach the shadow trees under root's cache anyway).
         """
         if spec.xbuf is not None:
-            if r.kind != ENTRY or flags & ~_STATX_FLAGS or to_int(args[3]) & ~statx.ASKED:
+            if r.kind != ENTRY or flags & ~_STATX_FLAGS or to_int(args[_STATX_MASK_ARG]) & ~statx.ASKED:
                 return None  # a mask asking for more than basic stats, birth time and mount id
             data = r.statx_b or self._placeholder_bytes(r, True)
             buf = args[spec.xbuf]

@@ -689,3 +689,37 @@ def test_the_marker_names_are_md5():
     for data in (b"", b"/", b"/cases", "/Grüße".encode(), os.urandom(55), os.urandom(56), os.urandom(64),
                  os.urandom(119), os.urandom(1000)):  # fmt: skip
         assert fast.md5_hex(data) == hashlib.md5(data).hexdigest()
+
+
+def test_statx_answers_in_c_are_pythons(job_env, tmp_path):
+    """coreutils' stat asks with statx: files, a symlink, directories and missing names, by a
+    job whose shadow tree holds some of them; the same answers (birth times included) decided
+    in C and in Python, most of them C's."""
+    env = dict(job_env, CVMFS_CACHE_BASE=str(tmp_path / "cache"))
+    ls = cvmfs_run(["ls", "-la", f"{MOUNT}/cases"], env)
+    assert ls.returncode == 0, ls.stderr.decode()
+    names = (
+        "cases/twin-a.dat",
+        "cases/empty.txt",
+        "cases/rel-link",
+        "etc/example.conf",
+        "cases/nope",
+        "src/nope",
+    )
+    files = " ".join(f"{MOUNT}/{name}" for name in names)
+    dirs = " ".join(f"{MOUNT}/{name}" for name in ("cases", "cases/emptydir", "etc", "src/include"))
+    script = (
+        f"stat -c '%n %f %s %Y %h %i %b %X %W' {files} 2>&1;"
+        f" stat -L -c '%n %s' {files} 2>&1; stat -c '%n %f %Y %h %i' {dirs}"
+    )
+    runs = []
+    for mode in ("0", "1", "0"):
+        r = cvmfs_run(
+            ["/bin/sh", "-c", script], dict(env, **{notify.PURE_PYTHON_ENV: mode}), options=["--stats"]
+        )
+        counters = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+        runs.append((r.stdout, counters["actions"]["notified"] - counters["actions"].get("fast", 0)))
+    assert runs[0][0] == runs[1][0] == runs[2][0]
+    assert b"No such file or directory" in runs[0][0]
+    assert f"{MOUNT}/cases/twin-a.dat 81a4 168 ".encode() in runs[0][0]  # a 0644 file of 168 bytes
+    assert runs[2][1] * 8 <= runs[1][1], [python for _, python in runs]  # the statx calls: C's
