@@ -60,7 +60,7 @@ id ``pidfd_open`` refuses, stays Python's (which knows its process). Handing an 
 too (``hand_over``, ``first_free``) wherever the extension is built.
 First uses too, where the shadow tree holds the answer already (an earlier job, or this one,
 populated the directory and linked the content; :meth:`FastPath.add_trees` tells C where the
-trees of the repositories the job mounted are): a ``stat`` of a placeholder, the read-only
+trees of the repositories the job mounted are): a ``stat`` or ``statx`` of a placeholder, the read-only
 open of linked content or of a populated directory, ENOENT for a name missing from a
 populated directory, reached without a symlink or ``..`` on the way; anything else there is
 the translator's walk. Host paths outside the system trees, and paths relative to a host
