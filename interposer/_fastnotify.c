@@ -1190,6 +1190,25 @@ static int lstat_no_links(const char *path, struct stat *st)
 #endif
 }
 
+/* out = a followed by b (lengths an, bn), NUL-terminated; the caller checked the room. */
+static void join(char *out, const char *a, size_t an, const char *b, size_t bn)
+{
+    memcpy(out, a, an);
+    memcpy(out + an, b, bn);
+    out[an + bn] = 0;
+}
+
+/* Whether directory inner[0:n] of tree tr is populated: its marker, done/<md5 of the path>
+ * (shadow.ShadowTree._marker), exists.  w->dpath is used for the marker's path. */
+static int populated(const struct tree *tr, const char *inner, size_t n, struct walk *w)
+{
+    char name[34];
+    name[0] = '/';
+    md5_hex(inner, n, name + 1);
+    join(w->dpath, tr->done, tr->done_len, name, 33);
+    return faccessat(AT_FDCWD, w->dpath, F_OK, 0) == 0;
+}
+
 /* Whether the entry inner (missing from m/) is missing from the revision: its nearest
  * ancestor in m/ is a populated directory (its marker exists), reached without a symlink.
  * Otherwise (an ancestor not populated yet, a symlink or a file on the way) the walk's. */
@@ -1202,22 +1221,13 @@ static int missing(const struct tree *tr, const char *inner, size_t inner_len, s
         if (slash == NULL)
             return 0;
         n = (size_t)(slash - inner); /* the parent: inner[0:n], "" for the repository root */
-        memcpy(w->dpath, tr->meta, tr->meta_len);
-        memcpy(w->dpath + tr->meta_len, inner, n);
-        w->dpath[tr->meta_len + n] = 0;
+        join(w->dpath, tr->meta, tr->meta_len, inner, n);
         if (lstat_no_links(w->dpath, &st) < 0) {
             if (errno == ENOENT)
                 continue;
             return 0;
         }
-        if (!S_ISDIR(st.st_mode))
-            return 0;
-        char hex[33];
-        md5_hex(inner, n, hex);
-        memcpy(w->dpath, tr->done, tr->done_len);
-        w->dpath[tr->done_len] = '/';
-        memcpy(w->dpath + tr->done_len + 1, hex, 33);
-        return faccessat(AT_FDCWD, w->dpath, F_OK, 0) == 0;
+        return S_ISDIR(st.st_mode) && populated(tr, inner, n, w);
     }
     return 0;
 }
@@ -1270,9 +1280,7 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
     } else if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags)) {
         return PYTHON;
     }
-    memcpy(w->mpath, tr->meta, tr->meta_len);
-    memcpy(w->mpath + tr->meta_len, inner, inner_len);
-    w->mpath[tr->meta_len + inner_len] = 0;
+    join(w->mpath, tr->meta, tr->meta_len, inner, inner_len);
     int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
     if (found < 0) {
         if (errno != ENOENT || !missing(tr, inner, inner_len, w))
@@ -1309,9 +1317,7 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
     if (type == S_IFREG) {
         if (flags & O_DIRECTORY)
             return PYTHON;
-        memcpy(w->dpath, tr->data, tr->data_len);
-        memcpy(w->dpath + tr->data_len, inner, inner_len);
-        w->dpath[tr->data_len + inner_len] = 0;
+        join(w->dpath, tr->data, tr->data_len, inner, inner_len);
         fd = open_local(w->dpath, flags, 1);
         if (fd < 0)
             return PYTHON; /* not linked yet: Python fetches it */
@@ -1323,12 +1329,7 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
         v->data = (const char *)&w->st;
         v->len = sizeof(struct stat);
     } else if (type == S_IFDIR) {
-        char hex[33];
-        md5_hex(inner, inner_len, hex);
-        memcpy(w->dpath, tr->done, tr->done_len);
-        w->dpath[tr->done_len] = '/';
-        memcpy(w->dpath + tr->done_len + 1, hex, 33);
-        if (faccessat(AT_FDCWD, w->dpath, F_OK, 0) != 0)
+        if (!populated(tr, inner, inner_len, w))
             return PYTHON; /* not populated yet */
         fd = open_local(w->mpath, flags, 0);
         if (fd < 0)
