@@ -37,11 +37,16 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from . import lazylog
 from .namehash import sha1_hex
 from .records import Record
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from os import PathLike
+
+    StrPath = str | PathLike[str]  # a str or a pathlib.Path: pathlib is not imported at run's start
 
 log = lazylog.get(__name__)
 
@@ -70,39 +75,40 @@ class Collection(Record):
     def __init__(self) -> None:
         self.units_collected = 0
         self.units_removed = 0
-        self.units_busy: list[Path] = []
+        self.units_busy: list[str] = []
         self.links_removed = 0
         self.copies_removed = 0
         self.bytes_freed = 0  # sizes of files whose last name was removed
 
 
-def _key(path: Path) -> str:
+def _key(path: str) -> str:
     return sha1_hex(os.fsencode(path))[:16]
 
 
-def _link_name(directory: Path, target: Path) -> None:
+def _link_name(directory: str, target: str) -> None:
     """``directory/<key of target>`` -> ``target``, made atomically once."""
-    link = directory / _key(target)
+    name = _key(target)
+    link = os.path.join(directory, name)
     if os.path.lexists(link):
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{link.name}.{os.getpid()}"
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)
 
 
-def register(tree: Path, cache_dir: Path) -> None:
+def register(tree: StrPath, cache_dir: StrPath) -> None:
     """Record that ``tree`` hardlinks objects of ``cache_dir`` (both directions, idempotent)."""
-    tree, cache_dir = Path(os.path.abspath(tree)), Path(os.path.abspath(cache_dir))
-    _link_name(tree / CACHES_DIR, cache_dir)
-    _link_name(cache_dir / LINKED_DIR, tree)
+    tree, cache_dir = os.path.abspath(tree), os.path.abspath(cache_dir)
+    _link_name(os.path.join(tree, CACHES_DIR), cache_dir)
+    _link_name(os.path.join(cache_dir, LINKED_DIR), tree)
 
 
-def _targets(directory: Path) -> list[Path]:
+def _targets(directory: str) -> list[str]:
     """Existing directories named by the symlinks in ``directory`` (dangling ones removed)."""
-    found: list[Path] = []
+    found: list[str] = []
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -110,8 +116,8 @@ def _targets(directory: Path) -> list[Path]:
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_symlink():
             continue
-        target = Path(os.readlink(entry.path))
-        if target.is_dir():
+        target = os.readlink(entry.path)
+        if os.path.isdir(target):
             found.append(target)
         else:  # the tree or cache was removed by hand
             with contextlib.suppress(FileNotFoundError):
@@ -119,39 +125,40 @@ def _targets(directory: Path) -> list[Path]:
     return found
 
 
-def linked_trees(cache_dir: Path) -> list[Path]:
-    return _targets(Path(cache_dir) / LINKED_DIR)
+def linked_trees(cache_dir: StrPath) -> list[str]:
+    return _targets(os.path.join(cache_dir, LINKED_DIR))
 
 
-def _touch(path: Path) -> None:
+def _touch(path: str) -> None:
     """Create ``path`` empty, or set its times to now."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
     os.utime(path)
 
 
-def note_removal(cache_dir: Path) -> None:
+def note_removal(cache_dir: StrPath) -> None:
     """Called by the cache after removing objects: links to them may now hold stray bytes."""
-    _touch(Path(cache_dir) / EVICTED_STAMP)
+    _touch(os.path.join(cache_dir, EVICTED_STAMP))
 
 
-def _mtime_ns(path: Path) -> int:
+def _mtime_ns(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return 0
 
 
-def needs_collection(tree: Path, unit: Path) -> bool:
+def needs_collection(tree: StrPath, unit: StrPath) -> bool:
     """Whether a cache of ``tree`` removed objects after ``unit`` was last collected."""
-    last = _mtime_ns(unit / _COLLECTED)
-    return any(_mtime_ns(c / EVICTED_STAMP) > last for c in _targets(Path(tree) / CACHES_DIR))
+    last = _mtime_ns(os.path.join(unit, _COLLECTED))
+    caches = _targets(os.path.join(tree, CACHES_DIR))
+    return any(_mtime_ns(os.path.join(c, EVICTED_STAMP)) > last for c in caches)
 
 
-def retire_unit(unit: Path) -> None:
+def retire_unit(unit: StrPath) -> None:
     """Mark ``unit`` for removal: the next collection that finds it idle deletes all of it
     (the interposer: a revision that no mount state names any more)."""
     with contextlib.suppress(FileNotFoundError):  # the unit is gone already
-        _touch(unit / _RETIRED)
+        _touch(os.path.join(unit, _RETIRED))
 
 
 def _remove_tree(top: str) -> None:
@@ -180,11 +187,11 @@ class UnitLock:
     otherwise be locked through a dead name).
     """
 
-    def __init__(self, unit: Path) -> None:
+    def __init__(self, unit: StrPath) -> None:
         self.unit = unit
-        path = unit / _LOCK
+        path = os.path.join(unit, _LOCK)
         while True:
-            unit.mkdir(parents=True, exist_ok=True)
+            os.makedirs(unit, exist_ok=True)
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)
@@ -207,14 +214,14 @@ class UnitLock:
             self._fd = None
 
 
-def _live_objects(caches: list[Path]) -> tuple[set[str], set[tuple[int, int]]]:
+def _live_objects(caches: list[str]) -> tuple[set[str], set[tuple[int, int]]]:
     """Names (``XXrest``) and (dev, inode) of every object of ``caches``, from directory
     listings alone (``d_ino``; one ``stat`` per subdirectory for its device)."""
     names: set[str] = set()
     inodes: set[tuple[int, int]] = set()
     for cache in caches:
         for parent in _OBJECT_PARENTS:
-            top = cache / parent if parent else cache
+            top = os.path.join(cache, parent) if parent else cache
             try:
                 subdirs = [e for e in os.scandir(top) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
             except FileNotFoundError:
@@ -243,11 +250,11 @@ def _unlink_counted(path: str, result: Collection) -> bool:
 
 
 def _collect_copies(
-    tree: Path, names: set[str], inodes: set[tuple[int, int]], since_ns: int, result: Collection
+    tree: str, names: set[str], inodes: set[tuple[int, int]], since_ns: int, result: Collection
 ) -> None:
     """Remove copies of objects that are gone; a copy made since ``since_ns`` (when the objects
     were listed) may be of an object fetched since, and stays."""
-    copies = tree / COPIES_DIR
+    copies = os.path.join(tree, COPIES_DIR)
     try:
         dev = os.stat(copies).st_dev
         entries = list(os.scandir(copies))
@@ -290,13 +297,13 @@ def _collect_links(directory: str, dev: int, inodes: set[tuple[int, int]], resul
             result.links_removed += 1
 
 
-def held_outside(cache_dir: Path) -> int:
+def held_outside(cache_dir: StrPath) -> int:
     """Bytes that the trees linked to ``cache_dir`` keep on disk besides the caches' objects:
     links of running jobs to evicted objects, copies in ``x/`` (for ``cache stat``)."""
     held: dict[tuple[int, int], int] = {}
     for tree in linked_trees(cache_dir):
-        _names, inodes = _live_objects(_targets(tree / CACHES_DIR))
-        tops = [str(tree / COPIES_DIR)] + [str(unit / _LINKS) for unit in _units(tree)]
+        _names, inodes = _live_objects(_targets(os.path.join(tree, CACHES_DIR)))
+        tops = [os.path.join(tree, COPIES_DIR)] + [os.path.join(unit, _LINKS) for unit in _units(tree)]
         for e in _non_directories(tops):
             with contextlib.suppress(FileNotFoundError):
                 st = e.stat(follow_symlinks=False)
@@ -305,32 +312,33 @@ def held_outside(cache_dir: Path) -> int:
     return sum(held.values())
 
 
-def _units(tree: Path) -> list[Path]:
-    units: list[Path] = []
+def _units(tree: str) -> list[str]:
+    units: list[str] = []
     try:
-        for a in os.scandir(tree / UNITS_DIR):
+        for a in os.scandir(os.path.join(tree, UNITS_DIR)):
             if a.is_dir(follow_symlinks=False):
-                units += [Path(b.path) for b in os.scandir(a.path) if b.is_dir(follow_symlinks=False)]
+                units += [b.path for b in os.scandir(a.path) if b.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         pass
     return units
 
 
-def collect(tree: Path, only: Path | None = None) -> Collection:
+def collect(tree: StrPath, only: StrPath | None = None) -> Collection:
     """Remove links and copies in ``tree`` that hold objects no registered cache has any more.
 
     Every unit (or just ``only``) that no process holds is collected; busy ones are listed.
     Errors other than a file vanishing under a concurrent collector are logged, not raised: a
     collection is housekeeping and must never fail the eviction or job that triggered it.
     """
-    tree = Path(tree)
+    tree = os.fspath(tree)
+    only = None if only is None else os.fspath(only)
     result = Collection()
-    caches = _targets(tree / CACHES_DIR)
+    caches = _targets(os.path.join(tree, CACHES_DIR))
     if not caches:
         return result
     try:
         inodes: set[tuple[int, int]] | None = None
-        if only is None or not os.path.exists(only / _RETIRED):  # else removed whole: no scan
+        if only is None or not os.path.exists(os.path.join(only, _RETIRED)):  # else removed whole: no scan
             started = time.time_ns() - _CLOCK_SLACK_NS
             names, inodes = _live_objects(caches)
             _collect_copies(tree, names, inodes, started, result)
@@ -351,9 +359,9 @@ def collect(tree: Path, only: Path | None = None) -> Collection:
     return result
 
 
-def _collect_unit(unit: Path, inodes: set[tuple[int, int]] | None, result: Collection) -> None:
+def _collect_unit(unit: str, inodes: set[tuple[int, int]] | None, result: Collection) -> None:
     try:
-        fd = os.open(unit / _LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(os.path.join(unit, _LOCK), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except FileNotFoundError:  # the unit is gone
         return
     try:
@@ -364,19 +372,19 @@ def _collect_unit(unit: Path, inodes: set[tuple[int, int]] | None, result: Colle
                 raise
             result.units_busy.append(unit)
             return
-        if os.path.exists(unit / _RETIRED):
-            _remove_tree(str(unit))  # a process waiting for the lock finds its file gone, and retries
+        if os.path.exists(os.path.join(unit, _RETIRED)):
+            _remove_tree(unit)  # a process waiting for the lock finds its file gone, and retries
             result.units_removed += 1
             return
         if inodes is None:  # it was retired when collect() looked, and made again since
             return
-        _touch(unit / _COLLECTED)
-        links = unit / _LINKS
+        _touch(os.path.join(unit, _COLLECTED))
+        links = os.path.join(unit, _LINKS)
         try:
             dev = os.stat(links).st_dev
         except FileNotFoundError:
             return
-        _collect_links(str(links), dev, inodes, result)
+        _collect_links(links, dev, inodes, result)
         result.units_collected += 1
     finally:
         os.close(fd)

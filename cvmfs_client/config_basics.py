@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 from .errors import ConfigError
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from os import PathLike
 
 _FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+")
 
@@ -45,7 +48,7 @@ LOCAL_FALLBACKS = ("/var/tmp", "/tmp")
 
 def default_cache_base(
     environ: Mapping[str, str] | None = None, fallbacks: tuple[str, ...] = LOCAL_FALLBACKS
-) -> Path:
+) -> str:
     """Unprivileged default: the real client's ``/var/lib/cvmfs`` is root's; use XDG instead.
 
     On a cluster the home directory is usually on NFS, GPFS, Lustre..., where the node cache
@@ -54,44 +57,57 @@ def default_cache_base(
     directory is (or can be made) ours alone, rather than a failing default.
     """
     env = os.environ if environ is None else environ
-    xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    home = Path(xdg) / "cvmfs-client"
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or _home(), ".cache")
+    home = os.path.join(xdg, "cvmfs-client")
     if filesystem_type(home) not in NETWORK_FILESYSTEMS and _usable(home):
         return home
     # Programs from /cvmfs run from the cache: a fallback mounted noexec (/tmp often is on
     # compute nodes) only if no other will do.
     for allow_noexec in (False, True):
         for directory in fallbacks:
-            candidate = Path(directory) / f"cvmfs-client-{os.getuid()}"
+            candidate = os.path.join(directory, f"cvmfs-client-{os.getuid()}")
             if filesystem_type(candidate) in NETWORK_FILESYSTEMS:
                 continue
-            if not allow_noexec and _noexec(Path(directory)):
+            if not allow_noexec and _noexec(directory):
                 continue
             if _private_dir(candidate):
                 return candidate
     return home  # the node cache says what is wrong with it
 
 
-def _noexec(path: Path) -> bool:
+def _home() -> str:
+    """The home directory when ``$HOME`` is unset: the password database's, as ``Path.home()``
+    finds it (and ``RuntimeError`` without one, as there)."""
+    home = os.path.expanduser("~")
+    if home == "~":
+        raise RuntimeError("Could not determine home directory.")
+    return home
+
+
+def _noexec(path: str) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
     except OSError:
         return False
 
 
-def _usable(path: Path) -> bool:
+def _usable(path: str) -> bool:
     """Whether directory ``path`` could be made (if missing) and written in, by us: judged on
     its nearest existing ancestor, without making anything (reading settings makes no files)."""
-    for p in (path, *path.parents):
+    p = os.path.abspath(path)
+    while True:
         if os.path.lexists(p):
             return os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK)
-    return False
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
 
 
-def _private_dir(path: Path) -> bool:
+def _private_dir(path: str) -> bool:
     """Whether ``path`` is (now) a directory of ours that no one else can write to or replace."""
     try:
-        path.mkdir(mode=0o700)
+        os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError:
@@ -103,7 +119,7 @@ def _private_dir(path: Path) -> bool:
     return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
-def foreign_directory(path: Path) -> str | None:
+def foreign_directory(path: str | PathLike[str]) -> str | None:
     """Why another user could change what is in directory ``path``, or ``None`` if no one can.
 
     A cache's objects are verified when they are stored, not each time they are read or run:
@@ -112,9 +128,10 @@ def foreign_directory(path: Path) -> str | None:
     a directory someone made in /tmp beforehand would). ``None`` too if it does not exist yet.
     """
     me = os.geteuid()
+    parent_dir = os.path.dirname(os.path.abspath(path))
     try:
         st = os.stat(path)
-        parent = os.stat(path.parent)
+        parent = os.stat(parent_dir)
     except OSError:
         return None
     if st.st_uid != me:
@@ -122,13 +139,13 @@ def foreign_directory(path: Path) -> str | None:
     if st.st_mode & 0o002:
         return "it is writable by everyone"
     if parent.st_uid not in (me, 0):
-        return f"its parent {path.parent} belongs to uid {parent.st_uid}"
+        return f"its parent {parent_dir} belongs to uid {parent.st_uid}"
     if parent.st_mode & 0o002 and not parent.st_mode & 0o1000:  # no sticky bit: others may rename
-        return f"its parent {path.parent} is writable by everyone"
+        return f"its parent {parent_dir} is writable by everyone"
     return None
 
 
-def filesystem_type(path: Path) -> str | None:
+def filesystem_type(path: str | PathLike[str]) -> str | None:
     """File system type of the mount holding ``path`` (longest mount point prefix), if known.
 
     ``path`` need not exist yet (the mount that would hold it).

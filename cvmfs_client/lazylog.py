@@ -16,7 +16,10 @@ Records name the caller's line, not this module's (``stacklevel``).
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 DEBUG, INFO, WARNING = 10, 20, 30  # logging's levels

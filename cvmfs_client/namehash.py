@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
-_Factory = Callable[[bytes], Any]
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+    _Factory = Callable[[bytes], Any]
 
 
 @functools.cache  # looked up once: markers are named on the tracer's path of directory opens

@@ -11,8 +11,10 @@ unknown or malformed option, an option value click would check and refuse, optio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # option -> (parameter, kind); kinds: "multi" (repeatable value), "value", "path" (a directory
 # or nothing: click.Path(file_okay=False)), "file" (click.Path(dir_okay=False)), "flag", "count"
@@ -112,6 +114,8 @@ def parse_run_args(args: Sequence[str]) -> dict[str, Any] | None:
         if kind == "multi":
             multi.setdefault(param, []).append(attached)
         elif kind in ("path", "file"):
+            from pathlib import Path  # only with these options: ~5 ms of every job's start
+
             path = Path(attached)
             if not attached or (path.is_file() if kind == "path" else path.is_dir()):
                 return None  # click.Path refuses it

@@ -7,14 +7,18 @@ job pays the start-up of this process before its command starts.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NoReturn
 
 from . import lazylog
 from .errors import CvmfsError
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import NoReturn
 
 LOG_FORMAT = lazylog.FORMAT
 
@@ -41,6 +45,11 @@ def run_job(
     """Run ``command`` under the interposer and exit as it did (see ``cvmfs-client run --help``)."""
     from interposer.job import EX_SOFTWARE, RunError, exit_like, outer_interposer, run
     from interposer.session import prepare
+
+    # What start-up made lives as long as the job: out of every later collection's way (and
+    # collections back on, after entry.py's start-up without them).
+    gc.freeze()
+    gc.enable()
 
     level = lazylog.DEBUG if debug or verbose > 1 else lazylog.INFO if verbose else None
     if level is not None:  # else logging is not even imported until something is worth saying

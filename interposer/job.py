@@ -28,8 +28,6 @@ import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 from cvmfs_client import lazylog
 from cvmfs_client.config_basics import foreign_directory
@@ -42,7 +40,13 @@ from .tracer import Tracer
 from .translate import Translator
 from .vfs import Namespace
 
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+
 if TYPE_CHECKING:  # policies and name lists are imported only by the jobs that ask for them
+    from os import PathLike
+    from pathlib import Path
+    from typing import NoReturn
+
     from .mountlist import Line
 
 log = lazylog.get(__name__)
@@ -114,7 +118,7 @@ class RunOptions(Record):
         self,
         params: Mapping[str, str],
         env: Mapping[str, str],
-        shadow_dir: Path,
+        shadow_dir: str,
         repos: Sequence[str] | None = None,
         listed: Callable[[], Sequence[str]] = lambda: (),
         per_repo: Callable[[str], Mapping[str, str] | None] | None = None,
@@ -182,7 +186,7 @@ def _allowed(options: RunOptions) -> Callable[[str], bool]:
     return allowed
 
 
-def _check_shadow_dir(shadow_dir: Path) -> None:
+def _check_shadow_dir(shadow_dir: str) -> None:
     """The shadow trees' directory, under the cache base: made now, before the job starts, so
     that an unwritable cache (a read-only home on compute nodes) is named as such rather than
     found half-way (:class:`RunError`). Programs and libraries from /cvmfs run from this file
@@ -190,7 +194,7 @@ def _check_shadow_dir(shadow_dir: Path) -> None:
     rather than leave the job with "Permission denied" for a file that is 0755 in the
     repository (reading files still works, so the job runs)."""
     try:
-        shadow_dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(shadow_dir, exist_ok=True)
         noexec = os.statvfs(shadow_dir).f_flag & os.ST_NOEXEC
     except OSError as exc:
         raise RunError(
@@ -339,7 +343,7 @@ def run(argv: Sequence[str], options: RunOptions) -> int:
 # What PTRACE_SEIZE fails with when policy forbids it: Yama/capabilities (EPERM), seccomp
 # profiles (EPERM, or ENOSYS/EACCES for those that pretend the call does not exist).
 PTRACE_DENIED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
-YAMA_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
+YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
 
 
 def tracer_of(pid: int | str = "self") -> tuple[int, list[bytes]] | None:
@@ -394,7 +398,7 @@ def outer_interposer() -> int | None:
     return pid if is_run_command(argv) else None
 
 
-def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
+def ptrace_denied_message(yama: str | PathLike[str] = YAMA_SCOPE) -> str:
     """One line that says why jobs cannot run here, naming the Yama setting when it is the cause."""
     traced = tracer_of()
     if traced is not None:  # strace -f, a debugger, or a run that could not be recognised
@@ -405,7 +409,8 @@ def ptrace_denied_message(yama: Path = YAMA_SCOPE) -> str:
             "children cannot be traced again: run cvmfs-client run outside it"
         )
     try:
-        scope = yama.read_text().strip()
+        with open(yama, encoding="utf-8") as f:
+            scope = f.read().strip()
     except OSError:
         scope = ""
     if scope in ("2", "3"):

@@ -15,7 +15,8 @@ Pure: the facts come in as a :class:`RepoFacts` and the entry's catalog row.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
 
 if TYPE_CHECKING:  # imported with the repository, when an entry is asked about
     from cvmfs_client.catalog import DirEntry

@@ -92,7 +92,6 @@ import signal
 import struct
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from cvmfs_client import lazylog
 
@@ -104,6 +103,8 @@ from .statx import STATX_SIZE
 from .syscalls import BY_NR, Kind, Spec
 from .tracer import Stats, Tracer, _Ctx, _tgid_of, describe_call
 from .translate import FastRule, Return, Rewrite, WriteReturn
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
 
 if TYPE_CHECKING:
     from .vfs import Mount

@@ -14,9 +14,12 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable
-from typing import Any
 
 from .arch_x86_64 import Regs
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # request numbers (linux/ptrace.h)
 PTRACE_CONT = 7

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cvmfs_client import lazylog
 from cvmfs_client.config_basics import check_fqrn, default_cache_base
@@ -25,7 +23,12 @@ from cvmfs_client.errors import ConfigError
 
 from .job import PrivateTmp, RunOptions
 
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+
 if TYPE_CHECKING:  # mount lists, policies and Parrot lists: imported when given (start-up time)
+    from os import PathLike
+    from pathlib import Path
+
     from .mountlist import Line
 
 log = lazylog.get(__name__)
@@ -50,8 +53,8 @@ def prepare(
     env = dict(os.environ if environ is None else environ)
     params = dict(env)
     if cache_dir is not None:
-        params["CVMFS_CACHE_BASE"] = str(Path(cache_dir).absolute())
-    base = Path(params.get("CVMFS_CACHE_BASE") or default_cache_base(env))
+        params["CVMFS_CACHE_BASE"] = _absolute(cache_dir)
+    base = _absolute(params.get("CVMFS_CACHE_BASE") or default_cache_base(env))
     spec = parrot_repos if parrot_repos is not None else env.get(PARROT_ENV)
     parrot = None
     if spec:
@@ -93,7 +96,7 @@ def prepare(
         private_tmp=tmp,
         params=params,
         env=env,
-        shadow_dir=base.absolute() / "interposer",
+        shadow_dir=os.path.join(base, "interposer"),
         repos=list(repos) or None,
         listed=listed,
         per_repo=parrot.params_for if parrot else None,
@@ -136,9 +139,19 @@ def _mount_lines(
     return lines
 
 
-def _private_tmp(given: str, clean: bool, base: Path) -> PrivateTmp:
+def _absolute(path: str | PathLike[str]) -> str:
+    """``path`` made absolute as ``Path(path).absolute()`` does: from the cwd, ``.`` and empty
+    parts dropped, ``..`` kept (``os.path.abspath`` would fold it, wrong past a symlink)."""
+    path = os.fspath(path)
+    if not path.startswith("/"):
+        path = f"{os.getcwd()}/{path}"
+    return "/" + "/".join(p for p in path.split("/") if p and p != ".")
+
+
+def _private_tmp(given: str, clean: bool, base: str) -> PrivateTmp:
     """The job's /tmp: ``given`` (missing or empty) or a new directory beside the shadow trees."""
     import tempfile
+    from pathlib import Path  # only here: ~5 ms of every job's start otherwise
 
     if given:
         if "/" not in given and not os.path.isdir(given):
@@ -155,7 +168,7 @@ def _private_tmp(given: str, clean: bool, base: Path) -> PrivateTmp:
         if any(path.iterdir()):
             raise ConfigError(f"--private-tmp {given}: not empty (the job's /tmp starts empty)")
         return PrivateTmp(Path(os.path.realpath(path)), created, clean)
-    where = base.absolute() / "interposer-tmp"  # not in interposer/: that tree is read-only to jobs
+    where = Path(base, "interposer-tmp")  # not in interposer/: that tree is read-only to jobs
     try:
         where.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix="job-", dir=where))

@@ -34,13 +34,17 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cvmfs_client.namehash import md5_hex
 
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+
 if TYPE_CHECKING:  # the catalog module pulls in SQLAlchemy: import it only when mounting
+    from os import PathLike
+
     from cvmfs_client.catalog import DirEntry
+
+    StrPath = str | PathLike[str]  # a cache object's path: pathlib is not imported at run's start
 
 # A Listing answers "the entries of directory <inner path>" from memory (see vfs.Mount).
 Listing = Callable[[str], Mapping[str, "DirEntry"]]
@@ -59,18 +63,19 @@ class ShadowTree:
     never takes a ``d/`` path from under a running job.
     """
 
-    def __init__(self, tree: Path, fqrn: str, root_hash: str, listing: Listing, readlink: Readlink) -> None:
+    def __init__(
+        self, tree: StrPath, fqrn: str, root_hash: str, listing: Listing, readlink: Readlink
+    ) -> None:
         from cvmfs_client.cache_links import COPIES_DIR, UNITS_DIR, UnitLock
 
-        root = tree / UNITS_DIR / fqrn / root_hash
-        self.tree = tree
-        self.root = root
+        self.tree = tree = os.fspath(tree)
+        self.root = root = os.path.join(tree, UNITS_DIR, fqrn, root_hash)
         self._hold = UnitLock(root)  # before anything in the unit is made or used
-        self.meta = str(root / "m")
-        self.data = str(root / "d")
-        self._tmp = root / "tmp"
-        self.markers = str(root / "done")  # one file per fully populated directory (_marker)
-        self._exec_dir = tree / COPIES_DIR
+        self.meta = root + "/m"
+        self.data = root + "/d"
+        self._tmp = root + "/tmp"
+        self.markers = root + "/done"  # one file per fully populated directory (_marker)
+        self._exec_dir = os.path.join(tree, COPIES_DIR)
         self._listing = listing
         self._readlink = readlink
         self._populated: set[str] = set()
@@ -83,8 +88,8 @@ class ShadowTree:
         self._tmp_fd: int | None = None
         self._root_entry: DirEntry | None = None
         self._root_entry_loader: Callable[[], DirEntry] | None = None
-        for d in (root, self._tmp, self._exec_dir, Path(self.data), Path(self.markers)):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (root, self._tmp, self._exec_dir, self.data, self.markers):
+            os.makedirs(d, exist_ok=True)
 
     def close(self, retire: bool = False) -> None:
         """Let the unit go; collect it if the cache evicted objects while it was held, remove
@@ -305,7 +310,7 @@ class ShadowTree:
     def data_path(self, inner: str) -> str:
         return self.data + inner
 
-    def content(self, inner: str, materialize: Callable[[], Path]) -> str:
+    def content(self, inner: str, materialize: Callable[[], StrPath]) -> str:
         """A path under ``d/`` holding the verified bytes of regular file ``inner``.
 
         ``materialize`` (the catalog and the cache) is only called the first time, by any job:
@@ -332,7 +337,7 @@ class ShadowTree:
         self._content[inner] = path
         return path
 
-    def _executable(self, obj: Path) -> Path:
+    def _executable(self, obj: StrPath) -> StrPath:
         """The object itself if it can be run: cache objects are 0555 (``OBJECT_MODE``), those
         of an older cache are made so; another user's 0444 object gets a copy of ours."""
         if os.stat(obj).st_mode & 0o111 == 0o111:
@@ -343,14 +348,15 @@ class ShadowTree:
             return self._executable_copy(obj)
         return obj
 
-    def _executable_copy(self, obj: Path) -> Path:
+    def _executable_copy(self, obj: StrPath) -> str:
         """A mode-0555 copy of a 0444 cache object, shared by every path and revision using it."""
-        final = self._exec_dir / f"{obj.parent.name}{obj.name}"
-        if not final.exists():
+        parent, name = os.path.split(os.fspath(obj))
+        final = os.path.join(self._exec_dir, os.path.basename(parent) + name)
+        if not os.path.exists(final):
             tmp = self._tmp_name()
             _copyfile(obj, tmp)
             os.chmod(tmp, 0o555)
-            _link_noreplace(tmp, str(final))
+            _link_noreplace(tmp, final)
             os.unlink(tmp)
         return final
 
@@ -390,7 +396,7 @@ def _link_or_copy(src: str, dst: str, tmp_name: Callable[[], str]) -> None:
     os.unlink(tmp)
 
 
-def _copyfile(src: str | Path, dst: str) -> None:
+def _copyfile(src: StrPath, dst: str) -> None:
     import shutil  # start-up time: its archive formats load bz2 and lzma
 
     shutil.copyfile(src, dst)

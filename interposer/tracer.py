@@ -38,7 +38,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from cvmfs_client import lazylog
 from cvmfs_client.records import Record
@@ -47,6 +46,8 @@ from . import arch_x86_64 as arch
 from . import ptrace_api as pt
 from .syscalls import BY_NR
 from .translate import Exec, Return, Rewrite, Translator, WriteReturn
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
 
 if TYPE_CHECKING:
     from .namelist import NameList

@@ -29,7 +29,6 @@ import errno
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
 from cvmfs_client import lazylog
 from cvmfs_client.errors import CvmfsError
@@ -72,6 +71,7 @@ from .syscalls import (
 )
 from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Mount, Namespace, Resolved, host_link_into_cvmfs
 
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
 if TYPE_CHECKING:  # the policy module is imported only by jobs that have one (see job.run)
     from .policy import Policy
 
@@ -133,25 +133,28 @@ def repository_statfs(used: int, quota: int | None) -> bytes:
     return arch.pack_statfs(FUSE_SUPER_MAGIC, block, blocks, free, free, 0, 0, 255, block, _REPOSITORY_FLAGS)
 
 
-class Context(Protocol):
-    """What the translator may ask about the stopped tracee."""
+if TYPE_CHECKING:  # only annotations name it: the tracer's contexts have its shape
+    from typing import Protocol
 
-    tid: int
-    tgid: int
-    # Set by Translator.locate when the decision's only walk gave the pinned revision's answer
-    # (an entry, or an error): what that walk depended on, the absolute path or, for a path
-    # relative to a shadow directory's fd, what the fd links to in /proc, NUL, the path. b"" when
-    # another walk was made. Reset to None by the caller before each decision.
-    pure: bytes | None
-    # Set by Translator._fd_entry: what the content fd whose entry answered links to in /proc
-    # (its struct stat depends on nothing else). Reset to None by the caller before each decision.
-    fd_target: str | None
+    class Context(Protocol):
+        """What the translator may ask about the stopped tracee."""
 
-    def read_path(self, addr: int) -> bytes | None: ...
-    def read_memory(self, addr: int, size: int) -> bytes | None: ...
-    def cwd(self) -> str: ...
-    def cwd_changed(self) -> None: ...
-    def fd_path(self, fd: int) -> str | None: ...
+        tid: int
+        tgid: int
+        # Set by Translator.locate when the decision's only walk gave the pinned revision's answer
+        # (an entry, or an error): what that walk depended on, the absolute path or, for a path
+        # relative to a shadow directory's fd, what the fd links to in /proc, NUL, the path. b"" when
+        # another walk was made. Reset to None by the caller before each decision.
+        pure: bytes | None
+        # Set by Translator._fd_entry: what the content fd whose entry answered links to in /proc
+        # (its struct stat depends on nothing else). Reset to None by the caller before each decision.
+        fd_target: str | None
+
+        def read_path(self, addr: int) -> bytes | None: ...
+        def read_memory(self, addr: int, size: int) -> bytes | None: ...
+        def cwd(self) -> str: ...
+        def cwd_changed(self) -> None: ...
+        def fd_path(self, fd: int) -> str | None: ...
 
 
 class Rewrite(Record):

@@ -20,20 +20,22 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cvmfs_client import lazylog
 from cvmfs_client.errors import CvmfsError, FetchError, LookupFailure
 from cvmfs_client.namehash import sha1_hex
 
-if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first repository mounts
-    from cvmfs_client.catalog import DirEntry
-    from cvmfs_client.repository import Repository
-
 from . import elf
 from .magic_xattrs import RepoFacts, visibility
 from .shadow import ShadowError, ShadowTree
+
+TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
+if TYPE_CHECKING:  # heavy (SQLAlchemy, cryptography): imported when the first repository mounts
+    from os import PathLike
+    from typing import Any
+
+    from cvmfs_client.catalog import DirEntry
+    from cvmfs_client.repository import Repository
 
 log = lazylog.get(__name__)
 
@@ -138,26 +140,24 @@ def _error(err: int) -> Resolved:
     return Resolved(ERROR, err=err)
 
 
-V = TypeVar("V")
-
-
-class _Listings(Generic[V]):
-    """Directory listings a mount keeps for a job, the oldest dropped once they hold more than
-    ``limit`` entries in all: a first walk of a large tree must not keep every row it met
-    (~0.6 KB each: a million-entry ``find`` held a gigabyte). A dropped listing is read
-    again when next needed, from the shadow tree (names and types) or the catalog (rows)."""
+class _Listings:
+    """Directory listings (of :class:`Node` or :class:`DirEntry`) a mount keeps for a job, the
+    oldest dropped once they hold more than ``limit`` entries in all: a first walk of a large
+    tree must not keep every row it met (~0.6 KB each: a million-entry ``find`` held a
+    gigabyte). A dropped listing is read again when next needed, from the shadow tree (names
+    and types) or the catalog (rows)."""
 
     __slots__ = ("_by_dir", "_held", "limit")
 
     def __init__(self, limit: int) -> None:
-        self._by_dir: dict[str, dict[str, V]] = {}
+        self._by_dir: dict[str, dict[str, Any]] = {}
         self._held = 0
         self.limit = limit
 
-    def get(self, inner: str) -> dict[str, V] | None:
+    def get(self, inner: str) -> dict[str, Any] | None:
         return self._by_dir.get(inner)
 
-    def put(self, inner: str, listing: dict[str, V]) -> None:
+    def put(self, inner: str, listing: dict[str, Any]) -> None:
         by_dir = self._by_dir
         old = by_dir.pop(inner, None)
         if old is not None:
@@ -182,7 +182,7 @@ class Mount:
         self,
         fqrn: str,
         root_hash: str,
-        shadow_base: Path,
+        shadow_base: str,
         open_repo: Callable[[], Repository],
         repo: Repository | None = None,
     ) -> None:
@@ -190,8 +190,8 @@ class Mount:
         self.root_hash = root_hash
         self._open_repo = open_repo
         self._repo: Repository | None = None  # set by _adopt(), when opened
-        self._nodes: _Listings[Node] = _Listings(LISTED_LIMIT)
-        self._catalog: _Listings[DirEntry] = _Listings(LISTED_LIMIT)
+        self._nodes: _Listings = _Listings(LISTED_LIMIT)
+        self._catalog: _Listings = _Listings(LISTED_LIMIT)
         self.root_node = Node("d")
         self._visibility: str | None = None  # of magic xattrs, once asked
         self.shadow = ShadowTree(shadow_base, fqrn, root_hash, self.catalog_children, self._expanded_target)
@@ -232,7 +232,7 @@ class Mount:
             self._repo.close()
         # A revision no mount state names any more (a newer one was mounted meanwhile) is
         # never used again: its trees go once the last job on it ends.
-        self.shadow.close(retire=self.root_hash not in remembered_roots(self.shadow.root.parent))
+        self.shadow.close(retire=self.root_hash not in remembered_roots(os.path.dirname(self.shadow.root)))
 
     def catalog_children(self, inner: str) -> dict[str, DirEntry]:
         """Catalog rows of directory ``inner`` by name (one query per directory and job)."""
@@ -434,7 +434,7 @@ class Namespace:
 
     def __init__(
         self,
-        base: Path,
+        base: str | PathLike[str],
         opener: Callable[[str, str | None], Repository],
         listed: Callable[[], Iterable[str]] = lambda: (),
         allowed: Callable[[str], bool] = lambda name: True,
@@ -442,9 +442,8 @@ class Namespace:
     ) -> None:
         # The kernel names fds, cwds and /proc/self/exe by their real path; shadow paths must
         # be compared in the same terms (a base through a symlink read placeholders as content).
-        base = Path(os.path.realpath(base))
-        self.base = base
-        self.base_prefix = str(base) + "/"
+        self.base = base = os.path.realpath(base)
+        self.base_prefix = base + "/"
         self._opener = opener
         self._listed: Callable[[], Iterable[str]] | None = listed
         self._configured = listed
@@ -453,7 +452,7 @@ class Namespace:
         self.mounts: dict[str, Mount | None] = {}
         self._cache: dict[tuple[str, bool], Resolved] = {}
         self._roots: dict[str, str] = {}  # shadow tree prefix -> logical prefix
-        self.jobroot = str(base / "j" / f"{os.getpid()}")
+        self.jobroot = f"{base}/j/{os.getpid()}"
         os.makedirs(self.jobroot, exist_ok=True)
         os.chmod(self.jobroot, 0o755)
         self._roots[self.jobroot] = "/cvmfs"
@@ -491,17 +490,19 @@ class Namespace:
         st_p = os.stat(program)
         ident = f"{st_p.st_dev}:{st_p.st_ino}:{st_p.st_size}:{st_p.st_mtime_ns}".encode()
         key = sha1_hex(program + b"\0" + short.encode() + b"\0" + ident)[:24]
-        patched = self.base / "p" / key
-        if not patched.exists():
-            data = bytearray(Path(os.fsdecode(program)).read_bytes())
+        patched = f"{self.base}/p/{key}"
+        if not os.path.exists(patched):
+            with open(program, "rb") as f:
+                data = bytearray(f.read())
             elf.patch_interp(data, interp, short.encode())
-            patched.parent.mkdir(parents=True, exist_ok=True)
-            tmp_path = patched.with_name(f"{key}.{os.getpid()}")
-            tmp_path.write_bytes(data)
+            os.makedirs(os.path.dirname(patched), exist_ok=True)
+            tmp_path = f"{patched}.{os.getpid()}"
+            with open(tmp_path, "wb") as f:
+                f.write(data)
             os.chmod(tmp_path, 0o555)
             os.replace(tmp_path, patched)
-        self._aliases[str(patched)] = logical
-        return str(patched)
+        self._aliases[patched] = logical
+        return patched
 
     def snapshot(self, data: bytes) -> str:
         """A private file holding ``data`` (translated ``/proc`` files), removed at job end."""
@@ -571,17 +572,17 @@ class Namespace:
         self.mounts[name] = m
         return m
 
-    def _state_file(self, name: str) -> Path:
+    def _state_file(self, name: str) -> str:
         pins = "|".join(self._params.get(k, "") for k in ("CVMFS_ROOT_HASH", "CVMFS_REPOSITORY_TAG"))
         key = sha1_hex(pins.encode())[:12]
-        return self.base / "r" / name / f"{key}.mounted"
+        return f"{self.base}/r/{name}/{key}.mounted"
 
     def _mount(self, name: str) -> Mount:
         state = self._state_file(name)
         previous = _state(state)
         if previous is not None and time.time() < previous[1]:
             root_hash = previous[0]
-            if os.path.isdir(self.base / "r" / name / root_hash / "m"):
+            if os.path.isdir(f"{self.base}/r/{name}/{root_hash}/m"):
                 log.info("mounted /cvmfs/%s at %s (verified revision still within its TTL)", name, root_hash)
                 return Mount(name, root_hash, self.base, lambda: self._opener(name, root_hash))
         repo = self._opener(name, None)
@@ -599,8 +600,8 @@ class Namespace:
         """The trees of a revision that no mount state names any more go (now if idle)."""
         from cvmfs_client.cache_links import collect, retire_unit
 
-        unit = self.base / "r" / name / root_hash
-        if unit.is_dir() and root_hash not in remembered_roots(unit.parent):
+        unit = f"{self.base}/r/{name}/{root_hash}"
+        if os.path.isdir(unit) and root_hash not in remembered_roots(os.path.dirname(unit)):
             retire_unit(unit)
             collect(self.base, only=unit)
 
@@ -759,13 +760,14 @@ def _int(text: str | None) -> int:
         return 0
 
 
-def _state(path: Path) -> tuple[str, float] | None:
+def _state(path: str) -> tuple[str, float] | None:
     """(root hash, expiry time) remembered in ``path``, expired or not; None if unreadable.
 
     One line "ROOT_HASH EXPIRES" (no json: 1.6 ms of start-up for every job; a state file in
     an older format reads as none, and costs one remount)."""
     try:
-        root_hash, expires = path.read_text().split()
+        with open(path, encoding="utf-8") as f:
+            root_hash, expires = f.read().split()
         if re.fullmatch(r"[0-9a-f]{40,}(-[a-z0-9]+)?", root_hash):
             return root_hash, float(expires)
     except (OSError, ValueError):
@@ -773,20 +775,21 @@ def _state(path: Path) -> tuple[str, float] | None:
     return None
 
 
-def remembered_roots(repo_dir: Path) -> set[str]:
+def remembered_roots(repo_dir: str | PathLike[str]) -> set[str]:
     """Root hashes named by the mount states of one repository (``r/FQRN/*.mounted``)."""
     roots: set[str] = set()
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(repo_dir):
             if entry.name.endswith(".mounted"):
-                found = _state(Path(entry.path))
+                found = _state(entry.path)
                 if found is not None:
                     roots.add(found[0])
     return roots
 
 
-def _write_state(path: Path, root_hash: str, expires: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}")
-    tmp.write_text(f"{root_hash} {expires!r}\n")
+def _write_state(path: str, root_hash: str, expires: float) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"{root_hash} {expires!r}\n")
     os.replace(tmp, path)

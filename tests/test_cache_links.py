@@ -71,7 +71,7 @@ def test_a_unit_in_use_is_skipped_until_its_holder_lets_go(tmp_path: Path) -> No
     obj.unlink()
     note_removal(cache)
     result = collect(tree)
-    assert result.units_busy == [unit] and link.exists()
+    assert result.units_busy == [str(unit)] and link.exists()
     hold.release()
     assert needs_collection(tree, unit)
     assert collect(tree, only=unit).links_removed == 1
@@ -98,7 +98,7 @@ def test_copies_go_with_their_object_unless_made_since_the_listing(tmp_path: Pat
 def test_registrations_of_removed_trees_are_dropped(tmp_path: Path) -> None:
     cache, tree, _unit = _setup(tmp_path)
     register(tree, cache)  # again: nothing changes
-    assert linked_trees(cache) == [tree]
+    assert linked_trees(cache) == [str(tree)]
     assert len(list((cache / cache_links.LINKED_DIR).iterdir())) == 1
     shutil.rmtree(tree)
     assert linked_trees(cache) == []
@@ -163,7 +163,7 @@ def test_a_retired_unit_goes_whole_once_idle(tmp_path: Path) -> None:
     _link(_object(cache, "aa" + "1" * 38, 10), unit, "f")
     hold = UnitLock(unit)
     retire_unit(unit)
-    assert collect(tree).units_busy == [unit] and unit.exists()
+    assert collect(tree).units_busy == [str(unit)] and unit.exists()
     hold.release()
     assert collect(tree).units_removed == 1
     assert not unit.exists()

@@ -13,9 +13,9 @@ from cvmfs_client.config_basics import default_cache_base, filesystem_type
 
 def test_the_default_cache_is_under_the_xdg_cache_home(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path / "home")}
-    assert default_cache_base(env) == tmp_path / "home" / ".cache" / "cvmfs-client"
+    assert Path(default_cache_base(env)) == tmp_path / "home" / ".cache" / "cvmfs-client"
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
-    assert default_cache_base(env) == tmp_path / "xdg" / "cvmfs-client"
+    assert Path(default_cache_base(env)) == tmp_path / "xdg" / "cvmfs-client"
     assert sorted(os.listdir(tmp_path)) == []  # deciding makes nothing
 
 
@@ -33,7 +33,7 @@ def test_a_home_on_a_network_file_system_falls_back_to_a_private_local_directory
     home, local = tmp_path / "home", tmp_path / "local"
     local.mkdir()
     _network_home(monkeypatch, home)
-    base = default_cache_base({"HOME": str(home)}, fallbacks=(str(tmp_path / "missing"), str(local)))
+    base = Path(default_cache_base({"HOME": str(home)}, fallbacks=(str(tmp_path / "missing"), str(local))))
     assert base == local / f"cvmfs-client-{os.getuid()}"
     st = base.stat()
     assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o700
@@ -44,7 +44,7 @@ def test_a_home_that_cannot_hold_the_cache_falls_back_too(tmp_path: Path) -> Non
     (tmp_path / "file").write_text("")
     local = tmp_path / "local"
     local.mkdir()
-    base = default_cache_base({"HOME": str(tmp_path / "file")}, fallbacks=(str(local),))
+    base = Path(default_cache_base({"HOME": str(tmp_path / "file")}, fallbacks=(str(local),)))
     assert base == local / f"cvmfs-client-{os.getuid()}" and base.is_dir()
 
 
@@ -55,10 +55,10 @@ def test_a_noexec_fallback_is_the_last_choice(tmp_path: Path, monkeypatch: pytes
     noexec.mkdir()
     other.mkdir()
     _network_home(monkeypatch, home)
-    monkeypatch.setattr(basics, "_noexec", lambda p: p == noexec)
+    monkeypatch.setattr(basics, "_noexec", lambda p: Path(p) == noexec)
     env = {"HOME": str(home)}
-    assert default_cache_base(env, fallbacks=(str(noexec), str(other))).parent == other
-    assert default_cache_base(env, fallbacks=(str(noexec),)).parent == noexec
+    assert Path(default_cache_base(env, fallbacks=(str(noexec), str(other)))).parent == other
+    assert Path(default_cache_base(env, fallbacks=(str(noexec),))).parent == noexec
 
 
 def test_a_fallback_someone_else_could_write_is_passed_over(
@@ -73,7 +73,7 @@ def test_a_fallback_someone_else_could_write_is_passed_over(
     (other / f"cvmfs-client-{os.getuid()}").symlink_to(other / "x")  # a symlink is not a directory
     _network_home(monkeypatch, home)
     # Nothing usable: the home's path, whose node cache then says what is wrong with it.
-    assert default_cache_base({"HOME": str(home)}, fallbacks=(str(shared), str(other))) == (
+    assert Path(default_cache_base({"HOME": str(home)}, fallbacks=(str(shared), str(other)))) == (
         home / ".cache" / "cvmfs-client"
     )
 

@@ -62,7 +62,7 @@ def test_a_program_links_to_its_object_without_a_copy(tmp_path: Path, mode: int)
     obj.chmod(mode)
     path = shadow.content("/f", lambda: obj)
     assert os.stat(path).st_ino == obj.stat().st_ino and os.access(path, os.X_OK)
-    assert list((shadow.tree / "x").iterdir()) == []
+    assert list(Path(shadow.tree, "x").iterdir()) == []
     shadow.close()
 
 
@@ -83,7 +83,7 @@ def test_a_program_whose_object_cannot_be_made_executable_runs_from_a_copy(
     monkeypatch.setattr(os, "chmod", refused)
     path = shadow.content("/f", lambda: obj)
     monkeypatch.undo()
-    copies = list((shadow.tree / "x").iterdir())
+    copies = list(Path(shadow.tree, "x").iterdir())
     assert len(copies) == 1 and os.stat(path).st_ino == copies[0].stat().st_ino
     assert os.stat(path).st_mode & 0o777 == 0o555 and Path(path).read_bytes() == obj.read_bytes()
     assert obj.stat().st_mode & 0o777 == 0o444
@@ -150,7 +150,7 @@ def test_placeholders_have_size_mode_mtime_and_no_blocks(tmp_path: Path, anonymo
         assert st.st_size == (e.size if e.is_regular else 0) and st.st_blocks == 0, name
     assert got["twin-a"].st_ino == got["twin-b"].st_ino and got["twin-a"].st_nlink == 2
     assert (d / "kept").read_bytes() == b"another job's"
-    assert list(Path(shadow.root / "tmp").iterdir()) == []
+    assert list(Path(shadow.root, "tmp").iterdir()) == []
     shadow.close()
 
 

@@ -41,16 +41,25 @@ FETCH_STACK = frozenset(
 FOR_CVMFS_ONLY = frozenset({"hashlib", "json"})
 # Standard modules that cost milliseconds and that run does without (in a plain venv: logging
 # ~7 ms, dataclasses ~9 ms with inspect, shutil ~2 ms with bz2 and lzma, socket ~3 ms with
-# selectors); cvmfs_client/lazylog.py, interposer/records.py, notify.PipeChannel.
+# selectors, pathlib ~5 ms with urllib.parse and ipaddress, typing ~3 ms); cvmfs_client/lazylog.py,
+# interposer/records.py, notify.PipeChannel, os.path for paths, typing's names only for annotations.
 SLOW_STDLIB = frozenset(
-    {"logging", "traceback", "dataclasses", "inspect", "shutil", "lzma", "socket", "selectors"}
-)
+    {
+        "logging", "traceback", "dataclasses", "inspect", "shutil", "lzma", "socket", "selectors",
+        "pathlib", "urllib.parse", "ipaddress", "typing",
+    }
+)  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _modules(args: Sequence[str], env: dict[str, str]) -> set[str]:
-    """Every module ``python -X importtime ARGS`` imports."""
+    """Every module ``python -S -X importtime ARGS`` imports, with this checkout on the path.
+
+    Without ``site``: its ``.pth`` files may import pathlib or typing themselves (a sandbox's
+    certifi hook does), which would hide ours. A warm run needs nothing from site-packages."""
+    env = {**env, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(
-        [sys.executable, "-X", "importtime", *args], env=env, capture_output=True, timeout=JOB_TIMEOUT
+        [sys.executable, "-S", "-X", "importtime", *args], env=env, capture_output=True, timeout=JOB_TIMEOUT
     )
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     lines = r.stderr.decode(errors="replace").splitlines()
@@ -58,7 +67,7 @@ def _modules(args: Sequence[str], env: dict[str, str]) -> set[str]:
 
 
 def _imported_by_run(command: Sequence[str], env: dict[str, str], options: Sequence[str] = ()) -> set[str]:
-    """Modules ``cvmfs-client run`` imports beyond the interpreter's own start (site, .pth files)."""
+    """Modules ``cvmfs-client run`` imports beyond the interpreter's own start."""
     run = _modules(["-m", "cvmfs_client", "run", *options, "--", *command], env)
     return run - _modules(["-c", "pass"], env)
 
