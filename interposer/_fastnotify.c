@@ -1042,6 +1042,7 @@ struct config {
     unsigned long empty_path;     /* AT_EMPTY_PATH: with an empty path, a call is an fstat */
     unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
     int dup_nr, fcntl_nr;         /* copies of reserved fds stay in their range */
+    int getcwd_nr;                /* getcwd: the kernel answers outside the shadow trees */
     int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
     int statx_nr;                 /* statx (-1: none): its flags and mask arguments, what they */
     unsigned statx_flags_arg, statx_mask_arg; /* may hold for an answer from the tree, and the */
@@ -1431,6 +1432,15 @@ static int decide(const struct config *c, const struct notif *n, char *path, str
         v->cloexec = cmd == F_DUPFD_CLOEXEC;
         return v->kind = DUP;
     }
+    if (d->nr == c->getcwd_nr) { /* Translator._getcwd: a host cwd is the kernel's to name */
+        char link[64];
+        snprintf(link, sizeof(link), "/proc/%u/cwd", n->pid);
+        ssize_t k = readlink(link, path, PATH_LIMIT);
+        if (k <= 0 || k >= PATH_LIMIT || c->shadow_len == 0 ||
+            ((size_t)k >= c->shadow_len && memcmp(path, c->shadow, c->shadow_len) == 0))
+            return PYTHON; /* gone, or in a shadow tree: its /cvmfs name is Python's */
+        return v->kind = CONTINUE;
+    }
     const unsigned char *t = &c->table[TABLE_STRIDE * d->nr];
     unsigned path_arg = t[0], flags_arg = t[1];
     if (path_arg > 6 || flags_arg > 6)
@@ -1578,7 +1588,7 @@ static void keep(Answers *a, const struct notif_data *d, const unsigned char *t,
 
 PyDoc_STRVAR(serve_doc,
 "serve(listener, request, table, prefixes, never, magic, shadow, directory_flag, empty_path,\n"
-"      stat_flags, arch, (dup_nr, fcntl_nr), (content, dirs, top),\n"
+"      stat_flags, arch, (dup_nr, fcntl_nr, getcwd_nr), (content, dirs, top),\n"
 "      (statx_nr, statx_flags_arg, statx_mask_arg, statx_flags, statx_mask), answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
 "or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
@@ -1590,15 +1600,15 @@ PyDoc_STRVAR(serve_doc,
 
 static PyObject *serve(PyObject *self, PyObject *args)
 {
-    int listener, dup_nr, fcntl_nr, content, dirs, top, statx_nr;
+    int listener, dup_nr, fcntl_nr, getcwd_nr, content, dirs, top, statx_nr;
     unsigned statx_flags_arg, statx_mask_arg;
     unsigned long directory_flag, empty_path, stat_flags, arch, statx_flags, statx_mask;
     PyObject *answers;
     Py_buffer request, table, prefixes, never, magic, shadow, counts;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(ii)(iii)(iIIkk)Ow*", &listener, &request, &table,
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(iii)(iii)(iIIkk)Ow*", &listener, &request, &table,
                           &prefixes, &never, &magic, &shadow, &directory_flag, &empty_path, &stat_flags, &arch,
-                          &dup_nr, &fcntl_nr, &content, &dirs, &top, &statx_nr, &statx_flags_arg,
+                          &dup_nr, &fcntl_nr, &getcwd_nr, &content, &dirs, &top, &statx_nr, &statx_flags_arg,
                           &statx_mask_arg, &statx_flags, &statx_mask, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
@@ -1618,7 +1628,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
     struct config c = {
         (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
         (size_t)prefixes.len, never.buf, (size_t)never.len, magic.len > 0 ? magic.buf : NULL,
-        (size_t)magic.len, shadow.buf, (size_t)shadow.len, directory_flag, empty_path, stat_flags, dup_nr, fcntl_nr, content, dirs,
+        (size_t)magic.len, shadow.buf, (size_t)shadow.len, directory_flag, empty_path, stat_flags, dup_nr, fcntl_nr, getcwd_nr, content, dirs,
         answers == Py_None ? 0 : top, statx_nr, statx_flags_arg, statx_mask_arg, statx_flags, statx_mask,
         answers == Py_None ? NULL : ((Answers *)answers)->walk,
     };

@@ -823,14 +823,15 @@ class FastPath:
 
     __slots__ = (
         "_table", "_prefixes", "_special", "_magic", "_shadow", "_directory_flag", "_empty_path",
-        "_stat_flags", "_counts", "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_dups", "_ranges",
+        "_stat_flags", "_counts", "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_nrs", "_ranges",
         "answers", "_trees", "mounts_seen", "_sizes", "_statx",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
         size = _fastnotify.TABLE_NRS
-        # copies of reserved fds (Translator._dup), made in C as Supervisor._dup_here does
-        self._dups = (arch.NR["dup"], arch.NR["fcntl"])
+        # copies of reserved fds (Translator._dup), made in C as Supervisor._dup_here does; and
+        # getcwd, let through when the cwd is outside the shadow trees (Translator._getcwd)
+        self._nrs = (arch.NR["dup"], arch.NR["fcntl"], arch.NR["getcwd"])
         self._ranges = (0, 0, 0) if ranges is None else (ranges.content, ranges.dirs, ranges.top)
         stride = _fastnotify.TABLE_STRIDE  # bytes per syscall number: see _fastnotify.c, struct config
         table = bytearray(stride * size)
@@ -904,7 +905,7 @@ class FastPath:
         C (``req`` then holds a notification, and this path is of no use to the job)."""
         return _fastnotify.serve(
             listener, req, self._table, self._prefixes, self._special, self._magic, self._shadow,
-            self._directory_flag, self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._dups,
+            self._directory_flag, self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._nrs,
             self._ranges, self._statx, self.answers, self._counts,
         )  # fmt: skip
 

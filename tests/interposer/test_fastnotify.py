@@ -121,6 +121,28 @@ def test_serve_continues_host_paths_and_hands_the_rest_to_python(tmp_path):
     assert stats.actions == {"notified": 5, "fast": 5}
 
 
+def test_getcwd_outside_the_shadow_trees_is_let_through_in_c(tmp_path, monkeypatch):
+    """getcwd where the cwd is a host directory is the kernel's to answer (Translator._getcwd
+    gives it back), so C lets it through; in a shadow tree, Python writes its /cvmfs name."""
+    host, shadow = tmp_path / "host", tmp_path / "shadow"
+    (shadow / "r" / "unit").mkdir(parents=True)
+    host.mkdir()
+    rule = Translator(ns=None, ranges=None).fast_rule()  # type: ignore[arg-type]
+    assert rule is not None
+    rule.shadow_prefix = os.fsencode(shadow) + b"/"
+
+    def body() -> None:  # chdir stops for a tracer (none here): the child starts in its cwd
+        for _ in range(3):
+            os.getcwd()
+
+    monkeypatch.chdir(host)
+    seen, stats = _serve_child(body, notify.FastPath(rule), lambda nr, args: 0)
+    assert seen == [] and stats.stops == {"getcwd": 3} and stats.actions["fast"] == 3
+    monkeypatch.chdir(shadow / "r" / "unit")
+    seen, stats = _serve_child(body, notify.FastPath(rule), lambda nr, args: 0)
+    assert [nr for nr, _ in seen] == [arch.NR["getcwd"]] * 3 and "fast" not in stats.actions
+
+
 def test_a_job_gets_the_same_answers_with_and_without_it(job_env, tmp_path):
     env = dict(job_env)
     _survey(env, tmp_path)  # populate the shadow tree first (directory link counts)
