@@ -417,7 +417,7 @@ def test_run_options_are_the_recorded_environment_cwd_and_the_package_table(tmp_
     assert kinds == [("/", "REDIRECT"), ("/proc", "LOCAL"), ("/dev", "LOCAL"), ("/sys", "LOCAL"),
                      ("/etc/resolv.conf", "LOCAL")]  # fmt: skip
     assert opts.mount_lines[0].target == str(pkg.root)
-    assert (pkg.root / "etc").is_dir() and opts.shadow_dir == tmp_path / "cache" / "interposer"
+    assert (pkg.root / "etc").is_dir() and Path(opts.shadow_dir) == tmp_path / "cache" / "interposer"
     assert run_options(pkg, cwd="/").cwd == pkg.root
     with pytest.raises(PackageUsageError, match="/nope: not a directory of the package"):
         run_options(pkg, cwd="/nope")
