@@ -1043,6 +1043,11 @@ struct config {
     unsigned long stat_flags;     /* the AT_* flags an fstat-like call may have (else: Python) */
     int dup_nr, fcntl_nr;         /* copies of reserved fds stay in their range */
     int getcwd_nr;                /* getcwd: the kernel answers outside the shadow trees */
+    int getxattr_nr, lgetxattr_nr; /* (l)getxattr: ENODATA from a directory's marker */
+    const char *xattr_python;     /* NUL-separated: the names Python answers (magic ones) */
+    size_t xattr_python_len;
+    const char *xattr_labels;     /* NUL-separated prefixes: a security module's labels */
+    size_t xattr_labels_len;
     int content, dirs, top;       /* the reserved fd ranges (seccomp.FdRanges; top 0: none) */
     int statx_nr;                 /* statx (-1: none): its flags and mask arguments, what they */
     unsigned statx_flags_arg, statx_mask_arg; /* may hold for an answer from the tree, and the */
@@ -1079,6 +1084,8 @@ struct walk {
     _Alignas(8) char restat[sizeof(struct restat) + PATH_LIMIT];
     struct stat st;                    /* the placeholder's */
     _Alignas(8) char stx[STAT_SIZE_MAX]; /* its struct statx, for a statx */
+    char xname[PATH_LIMIT];            /* an xattr's name, as read from the job */
+    char marker[PATH_LIMIT];           /* a marker's bytes */
 };
 _Static_assert(sizeof(struct walk) <= WALK_SIZE, "WALK_SIZE too small");
 
@@ -1199,14 +1206,20 @@ static void join(char *out, const char *a, size_t an, const char *b, size_t bn)
     out[an + bn] = 0;
 }
 
-/* Whether directory inner[0:n] of tree tr is populated: its marker, done/<md5 of the path>
- * (shadow.ShadowTree._marker), exists.  w->dpath is used for the marker's path. */
-static int populated(const struct tree *tr, const char *inner, size_t n, struct walk *w)
+/* The marker of directory inner[0:n] of tree tr, done/<md5 of the path>
+ * (shadow.ShadowTree._marker), into w->dpath. */
+static void marker_path(const struct tree *tr, const char *inner, size_t n, struct walk *w)
 {
     char name[34];
     name[0] = '/';
     md5_hex(inner, n, name + 1);
     join(w->dpath, tr->done, tr->done_len, name, 33);
+}
+
+/* Whether directory inner[0:n] of tree tr is populated: its marker exists (in w->dpath). */
+static int populated(const struct tree *tr, const char *inner, size_t n, struct walk *w)
+{
+    marker_path(tr, inner, n, w);
     return faccessat(AT_FDCWD, w->dpath, F_OK, 0) == 0;
 }
 
@@ -1233,6 +1246,59 @@ static int missing(const struct tree *tr, const char *inner, size_t inner_len, s
     return 0;
 }
 
+
+/* Whether the marker in w->dpath is of the current format and names entry (length k) among
+ * those with extended attributes in the catalog: 1, 0, or -1 when unknown (no marker, one of an
+ * older format, or one too large to read here). */
+static int marker_names(struct walk *w, const char *entry, size_t k)
+{
+    static const char format[] = "xattrs:"; /* shadow._MARKER_FORMAT */
+    int fd = open(w->dpath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t got = read(fd, w->marker, sizeof(w->marker));
+    close(fd);
+    size_t f = sizeof(format) - 1;
+    if (got < (ssize_t)f || got == (ssize_t)sizeof(w->marker) || memcmp(w->marker, format, f) != 0)
+        return -1;
+    return is_one_of(entry, k, w->marker + f, (size_t)got - f);
+}
+
+/* (l)getxattr of an entry of tree tr (inner: as for walk_entry): ENODATA for a name that is
+ * neither one Python answers (a magic one) nor a security module's label, when the marker of
+ * the entry's directory does not name it among the entries with extended attributes
+ * (Translator._xattr, Mount.entry_xattrs); ENOENT for an entry missing from its populated
+ * directory.  Anything else (a named entry, a symlink getxattr follows, a label): Python's. */
+static int xattr_entry(const struct config *c, const struct notif *n, const struct tree *tr,
+                       const char *inner, size_t inner_len, int one_name, struct verdict *v)
+{
+    const struct notif_data *d = &n->data;
+    struct walk *w = c->walk;
+    size_t name_len = 0;
+    if (read_path((pid_t)n->pid, d->args[1], w->xname, &name_len) != 0 || name_len == 0 || name_len > 255)
+        return PYTHON; /* unreadable, ERANGE: Python says which */
+    if (is_one_of(w->xname, name_len, c->xattr_python, c->xattr_python_len) ||
+        has_prefix(w->xname, name_len, c->xattr_labels, c->xattr_labels_len))
+        return PYTHON;
+    join(w->mpath, tr->meta, tr->meta_len, inner, inner_len);
+    int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
+    if (found < 0) {
+        if (errno != ENOENT || !missing(tr, inner, inner_len, w))
+            return PYTHON;
+        v->err = ENOENT;
+        return v->kind = ERRNO;
+    }
+    if (S_ISLNK(w->st.st_mode) && d->nr == c->getxattr_nr)
+        return PYTHON; /* followed: the walk's */
+    const char *slash = memrchr(inner, '/', inner_len);
+    size_t parent = (size_t)(slash - inner);
+    marker_path(tr, inner, parent, w);
+    if (marker_names(w, slash + 1, inner_len - parent - 1) != 0)
+        return PYTHON;
+    v->err = ENODATA;
+    return v->kind = ERRNO;
+}
+
 /* The first use of an entry of a mounted repository, whose shadow tree has it already (an
  * earlier job, or this one, populated its directory and linked its content): answered as the
  * translator would after its walk of the pinned revision, without the walk.  inner: the entry's
@@ -1254,8 +1320,8 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
 {
     const struct notif_data *d = &n->data;
     struct walk *w = c->walk;
-    int is_open = t[1] != 0;
-    if (w == NULL || (!is_open && (t[4] == 0 || t[4] > 6)) || inner_len == 0 || inner[0] != '/')
+    int is_open = t[1] != 0, is_xattr = d->nr == c->getxattr_nr || d->nr == c->lgetxattr_nr;
+    if (w == NULL || (!is_open && !is_xattr && (t[4] == 0 || t[4] > 6)) || inner_len == 0 || inner[0] != '/')
         return PYTHON;
     if (tr->meta_len + inner_len >= PATH_LIMIT || tr->data_len + inner_len >= PATH_LIMIT ||
         tr->done_len + 34 >= PATH_LIMIT)
@@ -1269,6 +1335,8 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
             return PYTHON;
         p = end;
     }
+    if (is_xattr)
+        return xattr_entry(c, n, tr, inner, inner_len, one_name, v);
     int flags = 0, is_statx = d->nr == c->statx_nr;
     if (is_open) {
         flags = (int)(uint32_t)d->args[t[1] - 1];
@@ -1351,7 +1419,8 @@ static int first_walk(const struct config *c, const struct notif *n, const unsig
                       struct verdict *v)
 {
     int kind = walk_entry(c, n, t, tr, inner, inner_len, one_name, v);
-    v->walked = kind != PYTHON;
+    /* an xattr's answer depends on its name too, which no key holds: not kept */
+    v->walked = kind != PYTHON && n->data.nr != c->getxattr_nr && n->data.nr != c->lgetxattr_nr;
     return kind;
 }
 
@@ -1589,6 +1658,7 @@ static void keep(Answers *a, const struct notif_data *d, const unsigned char *t,
 PyDoc_STRVAR(serve_doc,
 "serve(listener, request, table, prefixes, never, magic, shadow, directory_flag, empty_path,\n"
 "      stat_flags, arch, (dup_nr, fcntl_nr, getcwd_nr), (content, dirs, top),\n"
+"      (getxattr_nr, lgetxattr_nr, python_names, label_prefixes),\n"
 "      (statx_nr, statx_flags_arg, statx_mask_arg, statx_flags, statx_mask), answers, counts) -> int\n\n"
 "Receive notifications on listener and continue every one the configuration lets through,\n"
 "or answer it from answers (an Answers, or None), counting them per syscall number in counts\n"
@@ -1600,15 +1670,16 @@ PyDoc_STRVAR(serve_doc,
 
 static PyObject *serve(PyObject *self, PyObject *args)
 {
-    int listener, dup_nr, fcntl_nr, getcwd_nr, content, dirs, top, statx_nr;
+    int listener, dup_nr, fcntl_nr, getcwd_nr, content, dirs, top, statx_nr, getxattr_nr, lgetxattr_nr;
     unsigned statx_flags_arg, statx_mask_arg;
     unsigned long directory_flag, empty_path, stat_flags, arch, statx_flags, statx_mask;
     PyObject *answers;
-    Py_buffer request, table, prefixes, never, magic, shadow, counts;
+    Py_buffer request, table, prefixes, never, magic, shadow, counts, xattr_python, xattr_labels;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(iii)(iii)(iIIkk)Ow*", &listener, &request, &table,
+    if (!PyArg_ParseTuple(args, "iw*y*y*y*y*y*kkkk(iii)(iii)(iiy*y*)(iIIkk)Ow*", &listener, &request, &table,
                           &prefixes, &never, &magic, &shadow, &directory_flag, &empty_path, &stat_flags, &arch,
-                          &dup_nr, &fcntl_nr, &getcwd_nr, &content, &dirs, &top, &statx_nr, &statx_flags_arg,
+                          &dup_nr, &fcntl_nr, &getcwd_nr, &content, &dirs, &top, &getxattr_nr,
+                          &lgetxattr_nr, &xattr_python, &xattr_labels, &statx_nr, &statx_flags_arg,
                           &statx_mask_arg, &statx_flags, &statx_mask, &answers, &counts))
         return NULL;
     PyObject *result = NULL;
@@ -1626,11 +1697,38 @@ static PyObject *serve(PyObject *self, PyObject *args)
         goto out;
     }
     struct config c = {
-        (uint32_t)arch, table.buf, answers == Py_None ? NULL : (Answers *)answers, prefixes.buf,
-        (size_t)prefixes.len, never.buf, (size_t)never.len, magic.len > 0 ? magic.buf : NULL,
-        (size_t)magic.len, shadow.buf, (size_t)shadow.len, directory_flag, empty_path, stat_flags, dup_nr, fcntl_nr, getcwd_nr, content, dirs,
-        answers == Py_None ? 0 : top, statx_nr, statx_flags_arg, statx_mask_arg, statx_flags, statx_mask,
-        answers == Py_None ? NULL : ((Answers *)answers)->walk,
+        .arch = (uint32_t)arch,
+        .table = table.buf,
+        .answers = answers == Py_None ? NULL : (Answers *)answers,
+        .prefixes = prefixes.buf,
+        .prefixes_len = (size_t)prefixes.len,
+        .never = never.buf,
+        .never_len = (size_t)never.len,
+        .magic = magic.len > 0 ? magic.buf : NULL,
+        .magic_len = (size_t)magic.len,
+        .shadow = shadow.buf,
+        .shadow_len = (size_t)shadow.len,
+        .directory_flag = directory_flag,
+        .empty_path = empty_path,
+        .stat_flags = stat_flags,
+        .dup_nr = dup_nr,
+        .fcntl_nr = fcntl_nr,
+        .getcwd_nr = getcwd_nr,
+        .getxattr_nr = getxattr_nr,
+        .lgetxattr_nr = lgetxattr_nr,
+        .xattr_python = xattr_python.buf,
+        .xattr_python_len = (size_t)xattr_python.len,
+        .xattr_labels = xattr_labels.buf,
+        .xattr_labels_len = (size_t)xattr_labels.len,
+        .content = content,
+        .dirs = dirs,
+        .top = answers == Py_None ? 0 : top,
+        .statx_nr = statx_nr,
+        .statx_flags_arg = statx_flags_arg,
+        .statx_mask_arg = statx_mask_arg,
+        .statx_flags = statx_flags,
+        .statx_mask = statx_mask,
+        .walk = answers == Py_None ? NULL : ((Answers *)answers)->walk,
     };
     struct notif *n = request.buf;
     uint64_t *count = counts.buf;
@@ -1730,6 +1828,8 @@ out:
     PyBuffer_Release(&magic);
     PyBuffer_Release(&shadow);
     PyBuffer_Release(&counts);
+    PyBuffer_Release(&xattr_python);
+    PyBuffer_Release(&xattr_labels);
     return result;
 }
 

@@ -824,7 +824,7 @@ class FastPath:
     __slots__ = (
         "_table", "_prefixes", "_special", "_magic", "_shadow", "_directory_flag", "_empty_path",
         "_stat_flags", "_counts", "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_nrs", "_ranges",
-        "answers", "_trees", "mounts_seen", "_sizes", "_statx",
+        "_xattrs", "answers", "_trees", "mounts_seen", "_sizes", "_statx",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
@@ -853,6 +853,14 @@ class FastPath:
             if spec.dirfd is not None:  # a relative path is keyed by what the dirfd links to
                 table[stride * nr + 6] = spec.dirfd + 1
                 self._dirfds[nr] = spec.dirfd
+        # (l)getxattr: their path under the host rule (no answer is remembered: the name is
+        # no key), ENODATA in C from a directory's marker (xattr_entry in _fastnotify.c)
+        for name in rule.xattr_gets:
+            spec = by_name[name]
+            assert spec.path is not None and arch.NR[name] < size
+            table[stride * arch.NR[name]] = spec.path + 1
+        nrs = [arch.NR[name] for name in rule.xattr_gets] + [-1, -1]
+        self._xattrs = (nrs[0], nrs[1], b"\0".join(rule.xattr_python), b"\0".join(rule.xattr_labels))
         # stat, lstat, newfstatat, statx: the buffer a remembered answer is written into, its size
         self._bufs = {arch.NR[name]: by_name[name].buf for name in rule.stat_calls}
         self._sizes = dict.fromkeys(self._bufs, arch.STAT_SIZE)
@@ -906,7 +914,7 @@ class FastPath:
         return _fastnotify.serve(
             listener, req, self._table, self._prefixes, self._special, self._magic, self._shadow,
             self._directory_flag, self._empty_path, self._stat_flags, arch.AUDIT_ARCH, self._nrs,
-            self._ranges, self._statx, self.answers, self._counts,
+            self._ranges, self._xattrs, self._statx, self.answers, self._counts,
         )  # fmt: skip
 
     def remember(self, nr: int, args: list[int], key: bytes, err: int) -> None:

@@ -248,11 +248,15 @@ class FastRule(Record):
     ``fd_stats``: the calls that are an ``fstat`` when made on an fd (``newfstatat`` with an
     empty path and ``AT_EMPTY_PATH``, other ``stat_flags`` allowed), whose written answer
     depends on nothing but :attr:`Context.fd_target`. ``statx``: that call, its mask argument,
-    and the flags and mask :meth:`Translator._stat_answer` answers from a placeholder."""
+    and the flags and mask :meth:`Translator._stat_answer` answers from a placeholder.
+    ``xattr_gets``: ``(l)getxattr``, under the host rule too, and answered ENODATA for an entry
+    of a mounted tree that its directory's marker does not name (:meth:`_xattr`), unless the
+    name is one of ``xattr_python`` (the magic ones) or starts with one of ``xattr_labels``."""
 
     __slots__ = (
         "calls", "opens", "prefixes", "open_special", "directory_flag", "answer_keys", "fd_stats",
         "empty_path", "stat_flags", "stat_calls", "magic_roots", "shadow_prefix", "statx",
+        "xattr_gets", "xattr_python", "xattr_labels",
     )  # fmt: skip
 
     def __init__(
@@ -270,6 +274,9 @@ class FastRule(Record):
         magic_roots: tuple[bytes, ...],
         shadow_prefix: bytes,
         statx: tuple[str, int, int, int],
+        xattr_gets: tuple[str, ...] = (),
+        xattr_python: tuple[bytes, ...] = (),
+        xattr_labels: tuple[bytes, ...] = (),
     ) -> None:
         self.calls = calls
         self.opens = opens
@@ -284,6 +291,9 @@ class FastRule(Record):
         self.magic_roots = magic_roots
         self.shadow_prefix = shadow_prefix
         self.statx = statx
+        self.xattr_gets = xattr_gets
+        self.xattr_python = xattr_python
+        self.xattr_labels = xattr_labels
 
 
 class Translator:
@@ -411,6 +421,9 @@ class Translator:
             magic_roots=_MAGIC_ROOTS,
             shadow_prefix=os.fsencode(self.ns.base_prefix) if self.ns is not None else b"",
             statx=("statx", _STATX_MASK_ARG, _STATX_FLAGS, statx.ASKED),
+            xattr_gets=tuple(sorted(_XATTR_GETS)),
+            xattr_python=tuple(sorted(n.encode() for n in magic_xattrs.ALL)),
+            xattr_labels=tuple(n.encode() for n in _LSM_LABELS),
         )
 
     def _plain_host(self, raw: bytes) -> bool:

@@ -269,6 +269,62 @@ def test_serve_walks_a_shadow_tree_and_keeps_its_answers(tmp_path):
     assert path.answers.size() >= 4
 
 
+def test_serve_answers_enodata_for_xattrs_the_marker_does_not_name(tmp_path):
+    """``ls -l`` asks every entry for an ACL: C answers ENODATA for an entry that its
+    directory's marker does not list among those with extended attributes, and ENOENT for a
+    missing one. A listed entry, a magic name, a security label, a symlink getxattr follows,
+    a directory not populated yet: Python's. A host path: the kernel's. Nothing is kept (the
+    name is no key)."""
+    repo = "/cvmfs/t.example.org"
+    meta, data, done = (tmp_path / name for name in ("m", "d", "done"))
+    for directory in (meta, data, done):
+        directory.mkdir()
+    for name in ("plain", "tagged"):
+        (meta / name).write_bytes(b"")
+    (meta / "link").symlink_to("plain")
+    (meta / "sub").mkdir()  # not populated: no marker
+    (done / fast.md5_hex(b"")).write_bytes(b"xattrs:other\0tagged")
+    host = tmp_path / "host"
+    host.write_bytes(b"")
+    try:
+        os.getxattr(host, "system.posix_acl_access")
+        host_err = 0
+    except OSError as exc:
+        host_err = exc.errno
+    path = notify.FastPath(RULE)
+    assert path.answers.add_tree(repo.encode(), bytes(meta), bytes(data), bytes(done), arch.STAT_SIZE)
+    asked = [
+        (f"{repo}/plain", "system.posix_acl_access", True, errno.ENODATA),
+        (f"{repo}/plain", "user.anything", True, errno.ENODATA),
+        (f"{repo}/plain", "user.anything", True, errno.ENODATA),  # again: not kept, C again
+        (f"{repo}/link", "system.posix_acl_access", False, errno.ENODATA),
+        (f"{repo}/missing", "system.posix_acl_access", True, errno.ENOENT),
+        (f"{repo}/tagged", "user.anything", True, errno.E2BIG),  # E2BIG: Python's answer here
+        (f"{repo}/plain", "user.revision", True, errno.E2BIG),
+        (f"{repo}/plain", "security.selinux", False, errno.E2BIG),
+        (f"{repo}/link", "system.posix_acl_access", True, errno.E2BIG),
+        (f"{repo}/sub/x", "system.posix_acl_access", True, errno.E2BIG),
+        (str(host), "system.posix_acl_access", True, host_err),
+    ]
+
+    def body() -> None:
+        got = []
+        for where, name, follow, _ in asked:
+            try:
+                os.getxattr(where, name, follow_symlinks=follow)
+                got.append(0)
+            except OSError as exc:
+                got.append(exc.errno)
+        os._exit(0 if got == [want for *_, want in asked] else 1)
+
+    seen, stats = _serve_child(body, path, lambda nr, args: errno.E2BIG)
+    get, lget = arch.NR["getxattr"], arch.NR["lgetxattr"]
+    assert [nr for nr, _ in seen] == [get, get, lget, get, get]
+    assert stats.stops == {"getxattr": 5, "lgetxattr": 1}  # C's: the 5 errno answers, the host path
+    assert stats.actions == {"notified": 6, "fast": 6, "return": 5}
+    assert path.answers.size() == 0
+
+
 def test_stat_answers_are_keyed_by_the_fds_target():
     answers = fast.Answers()
     data = arch.pack_stat(os.stat("/etc/passwd"))
