@@ -383,6 +383,9 @@ struct restat {
 #define TREES 64 /* the shadow trees of the repositories a job mounted: see first_walk() */
 #define WALK_SIZE (8 * PATH_LIMIT) /* >= sizeof(struct walk), checked where it is defined */
 
+#define LABELS 4      /* label names known per tree (translate._LSM_LABELS has two) */
+#define LABEL_NAME 32 /* their longest name, NUL included */
+
 struct tree {
     const char *logical; /* "/cvmfs/<fqrn>": the job's name for its root */
     const char *meta;    /* its m/ directory (placeholders), real path */
@@ -390,6 +393,9 @@ struct tree {
     const char *done;    /* its markers of populated directories */
     size_t logical_len, meta_len, data_len, done_len;
     char *strings;       /* the four, in one allocation */
+    int nlabels;         /* a security module's labels no entry of the tree has: */
+    char label_names[LABELS][LABEL_NAME];  /* their names (security.selinux...), */
+    int label_errs[LABELS];                /* and the errno asking for one gets */
 };
 
 struct walk;
@@ -751,6 +757,36 @@ out:
     return result;
 }
 
+static PyObject *answers_add_label(Answers *a, PyObject *args)
+{
+    const char *logical, *name;
+    Py_ssize_t logical_len, name_len;
+    int err;
+    if (!PyArg_ParseTuple(args, "y#y#i", &logical, &logical_len, &name, &name_len, &err))
+        return NULL;
+    if (name_len == 0 || name_len >= LABEL_NAME || memchr(name, 0, (size_t)name_len) != NULL || err <= 0) {
+        PyErr_SetString(PyExc_ValueError, "Answers.add_label: a name of 1 to 31 bytes, a positive errno");
+        return NULL;
+    }
+    for (int i = 0; i < a->ntrees; i++) {
+        struct tree *t = &a->trees[i];
+        if (t->logical_len != (size_t)logical_len || memcmp(t->logical, logical, (size_t)logical_len) != 0)
+            continue;
+        int j = 0;
+        while (j < t->nlabels && strcmp(t->label_names[j], name) != 0)
+            j++;
+        if (j == LABELS)
+            Py_RETURN_FALSE;
+        memcpy(t->label_names[j], name, (size_t)name_len);
+        t->label_names[j][name_len] = 0;
+        t->label_errs[j] = err;
+        if (j == t->nlabels)
+            t->nlabels++;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyObject *answers_len(Answers *a, PyObject *unused)
 {
     (void)unused;
@@ -758,6 +794,9 @@ static PyObject *answers_len(Answers *a, PyObject *unused)
 }
 
 static PyMethodDef answers_methods[] = {
+    {"add_label", (PyCFunction)answers_add_label, METH_VARARGS,
+     "add_label(logical, name, errno) -> bool: what asking an entry of the tree at logical (as\n"
+     "add_tree named it) for a security module's label gets; False if no such tree, or no room."},
     {"remember", (PyCFunction)answers_remember, METH_VARARGS,
      "remember(nr, args, mask, path, errno): answer -errno to this call from now on (args: its 6\n"
      "arguments; mask: which of them are part of the key).  Only from the thread that runs serve()."},
@@ -1277,9 +1316,16 @@ static int xattr_entry(const struct config *c, const struct notif *n, const stru
     size_t name_len = 0;
     if (read_path((pid_t)n->pid, d->args[1], w->xname, &name_len) != 0 || name_len == 0 || name_len > 255)
         return PYTHON; /* unreadable, ERANGE: Python says which */
-    if (is_one_of(w->xname, name_len, c->xattr_python, c->xattr_python_len) ||
-        has_prefix(w->xname, name_len, c->xattr_labels, c->xattr_labels_len))
+    int label = 0; /* the errno a security module's label gets in this tree, if known */
+    if (is_one_of(w->xname, name_len, c->xattr_python, c->xattr_python_len))
         return PYTHON;
+    if (has_prefix(w->xname, name_len, c->xattr_labels, c->xattr_labels_len)) {
+        for (int i = 0; i < tr->nlabels && label == 0; i++)
+            if (strlen(tr->label_names[i]) == name_len && memcmp(tr->label_names[i], w->xname, name_len) == 0)
+                label = tr->label_errs[i];
+        if (label == 0)
+            return PYTHON; /* not known yet, or the placeholder's (Translator._label) */
+    }
     join(w->mpath, tr->meta, tr->meta_len, inner, inner_len);
     int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
     if (found < 0) {
@@ -1290,6 +1336,10 @@ static int xattr_entry(const struct config *c, const struct notif *n, const stru
     }
     if (S_ISLNK(w->st.st_mode) && d->nr == c->getxattr_nr)
         return PYTHON; /* followed: the walk's */
+    if (label != 0) {
+        v->err = label;
+        return v->kind = ERRNO;
+    }
     const char *slash = memrchr(inner, '/', inner_len);
     size_t parent = (size_t)(slash - inner);
     marker_path(tr, inner, parent, w);

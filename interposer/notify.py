@@ -393,8 +393,11 @@ class Supervisor:
         except pt.TraceeGone:
             return 0, -errno.ESRCH, 0
         fast = self._fast
-        if fast is not None and len(self._mounts) != fast.mounts_seen:
-            fast.add_trees(self._mounts)  # a repository mounted (here, or by the tracer thread)
+        if fast is not None:
+            if len(self._mounts) != fast.mounts_seen:
+                fast.add_trees(self._mounts)  # a repository mounted (here, or by the tracer thread)
+            if len(tracer.translator.labels) != fast.labels_seen:
+                fast.add_labels(tracer.translator.labels)
         if tracer.debug and action is not None:
             log.debug("[%d] %s%s -> %s (notified)", tid, spec.name, describe_call(ctx, spec, args), action)
         if action is None:
@@ -824,7 +827,7 @@ class FastPath:
     __slots__ = (
         "_table", "_prefixes", "_special", "_magic", "_shadow", "_directory_flag", "_empty_path",
         "_stat_flags", "_counts", "_keys", "_opens", "_dirfds", "_bufs", "_fd_stats", "_nrs", "_ranges",
-        "_xattrs", "answers", "_trees", "mounts_seen", "_sizes", "_statx",
+        "_xattrs", "answers", "_trees", "mounts_seen", "labels_seen", "_sizes", "_statx",
     )  # fmt: skip
 
     def __init__(self, rule: FastRule, ranges: FdRanges | None = None) -> None:
@@ -893,6 +896,7 @@ class FastPath:
         self.answers = _fastnotify.Answers()
         self._trees: set[str] = set()  # the repositories whose shadow trees C knows
         self.mounts_seen = 0  # how many names the namespace had tried to mount when last told
+        self.labels_seen = 0  # how many label answers the translator had when last told
 
     def add_trees(self, mounts: Mapping[str, Mount | None]) -> None:
         """Tell C of the shadow trees of the repositories the job mounted: it then answers the
@@ -906,6 +910,17 @@ class FastPath:
             paths = (f"/cvmfs/{name}", shadow.meta, shadow.data, shadow.markers)
             self.answers.add_tree(*(os.fsencode(p) for p in paths), arch.STAT_SIZE)
             self._trees.add(name)
+
+    def add_labels(self, labels: Mapping[tuple[str, str], int]) -> None:
+        """Tell C what asking an entry of a mounted repository for a security module's label
+        gets, where the translator found that no entry has one (``Translator._label``): ``ls
+        -l``'s ``security.selinux`` of every entry, answered without Python. Only from the
+        supervisor thread, after :meth:`add_trees`."""
+        known = list(labels.items())  # the tracer thread may add one meanwhile
+        self.labels_seen = len(known)
+        for (fqrn, name), err in known:
+            if err:
+                self.answers.add_label(os.fsencode(f"/cvmfs/{fqrn}"), os.fsencode(name), err)
 
     def receive(self, listener: int, req: bytearray) -> int:
         """Wait for a notification Python must decide and put it in ``req``: 0, or the errno

@@ -324,6 +324,15 @@ def test_serve_answers_enodata_for_xattrs_the_marker_does_not_name(tmp_path):
     assert stats.actions == {"notified": 6, "fast": 6, "return": 5}
     assert path.answers.size() == 0
 
+    # the label Python found no entry to have (Translator._label), told to C: answered there
+    assert path.answers.add_label(repo.encode(), b"security.selinux", errno.ENODATA)
+    assert not path.answers.add_label(b"/cvmfs/other.example.org", b"security.selinux", errno.ENODATA)
+    asked[7] = (f"{repo}/plain", "security.selinux", False, errno.ENODATA)
+    asked.append((f"{repo}/plain", "security.SMACK64", False, errno.E2BIG))  # not told: Python's
+    seen, stats = _serve_child(body, path, lambda nr, args: errno.E2BIG)
+    assert [nr for nr, _ in seen] == [get, get, get, get, lget]
+    assert stats.stops == {"getxattr": 5, "lgetxattr": 2}
+
 
 def test_stat_answers_are_keyed_by_the_fds_target():
     answers = fast.Answers()
@@ -801,3 +810,44 @@ def test_statx_answers_in_c_are_pythons(job_env, tmp_path):
     assert b"No such file or directory" in runs[0][0]
     assert f"{MOUNT}/cases/twin-a.dat 81a4 168 ".encode() in runs[0][0]  # a 0644 file of 168 bytes
     assert runs[2][1] * 8 <= runs[1][1], [python for _, python in runs]  # the statx calls: C's
+
+
+XATTR_PROBE = """
+import os, sys
+for path in sys.argv[1:]:
+    for name in ("system.posix_acl_access", "security.selinux", "user.nope", "user.revision"):
+        for follow in (True, False):
+            try:
+                got = os.getxattr(path, name, follow_symlinks=follow)
+            except OSError as exc:
+                got = os.strerror(exc.errno)
+            print(path, name, follow, got)
+"""
+
+
+def test_xattr_answers_in_c_are_pythons(job_env, tmp_path):
+    """``ls -lR`` and (l)getxattr of files, symlinks, directories and missing names, in a tree
+    an earlier job populated: the same answers decided in C and in Python, the ACL and label
+    probes of ``ls -l`` nearly all C's."""
+    env = dict(job_env, CVMFS_CACHE_BASE=str(tmp_path / "cache"))
+    warm = cvmfs_run(["ls", "-lR", MOUNT], env)
+    assert warm.returncode == 0, warm.stderr.decode()
+    names = ("cases/twin-a.dat", "cases/rel-link", "cases", "etc/example.conf", "cases/nope", "src/nope")
+    probe = ["python3", "-c", XATTR_PROBE, *(f"{MOUNT}/{name}" for name in names)]
+    runs = {}
+    for mode in ("1", "0"):
+        mode_env = dict(env, **{notify.PURE_PYTHON_ENV: mode})
+        out = []
+        for argv in (["ls", "-lR", MOUNT], probe):
+            r = cvmfs_run(argv, mode_env, options=["--stats"])
+            assert r.returncode == 0, r.stderr.decode()
+            counters = ast.literal_eval(r.stderr.decode().rpartition("stops ")[2])
+            xattrs = sum(counters["stops"].get(call, 0) for call in ("getxattr", "lgetxattr"))
+            python = counters["actions"]["notified"] - counters["actions"].get("fast", 0)
+            out.append((r.stdout, xattrs, python))
+        runs[mode] = out
+    (ls_py, probe_py), (ls_c, probe_c) = runs["1"], runs["0"]
+    assert ls_c[0] == ls_py[0] and probe_c[0] == probe_py[0]
+    assert b"user.revision True" in probe_c[0] and b"No data available" in probe_c[0]
+    assert ls_c[1] > 50  # ls -l's probes: two per entry
+    assert ls_c[2] * 4 <= ls_py[2], (ls_c, ls_py)  # Python decided a quarter or less of them
