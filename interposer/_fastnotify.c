@@ -1285,6 +1285,11 @@ static int missing(const struct tree *tr, const char *inner, size_t inner_len, s
     return 0;
 }
 
+/* (l)getxattr: their answers depend on the name asked, which no key of a kept answer holds. */
+static int is_xattr_get(const struct config *c, int nr)
+{
+    return nr == c->getxattr_nr || nr == c->lgetxattr_nr;
+}
 
 /* Whether the marker in w->dpath is of the current format and names entry (length k) among
  * those with extended attributes in the catalog: 1, 0, or -1 when unknown (no marker, one of an
@@ -1370,7 +1375,7 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
 {
     const struct notif_data *d = &n->data;
     struct walk *w = c->walk;
-    int is_open = t[1] != 0, is_xattr = d->nr == c->getxattr_nr || d->nr == c->lgetxattr_nr;
+    int is_open = t[1] != 0, is_xattr = is_xattr_get(c, d->nr);
     if (w == NULL || (!is_open && !is_xattr && (t[4] == 0 || t[4] > 6)) || inner_len == 0 || inner[0] != '/')
         return PYTHON;
     if (tr->meta_len + inner_len >= PATH_LIMIT || tr->data_len + inner_len >= PATH_LIMIT ||
@@ -1469,8 +1474,7 @@ static int first_walk(const struct config *c, const struct notif *n, const unsig
                       struct verdict *v)
 {
     int kind = walk_entry(c, n, t, tr, inner, inner_len, one_name, v);
-    /* an xattr's answer depends on its name too, which no key holds: not kept */
-    v->walked = kind != PYTHON && n->data.nr != c->getxattr_nr && n->data.nr != c->lgetxattr_nr;
+    v->walked = kind != PYTHON && !is_xattr_get(c, n->data.nr); /* what it answered is kept */
     return kind;
 }
 
