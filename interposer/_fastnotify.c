@@ -467,7 +467,7 @@ static PyObject *answers_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (a == NULL)
         return NULL;
     a->slots = calloc(ANSWER_SLOTS, sizeof(struct answer));
-    a->walk = malloc(WALK_SIZE);
+    a->walk = calloc(1, WALK_SIZE); /* zeroed: no marker kept yet (marker_names) */
     if (a->slots == NULL || a->walk == NULL) {
         Py_DECREF(a);
         return PyErr_NoMemory();
@@ -1095,6 +1095,7 @@ struct config {
 };
 
 enum { PYTHON = 0, CONTINUE = 1, ERRNO = 2, WRITE = 3, OPEN = 4, DUP = 5, RESTAT = 6, OPENED = 7 };
+#define FOUND (-2) /* placeholder(): the entry's placeholder is there (not a verdict) */
 
 struct verdict {
     int kind;         /* PYTHON, CONTINUE, ... OPENED; or MEMORY_REFUSED */
@@ -1124,7 +1125,9 @@ struct walk {
     struct stat st;                    /* the placeholder's */
     _Alignas(8) char stx[STAT_SIZE_MAX]; /* its struct statx, for a statx */
     char xname[PATH_LIMIT];            /* an xattr's name, as read from the job */
-    char marker[PATH_LIMIT];           /* a marker's bytes */
+    char marker[PATH_LIMIT];           /* the last marker read (marker_names), */
+    char marker_of[PATH_LIMIT];        /* its path, */
+    size_t marker_len;                 /* its length (0: none kept) */
 };
 _Static_assert(sizeof(struct walk) <= WALK_SIZE, "WALK_SIZE too small");
 
@@ -1285,6 +1288,23 @@ static int missing(const struct tree *tr, const char *inner, size_t inner_len, s
     return 0;
 }
 
+/* The placeholder of entry inner (m/ + inner, into w->mpath; its lstat into w->st): FOUND;
+ * or, when there is none, ERRNO with ENOENT if the entry is missing from its populated
+ * directory, else PYTHON (ELOOP: a symlink on the way, the walk's; a directory not populated
+ * yet).  one_name: inner is one name in a directory reached without a symlink. */
+static int placeholder(const struct tree *tr, const char *inner, size_t inner_len, int one_name, struct walk *w,
+                       struct verdict *v)
+{
+    join(w->mpath, tr->meta, tr->meta_len, inner, inner_len);
+    int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
+    if (found == 0)
+        return FOUND;
+    if (errno != ENOENT || !missing(tr, inner, inner_len, w))
+        return PYTHON;
+    v->err = ENOENT;
+    return v->kind = ERRNO;
+}
+
 /* (l)getxattr: their answers depend on the name asked, which no key of a kept answer holds. */
 static int is_xattr_get(const struct config *c, int nr)
 {
@@ -1297,15 +1317,23 @@ static int is_xattr_get(const struct config *c, int nr)
 static int marker_names(struct walk *w, const char *entry, size_t k)
 {
     static const char format[] = "xattrs:"; /* shadow._MARKER_FORMAT */
-    int fd = open(w->dpath, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t got = read(fd, w->marker, sizeof(w->marker));
-    close(fd);
     size_t f = sizeof(format) - 1;
-    if (got < (ssize_t)f || got == (ssize_t)sizeof(w->marker) || memcmp(w->marker, format, f) != 0)
-        return -1;
-    return is_one_of(entry, k, w->marker + f, (size_t)got - f);
+    if (w->marker_len == 0 || strcmp(w->dpath, w->marker_of) != 0) {
+        /* A marker of this format is written once, whole (ShadowTree._write_marker), and only
+         * one of an older format is ever written again: the last one read is kept, as Python
+         * keeps them (ShadowTree.xattr_names); ls -l asks every entry of one directory. */
+        w->marker_len = 0;
+        int fd = open(w->dpath, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        ssize_t got = read(fd, w->marker, sizeof(w->marker));
+        close(fd);
+        if (got < (ssize_t)f || got == (ssize_t)sizeof(w->marker) || memcmp(w->marker, format, f) != 0)
+            return -1;
+        w->marker_len = (size_t)got;
+        strcpy(w->marker_of, w->dpath);
+    }
+    return is_one_of(entry, k, w->marker + f, w->marker_len - f);
 }
 
 /* (l)getxattr of an entry of tree tr (inner: as for walk_entry): ENODATA for a name that is
@@ -1331,14 +1359,9 @@ static int xattr_entry(const struct config *c, const struct notif *n, const stru
         if (label == 0)
             return PYTHON; /* not known yet, or the placeholder's (Translator._label) */
     }
-    join(w->mpath, tr->meta, tr->meta_len, inner, inner_len);
-    int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
-    if (found < 0) {
-        if (errno != ENOENT || !missing(tr, inner, inner_len, w))
-            return PYTHON;
-        v->err = ENOENT;
-        return v->kind = ERRNO;
-    }
+    int missing_kind = placeholder(tr, inner, inner_len, one_name, w, v);
+    if (missing_kind != FOUND)
+        return missing_kind;
     if (S_ISLNK(w->st.st_mode) && d->nr == c->getxattr_nr)
         return PYTHON; /* followed: the walk's */
     if (label != 0) {
@@ -1404,14 +1427,9 @@ static int walk_entry(const struct config *c, const struct notif *n, const unsig
     } else if (t[5] != 0 && (t[5] > 6 || d->args[t[5] - 1] & ~c->stat_flags)) {
         return PYTHON;
     }
-    join(w->mpath, tr->meta, tr->meta_len, inner, inner_len);
-    int found = one_name ? fstatat(AT_FDCWD, w->mpath, &w->st, AT_SYMLINK_NOFOLLOW) : lstat_no_links(w->mpath, &w->st);
-    if (found < 0) {
-        if (errno != ENOENT || !missing(tr, inner, inner_len, w))
-            return PYTHON; /* ELOOP: a symlink on the way (the walk's) */
-        v->err = ENOENT;
-        return v->kind = ERRNO;
-    }
+    int missing_kind = placeholder(tr, inner, inner_len, one_name, w, v);
+    if (missing_kind != FOUND)
+        return missing_kind;
     mode_t type = w->st.st_mode & S_IFMT;
     if (type == S_IFLNK)
         return PYTHON;

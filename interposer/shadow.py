@@ -40,11 +40,8 @@ from cvmfs_client.namehash import md5_hex
 TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
 
 if TYPE_CHECKING:  # the catalog module pulls in SQLAlchemy: import it only when mounting
-    from os import PathLike
-
+    from cvmfs_client.cache_links import StrPath
     from cvmfs_client.catalog import DirEntry
-
-    StrPath = str | PathLike[str]  # a cache object's path: pathlib is not imported at run's start
 
 # A Listing answers "the entries of directory <inner path>" from memory (see vfs.Mount).
 Listing = Callable[[str], Mapping[str, "DirEntry"]]
