@@ -718,7 +718,9 @@ class Translator:
             rw = self._path_rewrite(nr, spec, self._meta_target(r))
             if not flags & O_PATH:
                 mount.shadow.ensure_populated(r.inner)
-                if reloc:
+                # A repository root's fd stays low: relative to it, ".." must reach /cvmfs,
+                # which only a translated call can (the kernel would climb into the cache).
+                if reloc and r.inner:
                     assert self.ranges is not None
                     rw.reloc_base, rw.reloc_cmd = self.ranges.dirs, cmd
             return rw

@@ -356,3 +356,27 @@ def test_mpi_ranks_of_a_program_in_cvmfs(job_env, tmp_path):
         server.stop()
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split() == ["ranks=4", "total=400000"], r.stderr.decode()
+
+
+def test_calls_relative_to_a_repository_root_fd_see_cvmfs_above_it(job_env, tmp_path: Path):
+    # The root's fd stays below the reserved range, so fstatat(root, "..") is translated: above
+    # the repository is /cvmfs, not the shadow tree's own directories (seccomp.FdRanges).
+    code = textwrap.dedent(
+        f"""
+        import os
+        cvmfs = os.stat("/cvmfs").st_ino
+        for _ in range(3):  # the first open is Python's, the next ones the C loop's where built
+            r = os.open("{MOUNT}", os.O_RDONLY | os.O_DIRECTORY)
+            up = os.stat("..", dir_fd=r, follow_symlinks=False)
+            bin_ = os.stat("bin", dir_fd=r, follow_symlinks=False)
+            print(up.st_ino == cvmfs, bin_.st_ino == os.lstat("{MOUNT}/bin").st_ino,
+                  os.stat("bin/..", dir_fd=r, follow_symlinks=False).st_ino == os.lstat("{MOUNT}").st_ino)
+            os.close(r)
+        """
+    )
+    script = tmp_path / "root_fd.py"
+    script.write_text(code)
+    for extra in ({}, {"CVMFS_CLIENT_PURE_PYTHON": "1"}):
+        r = cvmfs_run(["python3", str(script)], {**job_env, **extra})
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.decode().splitlines() == ["True True True"] * 3, extra
