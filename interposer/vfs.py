@@ -683,7 +683,9 @@ class Namespace:
         return Resolved(ENTRY, mount=mount, inner=f"{parent.inner}/{name}", entry=child)
 
     def _walk(self, path: str, follow: bool) -> Resolved:
-        trailing = path.endswith("/")
+        # A last component "." or ".." names a directory, as a trailing slash does: what comes
+        # before it must be one (a symlink there is followed), else ENOTDIR, as the kernel says.
+        trailing = path.endswith(("/", "/.", "/.."))
         todo = [c for c in path.split("/") if c and c != "."]
         todo.reverse()
         host: list[str] = []
@@ -719,6 +721,8 @@ class Namespace:
                 continue
             assert mount is not None and entry is not None
             if c == "..":
+                if not entry.is_dir:  # "file/..": the kernel looks ".." up in a directory only
+                    return _error(errno.ENOTDIR)
                 if parts:
                     parts.pop()
                     entry = mount.node("/" + "/".join(parts) if parts else "")

@@ -208,3 +208,29 @@ def test_df_shows_the_cache_quota_and_use_as_the_real_client(job_env):
     # the unmanaged cache: full at its size, as the real client reports it
     raw = translate.repository_statfs(10 * 512 + 7, None)
     assert raw[16:40] == (10).to_bytes(8, "little") + bytes(16)
+
+
+DOT_PROBE = """
+import os, sys
+for p in sys.argv[1:]:
+    res = []
+    for f in (os.stat, os.lstat, lambda q: os.close(os.open(q, os.O_RDONLY)), os.readlink, os.listdir):
+        try:
+            f(p)
+            res.append("ok")
+        except OSError as e:
+            res.append(os.strerror(e.errno))
+    print(p, res)
+"""
+
+
+def test_dot_and_dot_dot_after_files_and_symlinks_answer_as_the_kernel(job_env, sw_src, tmp_path):
+    # "file/." and "file/.." are ENOTDIR, "link/." follows the link, readlink("dirlink/.") is EINVAL
+    names = ["cases/empty.txt", "cases/rel-link", "cases/dir-link", "cases/broken-link", "cases", "bin/tput"]
+    paths = [n + s for n in names for s in ("/.", "/..", "/../twin-a.dat", "/./x", "/")]
+    probe = tmp_path / "probe.py"
+    probe.write_text(DOT_PROBE)
+    want = native(f"python3 {probe} {' '.join(paths)}", sw_src)
+    for extra in ({}, {"CVMFS_CLIENT_PURE_PYTHON": "1"}):
+        got = sh(f"cd {MOUNT} && python3 {probe} {' '.join(paths)}", {**job_env, **extra}).stdout
+        assert got.decode().splitlines() == want.decode().splitlines(), extra
