@@ -373,6 +373,8 @@ def host_link_into_cvmfs(path: str, max_links: int = 40) -> str | None:
     The walk is the kernel's (``..`` after symlinks, 40 links at most), on the host, until the
     path enters /cvmfs; ``None`` if it never does (or cannot be walked).
     """
+    # A last "/", "/." or "/..": the path names a directory; the /cvmfs path keeps that.
+    slash = "/" if path.endswith(("/", "/.", "/..")) else ""
     todo = [c for c in path.split("/") if c and c != "."]
     todo.reverse()
     done = ""
@@ -384,7 +386,7 @@ def host_link_into_cvmfs(path: str, max_links: int = 40) -> str | None:
             continue
         here = f"{done}/{c}"
         if here == "/cvmfs":
-            return "/".join([here, *reversed(todo)])
+            return "/".join([here, *reversed(todo)]) + slash
         try:
             target = os.readlink(here)
         except OSError as exc:

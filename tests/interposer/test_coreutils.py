@@ -239,28 +239,39 @@ def test_dot_and_dot_dot_after_files_and_symlinks_answer_as_the_kernel(job_env, 
 def test_random_path_calls_answer_as_on_the_source_tree(job_env, sw_src, tmp_path):
     """Random stat/open/readlink/access/scandir/realpath calls, absolute and relative to cwds
     and directory fds, with ".", ".." and odd slashes, answer under run as they do natively,
-    whether the C loop, Python or ptrace stops decide them (a walk that dropped "." was found
-    so). Absolute and variant symlinks are left out: their targets differ there by design."""
+    whether the C loop, Python or ptrace stops decide them, on /cvmfs and through a host
+    symlink into it (walks that dropped "." and a trailing slash were found so). Absolute and
+    variant symlinks are left out: their targets differ there by design."""
     skip = ("python/lib/python3.11/", "flavors")
     entries = sorted(
         str(p.relative_to(sw_src))
         for p in sw_src.rglob("*")
         if not str(p.relative_to(sw_src)).startswith(skip) and "abs-link" not in p.name
     )
+    dirs = [e for e in entries if (sw_src / e).is_dir() and not (sw_src / e).is_symlink()]
     (tmp_path / "names").write_text("\n".join(entries))
-    (tmp_path / "dirs").write_text(
-        "\n".join(e for e in entries if (sw_src / e).is_dir() and not (sw_src / e).is_symlink())
-    )
+    (tmp_path / "dirs").write_text("\n".join(dirs))
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host" / "sw").symlink_to(MOUNT)  # ~/sw -> /cvmfs/...: the job's view
+    (tmp_path / "native").mkdir()
+    (tmp_path / "native" / "sw").symlink_to(sw_src)
     probe = Path(__file__).parent / "data" / "path_calls.py"
-    args = f"{tmp_path}/names {tmp_path}/dirs"
-    for seed, options in ((1, ""), (2, ""), (3, "--ptrace-only"), (4, "pure")):
-        want = native(f"python3 {probe} {seed} {sw_src} 1500 {args}", sw_src).decode().splitlines()
-        env = {**job_env, "CVMFS_CLIENT_PURE_PYTHON": "1"} if options == "pure" else job_env
-        run = "" if options in ("", "pure") else f" {options}"
-        got = cvmfs_run(
-            ["/bin/sh", "-c", f"python3 {probe} {seed} {MOUNT} 1500 {args}"], env, options=run.split()
-        )
+    args = f"1500 {tmp_path}/names {tmp_path}/dirs"
+
+    def lines(out: bytes, *roots: object) -> list[str]:
+        text = out.decode()
+        for root in roots:
+            text = text.replace(str(root), "ROOT")
+        return text.splitlines()
+
+    runs = ((1, MOUNT, sw_src, ""), (2, MOUNT, sw_src, "--ptrace-only"), (3, MOUNT, sw_src, "pure"))
+    runs += ((4, f"{tmp_path}/host/sw", f"{tmp_path}/native/sw", ""),)
+    for seed, root, native_root, mode in runs:
+        want = lines(native(f"python3 {probe} {seed} {native_root} {args}", sw_src), native_root, sw_src)
+        env = {**job_env, "CVMFS_CLIENT_PURE_PYTHON": "1"} if mode == "pure" else job_env
+        options = [mode] if mode.startswith("--") else []
+        got = cvmfs_run(["/bin/sh", "-c", f"python3 {probe} {seed} {root} {args}"], env, options=options)
         assert got.returncode == 0, got.stderr.decode()
-        lines = got.stdout.decode().splitlines()
-        assert len(lines) == len(want) == 1500
-        assert [a for a, b in zip(lines, want, strict=True) if a != b] == [], (seed, options)
+        have = lines(got.stdout, root, MOUNT)
+        assert len(have) == len(want) == 1500
+        assert [a for a, b in zip(have, want, strict=True) if a != b] == [], (seed, mode)

@@ -46,5 +46,10 @@ def test_host_links_into_cvmfs_are_followed_as_the_kernel_would(tmp_path) -> Non
     link_dir = tmp_path / "repo"
     link_dir.symlink_to("/cvmfs/sw.example.org")
     assert host_link_into_cvmfs(f"{link_dir}/bin/../lib/x") == "/cvmfs/sw.example.org/bin/../lib/x"
+    # a last "/", "/." or "/..": a directory is named, which the /cvmfs path must still say
+    assert host_link_into_cvmfs(f"{link_dir}/README.txt/") == "/cvmfs/sw.example.org/README.txt/"
+    assert host_link_into_cvmfs(f"{link_dir}/README.txt/.") == "/cvmfs/sw.example.org/README.txt/"
+    assert host_link_into_cvmfs(f"{link_dir}/bin/..") == "/cvmfs/sw.example.org/bin/../"
+    assert host_link_into_cvmfs(f"{link_dir}/") == "/cvmfs/sw.example.org/"
     for nowhere in ("plain", "loop", "elsewhere", "missing/x"):
         assert host_link_into_cvmfs(f"{tmp_path}/{nowhere}") is None
