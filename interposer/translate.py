@@ -42,6 +42,7 @@ from .syscalls import (
     AT_EMPTY_PATH,
     AT_FDCWD,
     AT_NO_AUTOMOUNT,
+    AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
     F_DUPFD,
     F_DUPFD_CLOEXEC,
@@ -697,9 +698,19 @@ class Translator:
                 rw.reloc_base, rw.reloc_cmd = self.ranges.dirs, cmd
             return rw
         writing = (flags & O_ACCMODE) != O_RDONLY or flags & O_TRUNC
+        if flags & O_CREAT and not (r.kind == ERROR and r.touched):
+            # the kernel's order: the parent's lookup, then EISDIR for a name that must be a
+            # directory, then the name itself (EEXIST, or EROFS creating it)
+            err = self._parent_errno(ctx, dirfd, raw)
+            if err:
+                return Return(-err)
+            if raw.endswith(b"/"):
+                return Return(-errno.EISDIR)
+            if _last_component(raw) in (b".", b".."):  # a directory that exists
+                return Return(-(errno.EEXIST if flags & O_EXCL else errno.EISDIR))
+            if r.kind == ERROR and r.errno == errno.ENOENT:
+                return Return(-self._dangling_create_errno(ctx, dirfd, raw))
         if r.kind == ERROR:
-            if r.errno == errno.ENOENT and flags & O_CREAT and self._parent_exists(ctx, dirfd, raw):
-                return Return(-errno.EROFS)
             return Return(-r.errno)
         if flags & O_CREAT and flags & O_EXCL:
             return Return(-errno.EEXIST)
@@ -835,15 +846,6 @@ class Translator:
                 lines.append(f"{top + i} {parent} {dev} {where} - fuse cvmfs2 ro,{options}\n")
         data = text + "".join(lines).encode()
         return self._path_rewrite(nr, spec, self.ns.snapshot(data))
-
-    def _parent_exists(self, ctx: Context, dirfd: int, raw: bytes) -> bool:
-        """Whether the directory that would hold ``raw`` exists inside /cvmfs."""
-        head, sep, _ = raw.rstrip(b"/").rpartition(b"/")
-        parent = (head or b"/") if sep else b"."
-        r = self.locate(ctx, dirfd, parent, True)
-        if r is None:
-            return False
-        return r.kind == ROOT or (r.kind == ENTRY and r.entry is not None and r.entry.is_dir)
 
     def _stat(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         assert spec.path is not None
@@ -1114,16 +1116,74 @@ class Translator:
             return None
         if r.kind == HOST:
             return self._host_rewrite(nr, spec, r.host)
-        if r.kind == ERROR:
-            if r.touched:  # the policy's answer
-                return Return(-r.errno)
-            creating = r.errno == errno.ENOENT and spec.effect is not Effect.CHANGE
-            if creating and self._parent_exists(ctx, dirfd, raw):
-                return Return(-errno.EROFS)
+        if r.kind == ERROR and r.touched:  # the policy's answer
             return Return(-r.errno)
-        if spec.effect is Effect.CREATE:
-            return Return(-errno.EEXIST)
-        return Return(-errno.EROFS)
+        return Return(-self._read_only_errno(ctx, spec, dirfd, raw, r, args))
+
+    def _read_only_errno(
+        self, ctx: Context, spec: Spec, dirfd: int, raw: bytes, r: Resolved, args: tuple[int, ...]
+    ) -> int:
+        """The errno of a change to /cvmfs path ``raw`` (``r`` where it leads), in the order a
+        read-only mount's kernel checks: the parent's lookup, the last component's kind, then
+        EEXIST for a name that exists (creating) before EROFS; a removal is refused before its
+        name is looked up; a change needs the name (and truncate a regular file)."""
+        effect = spec.effect
+        if effect is Effect.CHANGE:
+            if r.kind == ERROR:
+                return r.errno
+            if spec.name == "truncate" and r.entry is not None and not r.entry.is_regular:
+                return errno.EISDIR if r.entry.is_dir else errno.EINVAL
+            return errno.EROFS
+        err = self._parent_errno(ctx, dirfd, raw)
+        if err:
+            return err
+        last = _last_component(raw)
+        if effect is Effect.REMOVE:
+            rm_dir = spec.name == "rmdir" or (spec.name == "unlinkat" and args[2] & AT_REMOVEDIR)
+            if last == b"..":
+                return errno.ENOTEMPTY if rm_dir else errno.EISDIR
+            if last == b".":
+                return errno.EINVAL if rm_dir else errno.EISDIR
+            return errno.EROFS
+        return self._create_errno(ctx, dirfd, raw, spec.name == "mkdir")
+
+    def _create_errno(self, ctx: Context, dirfd: int, raw: bytes, directory: bool) -> int:
+        """A new name in /cvmfs whose parent is a directory: EEXIST where a name is there (or
+        is "." or ".."), ENOENT for a missing one with a trailing slash (only mkdir takes
+        one), else EROFS."""
+        if _last_component(raw) in (b".", b".."):
+            return errno.EEXIST
+        there = self.locate(ctx, dirfd, raw.rstrip(b"/") or raw, False)
+        if there is not None and there.kind != ERROR:
+            return errno.EEXIST
+        if raw.endswith(b"/") and not directory:
+            return errno.ENOENT
+        return errno.EROFS
+
+    def _dangling_create_errno(self, ctx: Context, dirfd: int, raw: bytes) -> int:
+        """``open(O_CREAT)`` of a missing /cvmfs name: EROFS, or, through a dangling symlink
+        (which the kernel follows to create its target), why the target's directory cannot
+        be looked up."""
+        link = self.locate(ctx, dirfd, raw, False)
+        if link is None or link.kind != ENTRY or link.entry is None or not link.entry.is_symlink:
+            return errno.EROFS
+        assert link.mount is not None
+        target = link.mount.link_target(link.inner)
+        if not target.startswith("/"):
+            target = f"{link.logical.rpartition('/')[0]}/{target}"
+        return self._parent_errno(ctx, AT_FDCWD, os.fsencode(target)) or errno.EROFS
+
+    def _parent_errno(self, ctx: Context, dirfd: int, raw: bytes) -> int:
+        """Why the directory that holds the last component of ``raw`` cannot be looked up in
+        /cvmfs (ENOENT, ENOTDIR, ELOOP), or 0."""
+        head, sep, _ = raw.rstrip(b"/").rpartition(b"/")
+        parent = (head or b"/") if sep else b"."
+        r = self.locate(ctx, dirfd, parent, True)
+        if r is None or r.kind in (HOST, ROOT):
+            return 0
+        if r.kind == ERROR:
+            return r.errno
+        return 0 if r.entry is not None and r.entry.is_dir else errno.ENOTDIR
 
     def _modify2(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
         assert spec.path is not None and spec.path2 is not None
@@ -1154,11 +1214,28 @@ class Translator:
             if not (r1 is not None and r1.touched) and not (r2 is not None and r2.touched):
                 return None
             return self._rewrite2(nr, spec, r1, r2)
+        if spec.name.startswith("rename"):
+            # both parents are looked up, then the mounts compared, then "." and ".." refused,
+            # then the mount's write access: before either name is looked up
+            for dirfd, raw, ours in ((d1, raw1, ours1), (d2, raw2, ours2)):
+                err = self._parent_errno(ctx, dirfd, raw) if ours else 0
+                if err:
+                    return Return(-err)
+            if ours1 != ours2:
+                return Return(-errno.EXDEV)
+            if {_last_component(raw1), _last_component(raw2)} & {b".", b".."}:
+                return Return(-errno.EBUSY)
+            return Return(-errno.EROFS)
+        # link: the old name is looked up, then the new one is created (its mount's write
+        # access and EEXIST first), then the mounts compared
         if r1 is not None and r1.kind == ERROR:
             return Return(-r1.errno)
-        if ours1 != ours2:
+        if not ours2:
             return Return(-errno.EXDEV)
-        return Return(-errno.EROFS)
+        err = self._parent_errno(ctx, d2, raw2)
+        if err:
+            return Return(-err)
+        return Return(-self._create_errno(ctx, d2, raw2, False))
 
     @staticmethod
     def _rewrite2(nr: int, spec: Spec, r1: Resolved | None, r2: Resolved | None) -> Action:
@@ -1431,6 +1508,11 @@ def _read_magic_link(ctx: Context, m: re.Match[str]) -> str | None:
         return os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
     except OSError:
         return None
+
+
+def _last_component(raw: bytes) -> bytes:
+    """The last component of a path, trailing slashes aside ("a/b/." -> "."; "/" -> "")."""
+    return raw.rstrip(b"/").rpartition(b"/")[2]
 
 
 def _flags_arg(spec: Spec, args: tuple[int, ...]) -> int:

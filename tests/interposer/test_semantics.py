@@ -13,6 +13,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.interposer.conftest import TOOLS, assert_a_bug_kills_the_job, cvmfs_run
 from tests.interposer.trees import FQRN, MOUNT
 
@@ -416,3 +418,37 @@ def test_a_warning_in_a_job_is_printed_as_before(job_env):
     assert r.returncode != 0
     err = r.stderr.decode()
     assert f"WARNING interposer.vfs: cannot mount {MOUNT}:" in err, err
+
+
+def test_random_changes_fail_as_on_a_read_only_mount(job_env, sw_src, tmp_path):
+    """The reference is the kernel itself: a read-only bind mount of the source tree (root
+    only). Random mkdir/rmdir/unlink/rename/symlink/link/chmod/utime/truncate/xattr/open/
+    chown/mknod calls, with ".", ".." and trailing slashes, get the same errno under run,
+    from the C loop's Python and from ptrace stops alike (EEXIST before EROFS for a name
+    that exists, EISDIR for truncate of a directory, ENOENT through a dangling symlink...)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(sw_src), str(ro)], capture_output=True)
+    if bind.returncode != 0:
+        pytest.skip(f"no bind mount here: {bind.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        skip = ("python/lib/python3.11/", "flavors")
+        entries = sorted(
+            str(p.relative_to(sw_src))
+            for p in sw_src.rglob("*")
+            if not str(p.relative_to(sw_src)).startswith(skip) and "abs-link" not in p.name
+        )
+        (tmp_path / "names").write_text("\n".join(entries))
+        probe = Path(__file__).parent / "data" / "change_calls.py"
+        for seed, options in ((1, []), (2, []), (3, ["--ptrace-only"])):
+            args = [str(seed), "", "800", str(tmp_path / "names")]
+            args[1] = str(ro)
+            want = subprocess.run(["python3", str(probe), *args], capture_output=True, check=True).stdout
+            args[1] = MOUNT
+            got = cvmfs_run(["python3", str(probe), *args], job_env, options=options)
+            assert got.returncode == 0, got.stderr.decode()
+            pairs = zip(got.stdout.decode().splitlines(), want.decode().splitlines(), strict=True)
+            assert [a for a, b in pairs if a != b] == [], (seed, options)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
