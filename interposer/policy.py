@@ -232,7 +232,8 @@ class Policy:
         steady = not need & W_OK  # every answer on the way is one that cannot change: remember
         table = self.table
         real_of = table.real if mapped else _same
-        trailing = path.endswith("/") and path != "/"
+        # a last "/", "/." or "/..": the path names a directory (a final symlink is followed)
+        trailing = path.endswith(("/", "/.", "/..")) and path != "/"
         follow = follow or trailing
         todo = [c for c in path.split("/") if c and c != "."]
         todo.reverse()

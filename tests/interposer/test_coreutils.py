@@ -239,8 +239,8 @@ def test_dot_and_dot_dot_after_files_and_symlinks_answer_as_the_kernel(job_env, 
 def test_random_path_calls_answer_as_on_the_source_tree(job_env, sw_src, tmp_path):
     """Random stat/open/readlink/access/scandir/realpath calls, absolute and relative to cwds
     and directory fds, with ".", ".." and odd slashes, answer under run as they do natively,
-    whether the C loop, Python or ptrace stops decide them, on /cvmfs and through a host
-    symlink into it (walks that dropped "." and a trailing slash were found so). Absolute and
+    whether the C loop, Python, ptrace stops or a policy's walk decide them, on /cvmfs and
+    through a host symlink into it (walks that dropped "." and a trailing slash were found so). Absolute and
     variant symlinks are left out: their targets differ there by design."""
     skip = ("python/lib/python3.11/", "flavors")
     entries = sorted(
@@ -266,10 +266,14 @@ def test_random_path_calls_answer_as_on_the_source_tree(job_env, sw_src, tmp_pat
 
     runs = ((1, MOUNT, sw_src, ""), (2, MOUNT, sw_src, "--ptrace-only"), (3, MOUNT, sw_src, "pure"))
     runs += ((4, f"{tmp_path}/host/sw", f"{tmp_path}/native/sw", ""),)
+    runs += (
+        (5, MOUNT, sw_src, "--deny /home"),
+        (6, f"{tmp_path}/host/sw", f"{tmp_path}/native/sw", "--deny /home"),
+    )
     for seed, root, native_root, mode in runs:
         want = lines(native(f"python3 {probe} {seed} {native_root} {args}", sw_src), native_root, sw_src)
         env = {**job_env, "CVMFS_CLIENT_PURE_PYTHON": "1"} if mode == "pure" else job_env
-        options = [mode] if mode.startswith("--") else []
+        options = mode.split() if mode.startswith("--") else []  # --deny: the policy's own walk
         got = cvmfs_run(["/bin/sh", "-c", f"python3 {probe} {seed} {root} {args}"], env, options=options)
         assert got.returncode == 0, got.stderr.decode()
         have = lines(got.stdout, root, MOUNT)

@@ -441,7 +441,7 @@ def test_random_changes_fail_as_on_a_read_only_mount(job_env, sw_src, tmp_path):
         )
         (tmp_path / "names").write_text("\n".join(entries))
         probe = Path(__file__).parent / "data" / "change_calls.py"
-        for seed, options in ((1, []), (2, []), (3, ["--ptrace-only"])):
+        for seed, options in ((1, []), (2, []), (3, ["--ptrace-only"]), (4, ["--deny", "/home"])):
             args = [str(seed), "", "800", str(tmp_path / "names")]
             args[1] = str(ro)
             want = subprocess.run(["python3", str(probe), *args], capture_output=True, check=True).stdout
