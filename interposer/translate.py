@@ -1318,6 +1318,10 @@ class Translator:
             if target is None:
                 return None  # a host program whose path merely contains "cvmfs"
             filename, argv = target
+        if argv is not None and shown != raw and _close_on_exec(ctx.tid, dirfd):
+            # fexecve of a script through a close-on-exec fd: its interpreter could not open
+            # /dev/fd/N after the exec, so the kernel refuses it (execve(2), fexecve(3))
+            return Return(-errno.ENOENT)
         if argv is not None:
             rest = self._read_argv_tail(ctx, args[argv_arg])
             if rest is None:
@@ -1508,6 +1512,18 @@ def _read_magic_link(ctx: Context, m: re.Match[str]) -> str | None:
         return os.readlink(f"{proc}{m.group(2) or ''}/{m.group(3)}")
     except OSError:
         return None
+
+
+def _close_on_exec(tid: int, fd: int) -> bool:
+    """Whether the job's ``fd`` is close-on-exec (its ``/proc`` fdinfo's flags)."""
+    try:
+        with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"flags:"):
+                    return bool(int(line.split()[1], 8) & O_CLOEXEC)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _last_component(raw: bytes) -> bytes:

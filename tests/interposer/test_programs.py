@@ -380,3 +380,29 @@ def test_calls_relative_to_a_repository_root_fd_see_cvmfs_above_it(job_env, tmp_
         r = cvmfs_run(["python3", str(script)], {**job_env, **extra})
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout.decode().splitlines() == ["True True True"] * 3, extra
+
+
+def test_fexecve_of_a_script_needs_an_fd_its_interpreter_can_open(job_env, tmp_path: Path):
+    # fexecve(3): a script run through a close-on-exec fd fails with ENOENT (its interpreter
+    # would be given /dev/fd/N, closed by then); through an inheritable fd it runs.
+    code = textwrap.dedent(
+        f"""
+        import errno, os
+        for inheritable in (False, True):
+            fd = os.open("{MOUNT}/cases/runme-0755.sh", os.O_RDONLY)
+            os.set_inheritable(fd, inheritable)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.execve(fd, ["runme"], dict(os.environ))
+                except OSError as e:
+                    print(errno.errorcode[e.errno], flush=True)
+                os._exit(99)
+            print(inheritable, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+        """
+    )
+    script = tmp_path / "fexec.py"
+    script.write_text(code)
+    r = cvmfs_run(["python3", str(script)], job_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().splitlines() == ["ENOENT", "False 99", "runme", "True 0"]
