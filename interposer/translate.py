@@ -658,6 +658,7 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return self._unreadable(ctx, args[spec.path])
+        resolve = 0  # openat2's RESOLVE_* flags
         if spec.name == "creat":
             flags = O_CREAT | O_WRONLY | O_TRUNC
         elif spec.name == "openat2":
@@ -665,7 +666,8 @@ class Translator:
             if how is None:
                 return self._unreadable(ctx, 0)
             flags = int.from_bytes(how[:8], "little")
-            if self.policy is not None and int.from_bytes(how[16:], "little") & RESOLVE_IN_ROOT:
+            resolve = int.from_bytes(how[16:], "little")
+            if self.policy is not None and resolve & RESOLVE_IN_ROOT:
                 return Return(-errno.EPERM)  # the kernel would walk from dirfd as "/", not we
         else:
             assert spec.flags is not None
@@ -716,7 +718,8 @@ class Translator:
             return Return(-errno.EEXIST)
         if (flags & O_TMPFILE) == O_TMPFILE:
             return Return(-errno.EROFS)
-        reloc = spec.name != "openat2" and self.ranges is not None
+        # openat2 without RESOLVE_* flags opens as openat does: its fd goes to a range too
+        reloc = (spec.name != "openat2" or not resolve) and self.ranges is not None
         if r.kind == ROOT:
             if writing or flags & O_CREAT:
                 return Return(-errno.EISDIR)

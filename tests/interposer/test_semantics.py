@@ -452,3 +452,31 @@ def test_random_changes_fail_as_on_a_read_only_mount(job_env, sw_src, tmp_path):
             assert [a for a, b in pairs if a != b] == [], (seed, options)
     finally:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+OPENAT2 = """
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+how = ctypes.create_string_buffer(struct.pack("QQQ", os.O_RDONLY | os.O_CLOEXEC, 0, 0))
+for name in ("README.txt", "cases/frozen-0444.txt", "cases/twin-a.dat"):
+    fd = libc.syscall(437, -100, f"{sys.argv[1]}/{name}".encode(), how, 24)  # openat2
+    assert fd >= 0, ctypes.get_errno()
+    a, b = os.fstat(fd), os.stat(f"{sys.argv[1]}/{name}")
+    same = (a.st_ino, a.st_mtime, a.st_nlink) == (b.st_ino, b.st_mtime, b.st_nlink)
+    print(name, a.st_mode == b.st_mode, same)
+"""
+
+
+def test_fstat_of_an_fd_openat2_opened_shows_the_catalog(job_env, tmp_path):
+    # openat2 without RESOLVE_* flags opens as openat: its content fd goes to the reserved range,
+    # where fstat reports the entry, not the cache file (mode 0555, the cache's times)
+    script = tmp_path / "openat2.py"
+    script.write_text(OPENAT2)
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run(["python3", str(script), MOUNT], job_env, options=options)
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.decode().split() == [
+            w
+            for n in ("README.txt", "cases/frozen-0444.txt", "cases/twin-a.dat")
+            for w in (n, "True", "True")
+        ], options
