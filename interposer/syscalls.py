@@ -197,7 +197,13 @@ IN_DONT_FOLLOW = 0x02000000
 FAN_MARK_DONT_FOLLOW = 0x04
 R_OK, W_OK, X_OK = 4, 2, 1
 MOVE = 0o10  # with W_OK, for rename: a policy also refuses to move an ancestor of a denied path
-RESOLVE_IN_ROOT = 0x10  # openat2 (linux/openat2.h): dirfd is "/" for the whole lookup
+# openat2's resolve flags (linux/openat2.h)
+RESOLVE_NO_XDEV = 0x01  # no mount point crossed
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08  # nothing outside dirfd: no absolute paths or symlinks, no ".." above it
+RESOLVE_IN_ROOT = 0x10  # dirfd is "/" for the whole lookup
+RESOLVE_CACHED = 0x20
 
 F_DUPFD = 0
 F_DUPFD_CLOEXEC = 1030

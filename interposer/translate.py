@@ -59,7 +59,12 @@ from .syscalls import (
     O_TRUNC,
     O_WRONLY,
     R_OK,
+    RESOLVE_BENEATH,
+    RESOLVE_CACHED,
     RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    RESOLVE_NO_XDEV,
     SPECS,
     W_OK,
     X_OK,
@@ -653,7 +658,9 @@ class Translator:
 
     # -- handlers ---------------------------------------------------------------------------
 
-    def _open(self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...]) -> Action:
+    def _open(
+        self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...], located: Resolved | None = None
+    ) -> Action:
         assert spec.path is not None
         raw = ctx.read_path(args[spec.path])
         if raw is None:
@@ -669,23 +676,31 @@ class Translator:
             resolve = int.from_bytes(how[16:], "little")
             if self.policy is not None and resolve & RESOLVE_IN_ROOT:
                 return Return(-errno.EPERM)  # the kernel would walk from dirfd as "/", not we
+            if resolve & _WALKED_RESOLVE and self.policy is None and located is None:
+                follow = follows_last(spec, flags)
+                walked = self._resolve_walk(ctx, _dirfd_arg(spec, args), raw, resolve, follow)
+                if isinstance(walked, int):
+                    return Return(-walked)
+                if walked is not None:
+                    return self._openat2(ctx, nr, spec, args, resolve, walked)
         else:
             assert spec.flags is not None
             flags = to_int(args[spec.flags])
-        if raw in _OPEN_SPECIAL or raw.startswith(b"/proc/") and _MOUNTS.match(raw):
-            return self._proc_mounts(ctx, nr, spec, raw)
-        if self._plain_host(raw) and not (flags & O_DIRECTORY and self.relocate_host_dirs):
-            return None
         dirfd = _dirfd_arg(spec, args)
-        if raw.startswith(b"/proc/") and _MAPS.match(raw):
-            return self._proc_maps(ctx, nr, spec, raw)
+        if located is None:  # (openat2 resolved by its own rules: what raw names to the kernel differs)
+            if raw in _OPEN_SPECIAL or raw.startswith(b"/proc/") and _MOUNTS.match(raw):
+                return self._proc_mounts(ctx, nr, spec, raw)
+            if self._plain_host(raw) and not (flags & O_DIRECTORY and self.relocate_host_dirs):
+                return None
+            if raw.startswith(b"/proc/") and _MAPS.match(raw):
+                return self._proc_maps(ctx, nr, spec, raw)
         need = 0
         if self.policy is not None and not flags & O_PATH:
             acc = flags & O_ACCMODE
             need = R_OK if acc != O_WRONLY else 0
             if acc != O_RDONLY or flags & (O_CREAT | O_TRUNC):
                 need |= W_OK
-        r = self.locate(ctx, dirfd, raw, follows_last(spec, flags), need)
+        r = located or self.locate(ctx, dirfd, raw, follows_last(spec, flags), need)
         cmd = F_DUPFD_CLOEXEC if flags & O_CLOEXEC else F_DUPFD
         if r is None or r.kind == HOST:
             dirs = self.relocate_host_dirs and flags & O_DIRECTORY and not flags & O_PATH
@@ -718,8 +733,8 @@ class Translator:
             return Return(-errno.EEXIST)
         if (flags & O_TMPFILE) == O_TMPFILE:
             return Return(-errno.EROFS)
-        # openat2 without RESOLVE_* flags opens as openat does: its fd goes to a range too
-        reloc = (spec.name != "openat2" or not resolve) and self.ranges is not None
+        # openat2 opens as openat does where no flag of its lookup is left to the kernel
+        reloc = (not resolve & _WALKED_RESOLVE or located is not None) and self.ranges is not None
         if r.kind == ROOT:
             if writing or flags & O_CREAT:
                 return Return(-errno.EISDIR)
@@ -757,6 +772,102 @@ class Translator:
             ctx.fd_target = os.fsdecode(target)
             self._fd_entries[ctx.fd_target] = r
         return rw
+
+    def _openat2(
+        self, ctx: Context, nr: int, spec: Spec, args: tuple[int, ...], resolve: int, walked: Resolved
+    ) -> Action:
+        """openat2 with RESOLVE_BENEATH, _IN_ROOT, _NO_XDEV or _NO_SYMLINKS where /cvmfs is on the
+        way, ``walked`` by those rules here (:meth:`_resolve_walk`): the call runs on the local
+        path with those flags taken out of a copy of its ``open_how`` (the kernel would apply
+        them to the shadow path, where every rewritten path is absolute)."""
+        action = self._open(ctx, nr, spec, args, located=walked)
+        if type(action) is Rewrite and action.path is not None and walked.kind != HOST:
+            size = min(max(to_int(args[3]), 24), 4096)
+            how = ctx.read_memory(args[2], size)
+            if how is None:
+                return self._unreadable(ctx, args[2])
+            kept = resolve & (RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)
+            action.path2, action.path2_arg = how[:16] + kept.to_bytes(8, "little") + how[24:], 2
+        return action
+
+    def _resolve_walk(
+        self, ctx: Context, dirfd: int, raw: bytes, resolve: int, follow: bool
+    ) -> Resolved | int | None:
+        """Where openat2's ``raw`` leads under its resolve flags, walked as the kernel would
+        (openat2(2)): EXDEV for what leaves dirfd (BENEATH: absolute paths and symlinks, ".."
+        above it) or crosses a mount (NO_XDEV: into or out of a repository), ELOOP for a
+        symlink (NO_SYMLINKS); IN_ROOT takes dirfd as "/". ``None``: no /cvmfs on the way, the
+        kernel's alone."""
+        beneath, in_root = resolve & RESOLVE_BENEATH, resolve & RESOLVE_IN_ROOT
+        no_xdev, no_links = resolve & RESOLVE_NO_XDEV, resolve & RESOLVE_NO_SYMLINKS
+        real = ctx.cwd() if dirfd == AT_FDCWD else ctx.fd_path(dirfd)
+        start = self.ns.logical(real) if real is not None and real.startswith("/") else None
+        path = os.fsdecode(raw)
+        if start is None or not start.startswith("/cvmfs/"):
+            if not path.startswith("/cvmfs") or in_root or beneath:
+                return None  # a host directory: what the kernel finds there is right
+            if no_xdev:
+                return errno.EXDEV  # from the host's mount into a repository's
+            start = "/"
+        base = [c for c in start.split("/") if c]
+        root = base if in_root else []
+        cur = list(base)
+        if path.startswith("/"):
+            if beneath:
+                return errno.EXDEV
+            if not in_root:
+                if not path.startswith("/cvmfs"):
+                    return None  # from "/", as the kernel walks an absolute path anyway
+                if no_xdev:
+                    return errno.EXDEV  # from "/"'s mount into a repository's
+            cur = list(root)
+        todo = [c for c in path.split("/") if c and c != "."]
+        trailing = path.endswith(("/", "/.", "/.."))
+        links = 0
+        while todo:
+            c = todo.pop(0)
+            if c == "..":
+                if in_root and len(cur) <= len(root):
+                    continue  # ".." of the root is the root
+                if beneath and len(cur) <= len(base):
+                    return errno.EXDEV
+                if no_xdev and len(cur) <= 2:
+                    return errno.EXDEV  # out of the repository's mount
+                if cur:
+                    cur.pop()
+                continue
+            here = "/" + "/".join([*cur, c])
+            if not here.startswith("/cvmfs/"):
+                if here == "/cvmfs":
+                    cur.append(c)
+                    continue
+                host = "/".join([here, *todo]) + ("/" if trailing else "")
+                return Resolved(HOST, host=host, touched=True)  # the rest is the host's
+            r = self.ns.resolve(here, False)
+            if r.kind == ERROR:
+                return r.errno
+            link = r.kind == ENTRY and r.entry is not None and r.entry.is_symlink
+            if link and (todo or follow or trailing):
+                if no_links:
+                    return errno.ELOOP
+                links += 1
+                if links > MAX_SYMLINKS:
+                    return errno.ELOOP
+                assert r.mount is not None
+                target = r.mount.link_target(r.inner)
+                if target.startswith("/"):
+                    if beneath or (no_xdev and not in_root):
+                        return errno.EXDEV
+                    cur = list(root)
+                todo = [p for p in target.split("/") if p and p != "."] + todo
+                continue
+            cur.append(c)
+        final = self.ns.resolve("/" + "/".join(cur) + ("/" if trailing else ""), False)
+        if final.kind == HOST:
+            return None
+        if final.kind == ENTRY and final.entry is not None and final.entry.is_symlink and no_links and follow:
+            return errno.ELOOP
+        return final
 
     def content_stat(self, target: str) -> bytes | None:
         """The ``struct stat`` an ``fstat`` of a content fd linking to ``target`` gets, when
@@ -1527,6 +1638,10 @@ def _close_on_exec(tid: int, fd: int) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+# openat2's resolve flags that _resolve_walk obeys itself (the others stay the kernel's)
+_WALKED_RESOLVE = RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS
 
 
 def _last_component(raw: bytes) -> bytes:

@@ -480,3 +480,57 @@ def test_fstat_of_an_fd_openat2_opened_shows_the_catalog(job_env, tmp_path):
             for n in ("README.txt", "cases/frozen-0444.txt", "cases/twin-a.dat")
             for w in (n, "True", "True")
         ], options
+
+
+OPENAT2_RESOLVE = """
+import ctypes, errno, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+R = sys.argv[1]
+FLAGS = {"beneath": 0x08, "in_root": 0x10, "no_xdev": 0x01, "no_symlinks": 0x04}
+CASES = [
+    ("", "README.txt", "beneath"), ("", "cases/rel-link", "beneath"), ("", "cases/abs-link", "beneath"),
+    ("", "..", "beneath"), ("", "/etc/hostname", "beneath"), ("cases", "../README.txt", "beneath"),
+    ("cases", "rel-link", "beneath"), ("", "cases/rel-link", "no_symlinks"),
+    ("", "cases/dir-link/core.py", "no_symlinks"), ("", "README.txt", "no_symlinks"),
+    ("", "cases/empty.txt", "no_xdev"), ("", "cases/dir-link/core.py", "no_xdev"),
+    ("", "/README.txt", "in_root"), ("", "../../README.txt", "in_root"),
+    ("", "cases/abs-link", "in_root"), ("", "cases/rel-link", "in_root"),
+    ("cases", "/empty.txt", "in_root"), ("cases", "../twin-a.dat", "in_root"),
+    ("", "..", "no_xdev"), ("cases", "../..", "no_xdev"), ("", f"{R}/README.txt", "no_xdev"),
+]
+for where, path, flag in CASES:
+    d = os.open(os.path.join(R, where) if where else R, os.O_RDONLY | os.O_DIRECTORY)
+    how = ctypes.create_string_buffer(struct.pack("QQQ", os.O_RDONLY | os.O_CLOEXEC, 0, FLAGS[flag]))
+    fd = libc.syscall(437, d, path.encode(), how, 24)  # openat2
+    if fd < 0:
+        out = errno.errorcode[ctypes.get_errno()]
+    else:
+        st = os.fstat(fd)
+        out = (oct(st.st_mode), "<dir>" if st.st_mode & 0o40000 else os.read(fd, 12))
+        os.close(fd)
+    os.close(d)
+    print(where or ".", path.replace(R, "ROOT"), flag, out)
+"""
+
+
+def test_openat2_resolve_flags_are_obeyed_on_cvmfs(job_env, sw_src, tmp_path):
+    """BENEATH, IN_ROOT, NO_XDEV and NO_SYMLINKS answer as on the source tree (openat2(2)),
+    with the catalog's metadata on the fd; where the source tree is not a mount as a
+    repository is, a real mount's answers: EXDEV for ".." out of the repository or an
+    absolute /cvmfs path under NO_XDEV."""
+    script = tmp_path / "resolve.py"
+    script.write_text(OPENAT2_RESOLVE)
+    want = subprocess.run(["python3", str(script), str(sw_src)], capture_output=True, check=True)
+    want_lines = want.stdout.decode().splitlines()
+    mount_only = {". .. no_xdev", "cases ../.. no_xdev", ". ROOT/README.txt no_xdev"}
+    for options in ([], ["--ptrace-only"]):
+        r = cvmfs_run(["python3", str(script), MOUNT], job_env, options=options)
+        assert r.returncode == 0, r.stderr.decode()
+        as_a_mount = set()
+        for got, native_line in zip(r.stdout.decode().splitlines(), want_lines, strict=True):
+            case = got.rsplit(" ", 1)[0] if got.endswith(" EXDEV") else None
+            if case in mount_only:
+                as_a_mount.add(case)
+                continue
+            assert got == native_line, options
+        assert as_a_mount == mount_only, options
