@@ -863,11 +863,7 @@ class Translator:
                 continue
             cur.append(c)
         final = self.ns.resolve("/" + "/".join(cur) + ("/" if trailing else ""), False)
-        if final.kind == HOST:
-            return None
-        if final.kind == ENTRY and final.entry is not None and final.entry.is_symlink and no_links and follow:
-            return errno.ELOOP
-        return final
+        return None if final.kind == HOST else final  # a symlink only where not to be followed
 
     def content_stat(self, target: str) -> bytes | None:
         """The ``struct stat`` an ``fstat`` of a content fd linking to ``target`` gets, when
