@@ -37,6 +37,7 @@ from cvmfs_client import lazylog
 from .mountlist import DENY, ENOENT, LOCAL, REDIRECT, RWX, W_OK, Line, MountTable, _norm, prefixes
 from .ptrace_api import status_field
 from .syscalls import MOVE, O_ACCMODE, O_PATH, O_RDONLY, O_RDWR, R_OK
+from .vfs import names_directory
 
 log = lazylog.get(__name__)
 
@@ -232,8 +233,7 @@ class Policy:
         steady = not need & W_OK  # every answer on the way is one that cannot change: remember
         table = self.table
         real_of = table.real if mapped else _same
-        # a last "/", "/." or "/..": the path names a directory (a final symlink is followed)
-        trailing = path.endswith(("/", "/.", "/..")) and path != "/"
+        trailing = names_directory(path) and path != "/"
         follow = follow or trailing
         todo = [c for c in path.split("/") if c and c != "."]
         todo.reverse()

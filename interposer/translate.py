@@ -75,7 +75,18 @@ from .syscalls import (
     follows_last,
     to_int,
 )
-from .vfs import ENTRY, ERROR, HOST, MAX_SYMLINKS, ROOT, Mount, Namespace, Resolved, host_link_into_cvmfs
+from .vfs import (
+    ENTRY,
+    ERROR,
+    HOST,
+    MAX_SYMLINKS,
+    ROOT,
+    Mount,
+    Namespace,
+    Resolved,
+    host_link_into_cvmfs,
+    names_directory,
+)
 
 TYPE_CHECKING = False  # typing's, without importing typing at every job's start (test_startup.py)
 if TYPE_CHECKING:  # the policy module is imported only by jobs that have one (see job.run)
@@ -822,7 +833,7 @@ class Translator:
                     return errno.EXDEV  # from "/"'s mount into a repository's
             cur = list(root)
         todo = [c for c in path.split("/") if c and c != "."]
-        trailing = path.endswith(("/", "/.", "/.."))
+        trailing = names_directory(path)
         links = 0
         while todo:
             c = todo.pop(0)

@@ -365,6 +365,12 @@ class Mount:
         )
 
 
+def names_directory(path: str) -> bool:
+    """Whether ``path`` ends in "/", "/." or "/..": then it names a directory, whatever its last
+    name is (ENOTDIR otherwise, and a symlink there is followed), as the kernel resolves it."""
+    return path.endswith(("/", "/.", "/.."))
+
+
 def host_link_into_cvmfs(path: str, max_links: int = 40) -> str | None:
     """The /cvmfs path that host ``path`` (absolute) reaches through host symlinks, if any.
 
@@ -373,8 +379,7 @@ def host_link_into_cvmfs(path: str, max_links: int = 40) -> str | None:
     The walk is the kernel's (``..`` after symlinks, 40 links at most), on the host, until the
     path enters /cvmfs; ``None`` if it never does (or cannot be walked).
     """
-    # A last "/", "/." or "/..": the path names a directory; the /cvmfs path keeps that.
-    slash = "/" if path.endswith(("/", "/.", "/..")) else ""
+    slash = "/" if names_directory(path) else ""  # the /cvmfs path names a directory too
     todo = [c for c in path.split("/") if c and c != "."]
     todo.reverse()
     done = ""
@@ -685,9 +690,7 @@ class Namespace:
         return Resolved(ENTRY, mount=mount, inner=f"{parent.inner}/{name}", entry=child)
 
     def _walk(self, path: str, follow: bool) -> Resolved:
-        # A last component "." or ".." names a directory, as a trailing slash does: what comes
-        # before it must be one (a symlink there is followed), else ENOTDIR, as the kernel says.
-        trailing = path.endswith(("/", "/.", "/.."))
+        trailing = names_directory(path)
         todo = [c for c in path.split("/") if c and c != "."]
         todo.reverse()
         host: list[str] = []

@@ -102,6 +102,18 @@ def sh(script: str, env: dict[str, str], **kw: object) -> subprocess.CompletedPr
     return r
 
 
+def probe_entries(src: Path) -> list[str]:
+    """The tree's entries that the random-call probes (data/path_calls.py, change_calls.py) use:
+    not the standard library (thousands more of the same kinds), nor the absolute and variant
+    symlinks, whose targets differ between /cvmfs and the source tree by design."""
+    skip = ("python/lib/python3.11/", "flavors")
+    return sorted(
+        rel
+        for rel in (str(p.relative_to(src)) for p in src.rglob("*"))
+        if not rel.startswith(skip) and not rel.endswith("abs-link")
+    )
+
+
 def native(script: str, cwd: Path, env: dict[str, str] | None = None) -> bytes:
     """The same script run directly on a local tree, for comparison."""
     return subprocess.run(

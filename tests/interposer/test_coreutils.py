@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from tests.interposer.conftest import TOOLS, cvmfs_run, native, sh
+from tests.interposer.conftest import TOOLS, cvmfs_run, native, probe_entries, sh
 from tests.interposer.trees import MOUNT
 
 # The parts of the tree compared entry by entry (python/ is covered by test_programs).
@@ -242,12 +242,7 @@ def test_random_path_calls_answer_as_on_the_source_tree(job_env, sw_src, tmp_pat
     whether the C loop, Python, ptrace stops or a policy's walk decide them, on /cvmfs and
     through a host symlink into it (walks that dropped "." and a trailing slash were found so). Absolute and
     variant symlinks are left out: their targets differ there by design."""
-    skip = ("python/lib/python3.11/", "flavors")
-    entries = sorted(
-        str(p.relative_to(sw_src))
-        for p in sw_src.rglob("*")
-        if not str(p.relative_to(sw_src)).startswith(skip) and "abs-link" not in p.name
-    )
+    entries = probe_entries(sw_src)
     dirs = [e for e in entries if (sw_src / e).is_dir() and not (sw_src / e).is_symlink()]
     (tmp_path / "names").write_text("\n".join(entries))
     (tmp_path / "dirs").write_text("\n".join(dirs))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interposer.conftest import TOOLS, assert_a_bug_kills_the_job, cvmfs_run
+from tests.interposer.conftest import TOOLS, assert_a_bug_kills_the_job, cvmfs_run, probe_entries
 from tests.interposer.trees import FQRN, MOUNT
 
 ERRNOS = textwrap.dedent(
@@ -433,13 +433,7 @@ def test_random_changes_fail_as_on_a_read_only_mount(job_env, sw_src, tmp_path):
         pytest.skip(f"no bind mount here: {bind.stderr.decode().strip()}")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
-        skip = ("python/lib/python3.11/", "flavors")
-        entries = sorted(
-            str(p.relative_to(sw_src))
-            for p in sw_src.rglob("*")
-            if not str(p.relative_to(sw_src)).startswith(skip) and "abs-link" not in p.name
-        )
-        (tmp_path / "names").write_text("\n".join(entries))
+        (tmp_path / "names").write_text("\n".join(probe_entries(sw_src)))
         probe = Path(__file__).parent / "data" / "change_calls.py"
         for seed, options in ((1, []), (2, []), (3, ["--ptrace-only"]), (4, ["--deny", "/home"])):
             args = [str(seed), "", "800", str(tmp_path / "names")]
