@@ -283,6 +283,12 @@ def _representable(text: str) -> bool:
     return True
 
 
+def _shown(path: Path) -> str:
+    """path for a message, its undecodable bytes as ``\\xNN``: a lone surrogate cannot be
+    written to a UTF-8 log file (or sent by a test runner's workers)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _scan(src: Path) -> _Node:
     """Read the whole source tree's metadata (never file contents), children sorted by name bytes."""
     try:
@@ -306,7 +312,7 @@ def _scan_dir(node: _Node) -> None:
         name = d.name
         fs_path = Path(d.path)
         if not _representable(name):
-            log.warning("%s: skipped: the name is not valid UTF-8", fs_path)
+            log.warning("%s: skipped: the name is not valid UTF-8", _shown(fs_path))
             continue
         if not node.path and name in RESERVED_ROOT_NAMES:
             log.warning("%s: skipped: /%s is reserved by CernVM-FS", fs_path, name)
@@ -326,7 +332,7 @@ def _scan_dir(node: _Node) -> None:
             except OSError as exc:
                 raise ConfigError(f"{fs_path}: cannot read symlink: {exc.strerror}") from None
             if not _representable(child.target):
-                log.warning("%s: skipped: the symlink target is not valid UTF-8", fs_path)
+                log.warning("%s: skipped: the symlink target is not valid UTF-8", _shown(fs_path))
                 continue
         elif kind == "d":
             _scan_dir(child)

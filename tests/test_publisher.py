@@ -571,6 +571,8 @@ def test_undecodable_name_is_skipped_with_a_warning(
     with open_catalog(tmp_path / "s0", result.root_hash, "", tmp_path) as cat:
         assert [e.name for e in cat.listdir("")] == ["ok.txt"]
     assert "not valid UTF-8" in caplog.text
+    assert "bad-\\xff.txt: skipped" in caplog.text  # the byte shown; a UTF-8 log can hold the line
+    caplog.text.encode("utf-8")
 
 
 def test_source_must_be_a_directory(tmp_path: Path, keys_dir: Path) -> None:
