@@ -336,6 +336,9 @@ class Translator:
         # First bytes and PT_INTERP of verified content run by the job (content never changes,
         # so a program started 200 times is read once); host files are read at each execve.
         self._heads: dict[bytes, bytes | None] = {}
+        # execve of an absolute /cvmfs path that ran a program (not a script) -> the file run:
+        # entry, mode and content are the revision's, the same at every exec of this job
+        self._execs: dict[bytes, bytes] = {}
         # (fqrn, xattr): errno if no entry has one (notify.FastPath.add_labels tells C)
         self.labels: dict[tuple[str, str], int] = {}
         self._interps: dict[bytes, elf.Interp | None] = {}
@@ -1409,6 +1412,14 @@ class Translator:
         raw = ctx.read_path(args[spec.path])
         if raw is None:
             return self._unreadable(ctx, args[spec.path])
+        # execve of a /cvmfs path, no policy: a program run before is run again the same way (W5's
+        # 200 runs of one program: ~40 us of Python each, caches cold after the job). Not through
+        # "..", which may pass a host symlink (the job may change it), nor relative to the cwd.
+        remember = self.policy is None and spec.dirfd is None and raw.startswith(b"/cvmfs/")
+        remember = remember and b"/.." not in raw
+        known = self._execs.get(raw) if remember else None
+        if known is not None:
+            return Exec(nr, known, spec.path, spec.path + 1)
         flags = _flags_arg(spec, args)
         dirfd = _dirfd_arg(spec, args)
         argv_arg = spec.path + 1
@@ -1439,6 +1450,10 @@ class Translator:
             if target is None:
                 return None  # a host program whose path merely contains "cvmfs"
             filename, argv = target
+            if remember and argv is None and r.kind == ENTRY:
+                if len(self._execs) >= 10_000:
+                    self._execs.clear()
+                self._execs[raw] = filename
         if argv is not None and shown != raw and _close_on_exec(ctx.tid, dirfd):
             # fexecve of a script through a close-on-exec fd: its interpreter could not open
             # /dev/fd/N after the exec, so the kernel refuses it (execve(2), fexecve(3))

@@ -8,8 +8,18 @@ with ``AT_SYMLINK_NOFOLLOW``, which the filter lets run untrapped on the shadow 
 from __future__ import annotations
 
 import ast
+import os
 import textwrap
+from collections.abc import Iterator
 
+import pytest
+
+from interposer import arch_x86_64 as arch
+from interposer import job
+from interposer.session import prepare
+from interposer.syscalls import BY_NAME
+from interposer.translate import Exec, Translator
+from interposer.vfs import Namespace
 from tests.interposer.conftest import cvmfs_run
 from tests.interposer.trees import MOUNT
 
@@ -57,3 +67,69 @@ def test_stat_answers_of_files_and_symlinks_are_the_kernels(job_env, tmp_path):
     line = next(x for x in r.stderr.decode().splitlines() if x.startswith("cvmfs-client run: stops "))
     stats = ast.literal_eval(line.split("stops ", 1)[1])
     assert stats["actions"]["emulate"] >= 4 * files  # answered by the tracer, not rewritten
+
+
+class _ExecCtx:
+    """A stopped thread whose execve path is ``path`` and whose argv is at ``ARGV``."""
+
+    ARGV = 0x7000
+
+    def __init__(self, path: bytes, argv: list[int]) -> None:
+        self.tid = self.tgid = os.getpid()
+        self.pure: bytes | None = None
+        self.fd_target: str | None = None
+        self.path = path
+        self.argv = b"".join(p.to_bytes(8, "little") for p in [*argv, 0])
+
+    def read_path(self, addr: int) -> bytes | None:
+        return self.path
+
+    def read_memory(self, addr: int, size: int) -> bytes | None:
+        offset = addr - self.ARGV
+        return self.argv[offset : offset + size] if 0 <= offset < len(self.argv) else None
+
+    def cwd(self) -> str:
+        return "/"
+
+    def cwd_changed(self) -> None:
+        pass
+
+    def fd_path(self, fd: int) -> str | None:
+        return None
+
+
+@pytest.fixture
+def translator(job_env: dict[str, str]) -> Iterator[Translator]:
+    options = prepare(environ=job_env)
+    ns = Namespace(
+        options.shadow_dir, job._opener(options), allowed=job._allowed(options), params=options.params
+    )
+    yield Translator(ns, None)
+    ns.close()
+
+
+def _execve(t: Translator, path: str, argv: list[int]) -> object:
+    spec = BY_NAME["execve"]
+    args = (0x1000, _ExecCtx.ARGV, 0, 0, 0, 0)
+    return t.decide(_ExecCtx(path.encode(), argv), arch.NR["execve"], spec, args)  # type: ignore[arg-type]
+
+
+def test_a_program_run_again_is_the_same_exec_without_a_walk(translator: Translator, monkeypatch):
+    """A job that starts one /cvmfs program 200 times (W5) pays its translation once; a script
+    is translated at each exec, since its argv carries the job's own arguments."""
+    first = _execve(translator, f"{MOUNT}/bin/tput", [0x100, 0x200])
+    assert type(first) is Exec and first.argv is None and b"/d/" in first.filename
+    assert _execve(translator, f"{MOUNT}/lib/../bin/tput", [0x100]) == first  # ".." may pass a host link
+
+    def walk(*_: object) -> None:
+        raise AssertionError("walked again")
+
+    monkeypatch.setattr(translator, "_exec_target", walk)
+    assert _execve(translator, f"{MOUNT}/bin/tput", [0x100]) == first
+    for other in ("bin/tput-missing", "lib/../bin/tput"):
+        with pytest.raises(AssertionError, match="walked again"):
+            _execve(translator, f"{MOUNT}/{other}", [0x100])
+    monkeypatch.undo()
+    for tail in ([0x300], [0x400, 0x500]):
+        again = _execve(translator, f"{MOUNT}/bin/bbscript", [0x100, *tail])
+        assert type(again) is Exec and again.argv is not None and again.argv[-len(tail) :] == tail
