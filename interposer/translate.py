@@ -1450,7 +1450,9 @@ class Translator:
             if target is None:
                 return None  # a host program whose path merely contains "cvmfs"
             filename, argv = target
-            if remember and argv is None and r.kind == ENTRY:
+            if remember and argv is None and r.kind == ENTRY and filename == r.data_b:
+                # the content itself (not a copy naming its interpreter: that one's link is
+                # made again at each exec, should /tmp be cleaned meanwhile)
                 if len(self._execs) >= 10_000:
                     self._execs.clear()
                 self._execs[raw] = filename

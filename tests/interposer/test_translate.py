@@ -120,13 +120,15 @@ def test_a_program_run_again_is_the_same_exec_without_a_walk(translator: Transla
     first = _execve(translator, f"{MOUNT}/bin/tput", [0x100, 0x200])
     assert type(first) is Exec and first.argv is None and b"/d/" in first.filename
     assert _execve(translator, f"{MOUNT}/lib/../bin/tput", [0x100]) == first  # ".." may pass a host link
+    own = _execve(translator, f"{MOUNT}/bin/own-interp", [0x100])  # runs a copy naming its loader
+    assert type(own) is Exec and own.argv is None and b"/p/" in own.filename
 
     def walk(*_: object) -> None:
         raise AssertionError("walked again")
 
     monkeypatch.setattr(translator, "_exec_target", walk)
     assert _execve(translator, f"{MOUNT}/bin/tput", [0x100]) == first
-    for other in ("bin/tput-missing", "lib/../bin/tput"):
+    for other in ("bin/tput-missing", "lib/../bin/tput", "bin/own-interp"):
         with pytest.raises(AssertionError, match="walked again"):
             _execve(translator, f"{MOUNT}/{other}", [0x100])
     monkeypatch.undo()
