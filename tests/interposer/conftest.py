@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from cvmfs_client.publisher import publish
+from interposer import job
+from interposer.session import prepare
+from interposer.vfs import Namespace
 from tests.integration.nginx import NginxError, NginxServer, start_nginx
 from tests.interposer.trees import FQRN, MissingHostTool, build_sw_tree
 
@@ -71,6 +74,47 @@ def job_env(stratum1: tuple[NginxServer, Path], tmp_path_factory: pytest.TempPat
         "CVMFS_CACHE_BASE": str(tmp_path_factory.mktemp("cache")),
         "CVMFS_REPOSITORIES": f"{FQRN},{TOOLS}",
     }
+
+
+@pytest.fixture
+def namespace(job_env: dict[str, str]) -> Iterator[Namespace]:
+    """The job's /cvmfs as ``run`` makes it, in this process: for the translator's own tests."""
+    options = prepare(environ=job_env)
+    ns = Namespace(
+        options.shadow_dir, job._opener(options), allowed=job._allowed(options), params=options.params
+    )
+    yield ns
+    ns.close()
+
+
+class StoppedThread:
+    """A thread stopped in a call, as the translator sees it (``translate.Context``): its path
+    argument, the memory it can read (address -> bytes), cwd ``/``, no fds."""
+
+    def __init__(self, path: bytes | None, memory: dict[int, bytes] | None = None) -> None:
+        self.tid = self.tgid = os.getpid()
+        self.pure: bytes | None = None
+        self.fd_target: str | None = None
+        self.path = path
+        self.memory = memory or {}
+
+    def read_path(self, addr: int) -> bytes | None:
+        return self.path
+
+    def read_memory(self, addr: int, size: int) -> bytes | None:
+        for base, data in self.memory.items():
+            if 0 <= addr - base < len(data):
+                return data[addr - base : addr - base + size]
+        return None
+
+    def cwd(self) -> str:
+        return "/"
+
+    def cwd_changed(self) -> None:
+        pass
+
+    def fd_path(self, fd: int) -> str | None:
+        return None
 
 
 def cvmfs_run(

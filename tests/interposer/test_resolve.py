@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from interposer import job
-from interposer.session import prepare
 from interposer.vfs import ENTRY, ERROR, Namespace, Resolved
 from tests.interposer.trees import FQRN, MOUNT
 
@@ -49,16 +46,6 @@ def _shape(r: Resolved) -> tuple[object, ...]:
     if r.kind == ERROR:
         return (ERROR, r.errno)
     return (r.kind, r.host, r.touched)
-
-
-@pytest.fixture
-def namespace(job_env: dict[str, str]) -> Iterator[Namespace]:
-    options = prepare(environ=job_env)
-    ns = Namespace(
-        options.shadow_dir, job._opener(options), allowed=job._allowed(options), params=options.params
-    )
-    yield ns
-    ns.close()
 
 
 def test_resolving_through_the_parent_matches_a_full_walk(namespace: Namespace, sw_src: Path):

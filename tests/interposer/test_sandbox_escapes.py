@@ -25,7 +25,7 @@ from interposer.policy import Policy, deny_line
 from interposer.syscalls import BY_NAME
 from interposer.translate import Return, Translator
 from interposer.vfs import Namespace
-from tests.interposer.conftest import JOB_TIMEOUT, cvmfs_run
+from tests.interposer.conftest import JOB_TIMEOUT, StoppedThread, cvmfs_run
 from tests.interposer.escape_c import build
 
 SECRET = "SECRET"
@@ -158,23 +158,7 @@ def test_unreadable_path_is_refused_under_a_policy_not_passed_on(tmp_path):
     """The tracer could not read the path (another thread unmapped it): the kernel, reading it a
     moment later, might find it mapped again."""
 
-    class Ctx:
-        tid = tgid = os.getpid()
-
-        def read_path(self, addr: int) -> bytes | None:
-            return None
-
-        def read_memory(self, addr: int, size: int) -> bytes | None:
-            return b"x" * size if addr == 0x2000 else None  # 0x2000: readable, but no NUL in 4 kB
-
-        def cwd(self) -> str:
-            return "/"
-
-        def cwd_changed(self) -> None:
-            pass
-
-        def fd_path(self, fd: int) -> str | None:
-            return None
+    thread = StoppedThread(None, {0x2000: b"x" * 8192})  # 0x2000: readable, but no NUL in 4 kB
 
     def refuse(*_: object) -> None:
         raise AssertionError("no repository is opened")
@@ -186,8 +170,8 @@ def test_unreadable_path_is_refused_under_a_policy_not_passed_on(tmp_path):
     free = Translator(ns, None)
     for addr, err in ((0x1000, errno.EFAULT), (0x2000, errno.ENAMETOOLONG)):
         args = (-100 & (2**64 - 1), addr, 0, 0, 0, 0)
-        assert confined.decide(Ctx(), arch.NR["openat"], spec, args) == Return(-err)
-        assert free.decide(Ctx(), arch.NR["openat"], spec, args) is None  # the kernel reports it
+        assert confined.decide(thread, arch.NR["openat"], spec, args) == Return(-err)
+        assert free.decide(thread, arch.NR["openat"], spec, args) is None  # the kernel reports it
 
 
 # --- real programs ----------------------------------------------------------------------------------

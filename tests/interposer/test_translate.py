@@ -8,19 +8,15 @@ with ``AT_SYMLINK_NOFOLLOW``, which the filter lets run untrapped on the shadow 
 from __future__ import annotations
 
 import ast
-import os
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 
 from interposer import arch_x86_64 as arch
-from interposer import job
-from interposer.session import prepare
 from interposer.syscalls import BY_NAME
 from interposer.translate import Exec, Translator
 from interposer.vfs import Namespace
-from tests.interposer.conftest import cvmfs_run
+from tests.interposer.conftest import StoppedThread, cvmfs_run
 from tests.interposer.trees import MOUNT
 
 COMPARE = textwrap.dedent(
@@ -69,49 +65,18 @@ def test_stat_answers_of_files_and_symlinks_are_the_kernels(job_env, tmp_path):
     assert stats["actions"]["emulate"] >= 4 * files  # answered by the tracer, not rewritten
 
 
-class _ExecCtx:
-    """A stopped thread whose execve path is ``path`` and whose argv is at ``ARGV``."""
-
-    ARGV = 0x7000
-
-    def __init__(self, path: bytes, argv: list[int]) -> None:
-        self.tid = self.tgid = os.getpid()
-        self.pure: bytes | None = None
-        self.fd_target: str | None = None
-        self.path = path
-        self.argv = b"".join(p.to_bytes(8, "little") for p in [*argv, 0])
-
-    def read_path(self, addr: int) -> bytes | None:
-        return self.path
-
-    def read_memory(self, addr: int, size: int) -> bytes | None:
-        offset = addr - self.ARGV
-        return self.argv[offset : offset + size] if 0 <= offset < len(self.argv) else None
-
-    def cwd(self) -> str:
-        return "/"
-
-    def cwd_changed(self) -> None:
-        pass
-
-    def fd_path(self, fd: int) -> str | None:
-        return None
+ARGV = 0x7000  # where the job's argv is
 
 
 @pytest.fixture
-def translator(job_env: dict[str, str]) -> Iterator[Translator]:
-    options = prepare(environ=job_env)
-    ns = Namespace(
-        options.shadow_dir, job._opener(options), allowed=job._allowed(options), params=options.params
-    )
-    yield Translator(ns, None)
-    ns.close()
+def translator(namespace: Namespace) -> Translator:
+    return Translator(namespace, None)
 
 
 def _execve(t: Translator, path: str, argv: list[int]) -> object:
-    spec = BY_NAME["execve"]
-    args = (0x1000, _ExecCtx.ARGV, 0, 0, 0, 0)
-    return t.decide(_ExecCtx(path.encode(), argv), arch.NR["execve"], spec, args)  # type: ignore[arg-type]
+    thread = StoppedThread(path.encode(), {ARGV: b"".join(p.to_bytes(8, "little") for p in [*argv, 0])})
+    args = (0x1000, ARGV, 0, 0, 0, 0)
+    return t.decide(thread, arch.NR["execve"], BY_NAME["execve"], args)  # type: ignore[arg-type]
 
 
 def test_a_program_run_again_is_the_same_exec_without_a_walk(translator: Translator, monkeypatch):
